@@ -1,0 +1,1 @@
+"""Boards: transports, runners and perf parsing."""

@@ -1,0 +1,242 @@
+"""Typed configuration of the pipeline.
+
+The dataclasses are not frozen because OmegaConf makes a frozen structured
+config read-only, which Hydra cannot merge group files onto; stages treat them
+as values and derive changed copies with ``dataclasses.replace``.
+
+Every Hydra config group under ``conf/`` is backed by one dataclass here. The
+top-level :class:`PipelineConfig` is registered in Hydra's ConfigStore (see
+:func:`register_configs`), so composition already type-checks each value; the
+cross-field rules (platform matrix, ranges) live in :mod:`rkpipe.config.validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class PathsConfig:
+    """Where stages read and write, relative to the repository root."""
+
+    data_dir: str = "data"
+    models_dir: str = "models"
+    metrics_dir: str = "metrics"
+    reports_dir: str = "reports"
+
+
+@dataclass
+class ModelConfig:
+    """The LLM to acquire.
+
+    ``source`` is one of ``package`` (weights shipped in a Python package),
+    ``hub`` (Hugging Face hub), ``local`` (a directory) or ``gguf`` (a GGUF file,
+    local or on the hub).
+    """
+
+    name: str = "smollm2-135m-instruct"
+    source: str = "package"
+    repo_id: Optional[str] = None
+    revision: str = "main"
+    path: Optional[str] = None
+    package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    allow_patterns: list[str] = field(default_factory=list)
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    # What the "float" reference really is (e.g. weights de-quantized from Q4_1).
+    float_note: str = ""
+
+
+@dataclass
+class AsrQuantConfig:
+    """onnxruntime quantization of the ASR model (the seed's scheme by default)."""
+
+    scheme: str = "dynamic"
+    weight_type: str = "QInt8"
+    op_types: list[str] = field(default_factory=lambda: ["MatMul"])
+    per_channel: bool = False
+
+
+@dataclass
+class AsrInitConfig:
+    """Architecture of a randomly initialised Whisper (offline default only)."""
+
+    d_model: int = 64
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    attention_heads: int = 2
+    ffn_dim: int = 256
+    num_mel_bins: int = 80
+    vocab_size: int = 51865
+    max_source_positions: int = 1500
+    max_target_positions: int = 448
+
+
+@dataclass
+class AsrConfig:
+    """The speech model: ``source`` is ``random_init``, ``hub`` or ``local``."""
+
+    name: str = "whisper-tiny-random"
+    architecture: str = "whisper"
+    source: str = "random_init"
+    repo_id: Optional[str] = None
+    revision: str = "main"
+    path: Optional[str] = None
+    seed: int = 0
+    init: AsrInitConfig = field(default_factory=AsrInitConfig)
+    random_weights: bool = True
+    language: Optional[str] = "en"
+    task: str = "transcribe"
+    max_new_tokens: int = 64
+    eval_sentences: str = "data/asr/sentences.txt"
+    quant: AsrQuantConfig = field(default_factory=AsrQuantConfig)
+
+
+@dataclass
+class CalibConfig:
+    """Calibration data for quantization.
+
+    ``source``: ``prompts`` (a text file of prompts, one per line), ``dataset``
+    (a Hugging Face ``datasets`` source) or ``json`` (a ready calibration file).
+    """
+
+    source: str = "prompts"
+    prompts_file: str = "data/calib/prompts.txt"
+    json_file: Optional[str] = None
+    dataset: Optional[str] = None
+    dataset_config: Optional[str] = None
+    split: str = "train"
+    input_column: str = "text"
+    target_column: Optional[str] = None
+    num_samples: int = 64
+    max_input_tokens: int = 256
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    apply_chat_template: bool = True
+    seed: int = 0
+
+
+@dataclass
+class OrtQuantConfig:
+    """onnxruntime LLM quantization options."""
+
+    scheme: str = "dynamic"
+    weight_type: str = "QInt8"
+    per_channel: bool = False
+    op_types: list[str] = field(default_factory=lambda: ["MatMul"])
+    block_size: int = 32
+    accuracy_level: int = 0
+
+
+@dataclass
+class RkllmQuantConfig:
+    """Options only the rkllm-toolkit backend reads."""
+
+    python: Optional[str] = None
+    device: str = "cpu"
+    load_dtype: str = "float32"
+    extra_qparams: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class QuantConfig:
+    """How the LLM is quantized. ``backend`` picks an entry of the backend registry.
+
+    For ``rkllm`` the dtype is a toolkit ``quantized_dtype`` (``w8a8``, ``w4a16_g128`` ...),
+    checked against the platform matrix; for ``onnxruntime`` it is ``int8`` or ``int4``.
+    """
+
+    backend: str = "onnxruntime"
+    dtype: str = "int8"
+    algorithm: str = "normal"
+    optimization_level: int = 1
+    num_npu_core: Optional[int] = None
+    hybrid_rate: float = 0.0
+    max_context: int = 4096
+    ort: OrtQuantConfig = field(default_factory=OrtQuantConfig)
+    rkllm: RkllmQuantConfig = field(default_factory=RkllmQuantConfig)
+
+
+@dataclass
+class PlatformConfig:
+    """The target SoC; ``host`` means the machine running the pipeline."""
+
+    name: str = "host"
+
+
+@dataclass
+class BoardConfig:
+    """Where ``deploy_bench`` runs. ``local`` runs the benchmark runner on this host."""
+
+    name: str = "local"
+    transport: str = "local"
+    host: Optional[str] = None
+    port: int = 22
+    user: Optional[str] = None
+    key_file: Optional[str] = None
+    known_hosts: Optional[str] = None
+    workdir: str = "/tmp/rkpipe-board"
+    platform: Optional[str] = None
+    pin_frequency: bool = False
+    timeout_s: float = 600.0
+
+
+@dataclass
+class BenchConfig:
+    """Benchmark methodology (Rockchip's and llama-bench's defaults)."""
+
+    prompt_tokens: int = 128
+    new_tokens: int = 64
+    warmup: int = 2
+    repetitions: int = 5
+    threads: int = 2
+
+
+@dataclass
+class EvalConfig:
+    """Host accuracy evaluation of the LLM."""
+
+    text_file: str = "data/eval/eval.txt"
+    seqlen: int = 512
+    threads: int = 2
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow settings. ``uri: null`` means the project's SQLite store (see tracking)."""
+
+    uri: Optional[str] = None
+    experiment: str = "rkpipe"
+    enabled: bool = True
+
+
+@dataclass
+class PipelineConfig:
+    """The whole resolved configuration, i.e. what ``params.yaml`` holds."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    asr: AsrConfig = field(default_factory=AsrConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+    board: BoardConfig = field(default_factory=BoardConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SCHEMA_NAME = "rkpipe_schema"
+
+
+def register_configs() -> None:
+    """Register :class:`PipelineConfig` in Hydra's ConfigStore as ``rkpipe_schema``.
+
+    ``conf/config.yaml`` lists it first in its defaults, so every composition
+    (ours, DVC's Hydra mode, ``rkpipe sweep``) merges the YAML onto typed fields.
+    """
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)

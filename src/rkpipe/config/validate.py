@@ -1,0 +1,169 @@
+"""Cross-field validation of a :class:`PipelineConfig`, run before any heavy work.
+
+Each problem names the key, the value and the allowed values; all problems are
+reported together in one line so a user fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from rkpipe.config.platforms import (
+    ORT_DTYPES,
+    PLATFORMS,
+    RKLLM_DTYPES,
+    RKLLM_MAX_CONTEXT,
+    algorithm_allowed,
+    normalise_name,
+)
+from rkpipe.config.schema import PipelineConfig
+from rkpipe.errors import ConfigError
+
+MODEL_SOURCES = ("package", "hub", "local", "gguf")
+ASR_SOURCES = ("random_init", "hub", "local")
+ASR_ARCHITECTURES = ("whisper",)
+CALIB_SOURCES = ("prompts", "dataset", "json")
+ORT_WEIGHT_TYPES = ("QInt8", "QUInt8")
+ORT_SCHEMES = ("dynamic",)
+BOARD_TRANSPORTS = ("local", "ssh", "adb")
+BACKENDS = ("onnxruntime", "rkllm")
+
+
+def _allowed(key: str, value: object, allowed: Iterable[object]) -> str:
+    allowed = list(allowed)
+    return f"{key}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+
+
+def _check_choice(problems: list[str], key: str, value: object, allowed: Iterable[object]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        problems.append(_allowed(key, value, allowed))
+
+
+def normalise(cfg: PipelineConfig) -> PipelineConfig:
+    """Return ``cfg`` with the seed's spellings (``W8A8``, ``RK3576``) lower-cased."""
+    quant = dataclasses.replace(
+        cfg.quant,
+        dtype=normalise_name(cfg.quant.dtype),
+        algorithm=normalise_name(cfg.quant.algorithm),
+        backend=normalise_name(cfg.quant.backend),
+    )
+    platform = dataclasses.replace(cfg.platform, name=normalise_name(cfg.platform.name))
+    board_platform = cfg.board.platform and normalise_name(cfg.board.platform)
+    board = dataclasses.replace(cfg.board, platform=board_platform)
+    return dataclasses.replace(cfg, quant=quant, platform=platform, board=board)
+
+
+def _rkllm_problems(cfg: PipelineConfig) -> list[str]:
+    q, platform = cfg.quant, cfg.platform.name
+    spec = PLATFORMS[platform]
+    if platform == "host":
+        targets = [p for p in PLATFORMS if p != "host"]
+        return [_allowed("platform.name", platform, targets) + " (quant.backend=rkllm needs a SoC)"]
+    problems = []
+    if q.dtype not in spec.rkllm_dtypes:
+        problems.append(
+            f"quant.dtype={q.dtype!r} is not supported on platform.name={platform!r}; "
+            f"allowed: {', '.join(spec.rkllm_dtypes)}"
+        )
+    if q.num_npu_core is not None and q.num_npu_core not in spec.npu_cores:
+        problems.append(
+            f"quant.num_npu_core={q.num_npu_core} is not valid for platform.name={platform!r} "
+            f"(it has {spec.max_npu_cores} NPU core(s)); allowed: "
+            f"{', '.join(map(str, spec.npu_cores))}"
+        )
+    if not algorithm_allowed(q.algorithm, q.dtype):
+        problems.append(
+            f"quant.algorithm={q.algorithm!r} does not apply to quant.dtype={q.dtype!r}; "
+            "allowed: normal (any dtype), grq (w4a16 dtypes only), or their _rN forms"
+        )
+    _check_choice(problems, "quant.optimization_level", q.optimization_level, (0, 1))
+    if not 0.0 <= q.hybrid_rate < 1.0:
+        problems.append(f"quant.hybrid_rate={q.hybrid_rate} is out of range; allowed: [0, 1)")
+    return problems
+
+
+def _quant_problems(cfg: PipelineConfig) -> list[str]:
+    q = cfg.quant
+    problems: list[str] = []
+    _check_choice(problems, "quant.backend", q.backend, BACKENDS)
+    if q.max_context <= 0 or q.max_context > RKLLM_MAX_CONTEXT or q.max_context % 32:
+        problems.append(
+            f"quant.max_context={q.max_context} is not allowed; "
+            f"allowed: a multiple of 32 between 32 and {RKLLM_MAX_CONTEXT}"
+        )
+    if q.backend == "rkllm":
+        if q.dtype not in RKLLM_DTYPES:
+            problems.append(_allowed("quant.dtype", q.dtype, RKLLM_DTYPES))
+        else:
+            problems.extend(_rkllm_problems(cfg))
+    elif q.backend == "onnxruntime":
+        _check_choice(problems, "quant.dtype", q.dtype, ORT_DTYPES)
+        _check_choice(problems, "quant.ort.scheme", q.ort.scheme, ORT_SCHEMES)
+        _check_choice(problems, "quant.ort.weight_type", q.ort.weight_type, ORT_WEIGHT_TYPES)
+    return problems
+
+
+def _source_problems(cfg: PipelineConfig) -> list[str]:
+    problems: list[str] = []
+    m, a, c = cfg.model, cfg.asr, cfg.calib
+    _check_choice(problems, "model.source", m.source, MODEL_SOURCES)
+    if m.source == "hub" and not m.repo_id:
+        problems.append("model.repo_id is required when model.source='hub'")
+    if m.source == "local" and not m.path:
+        problems.append("model.path is required when model.source='local'")
+    if m.source == "gguf" and not m.gguf_file:
+        problems.append("model.gguf_file is required when model.source='gguf'")
+    if m.source == "package" and not (m.package and m.gguf_file):
+        problems.append("model.package and model.gguf_file are required when model.source='package'")
+    _check_choice(problems, "asr.source", a.source, ASR_SOURCES)
+    _check_choice(problems, "asr.architecture", a.architecture, ASR_ARCHITECTURES)
+    _check_choice(problems, "asr.quant.weight_type", a.quant.weight_type, ORT_WEIGHT_TYPES)
+    _check_choice(problems, "asr.quant.scheme", a.quant.scheme, ORT_SCHEMES)
+    if a.source == "hub" and not a.repo_id:
+        problems.append("asr.repo_id is required when asr.source='hub'")
+    _check_choice(problems, "calib.source", c.source, CALIB_SOURCES)
+    if c.source == "json" and not c.json_file:
+        problems.append("calib.json_file is required when calib.source='json'")
+    if c.source == "dataset" and not c.dataset:
+        problems.append("calib.dataset is required when calib.source='dataset'")
+    for key in ("num_samples", "max_input_tokens", "max_new_tokens", "batch_size"):
+        if getattr(c, key) <= 0:
+            problems.append(f"calib.{key}={getattr(c, key)} must be a positive integer")
+    return problems
+
+
+def _run_problems(cfg: PipelineConfig) -> list[str]:
+    problems: list[str] = []
+    _check_choice(problems, "platform.name", cfg.platform.name, PLATFORMS)
+    _check_choice(problems, "board.transport", cfg.board.transport, BOARD_TRANSPORTS)
+    if cfg.board.transport != "local" and not cfg.board.host:
+        problems.append(f"board.host is required when board.transport={cfg.board.transport!r}")
+    b = cfg.bench
+    for key in ("prompt_tokens", "new_tokens", "repetitions", "threads"):
+        if getattr(b, key) <= 0:
+            problems.append(f"bench.{key}={getattr(b, key)} must be a positive integer")
+    if b.warmup < 0:
+        problems.append(f"bench.warmup={b.warmup} must be >= 0")
+    if cfg.eval.seqlen < 16:
+        problems.append(f"eval.seqlen={cfg.eval.seqlen} must be >= 16")
+    return problems
+
+
+def validate(cfg: PipelineConfig) -> PipelineConfig:
+    """Normalise and check ``cfg``.
+
+    Returns the normalised config (``num_npu_core`` filled with the platform's
+    maximum for rkllm). Raises :class:`ConfigError` listing every problem.
+    """
+    cfg = normalise(cfg)
+    problems = _run_problems(cfg) + _source_problems(cfg)
+    if not problems:  # the quant rules index PLATFORMS by name
+        problems += _quant_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    if cfg.quant.backend == "rkllm" and cfg.quant.num_npu_core is None:
+        cores = PLATFORMS[cfg.platform.name].max_npu_cores
+        cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, num_npu_core=cores))
+    return cfg

@@ -1,0 +1,33 @@
+"""The project's error hierarchy: every message says what failed, expected vs got, and the fix."""
+
+
+class RkpipeError(Exception):
+    """Base of every error the pipeline raises on purpose; the CLI prints it as one line."""
+
+
+class ConfigError(RkpipeError):
+    """A configuration value is unknown, out of range or inconsistent."""
+
+
+class ModelSourceError(RkpipeError):
+    """A model could not be acquired (missing path, package, revision)."""
+
+
+class CalibrationError(RkpipeError):
+    """A calibration file or source is malformed."""
+
+
+class BackendError(RkpipeError):
+    """A quantization backend failed; the message names the step."""
+
+
+class AsrError(RkpipeError):
+    """An ASR model, audio file or transcript is unusable."""
+
+
+class BoardError(RkpipeError):
+    """A board could not be reached, checked or benchmarked."""
+
+
+class TrackingError(RkpipeError):
+    """MLflow tracking failed."""

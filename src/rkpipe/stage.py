@@ -1,0 +1,60 @@
+"""The harness every DVC stage entry point runs in.
+
+``run_stage("calibrate", body)`` configures logging, loads and validates
+``params.yaml`` (failing in well under a second on a bad value), opens the
+variant's MLflow run, calls ``body(cfg, run)``, and turns an
+:class:`~rkpipe.errors.RkpipeError` into a one-line message and exit code 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rkpipe.config import PipelineConfig, load_params
+from rkpipe.errors import RkpipeError
+
+log = logging.getLogger("rkpipe.stage")
+
+StageBody = Callable[[PipelineConfig, "VariantRun"], None]  # noqa: F821
+
+
+def configure_logging(level: str | None = None) -> None:
+    """Log to stderr with rich when available; ``RKPIPE_LOG_LEVEL`` sets the level."""
+    level = (level or os.environ.get("RKPIPE_LOG_LEVEL", "INFO")).upper()
+    try:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        fmt = "%(message)s"
+    except ImportError:
+        handler = logging.StreamHandler()
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+
+
+def run_stage(name: str, body: StageBody, params_file: str = "params.yaml") -> None:
+    """Run one stage; exit 1 with a one-line error on a known failure, 130/143 when killed."""
+    from rkpipe.tracking import Terminated, stage_run
+
+    configure_logging()
+    start = time.perf_counter()
+    try:
+        cfg = load_params(Path(params_file))
+        with stage_run(cfg, name) as run:
+            body(cfg, run)
+            run.log_metrics({f"stage_{name}_s": time.perf_counter() - start})
+    except RkpipeError as exc:
+        print(f"rkpipe {name}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except Terminated:
+        print(f"rkpipe {name}: terminated", file=sys.stderr)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        print(f"rkpipe {name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    log.info("stage %s done in %.1f s", name, time.perf_counter() - start)

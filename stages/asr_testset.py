@@ -1,0 +1,17 @@
+"""DVC stage asr_testset: synthesize the offline English test clips (espeak-ng + sox)."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.asr.testset import synthesize_testset
+
+    out = Path(cfg.paths.data_dir) / "asr" / "testset"
+    summary = synthesize_testset(Path(cfg.asr.eval_sentences), out)
+    run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+
+
+if __name__ == "__main__":
+    run_stage("asr_testset", body)

@@ -1,0 +1,19 @@
+"""DVC stage download_asr: acquire (or create, offline) the ASR model plus manifest."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.asr.model import acquire_asr
+
+    out = Path(cfg.paths.models_dir) / "asr" / "float"
+    manifest = acquire_asr(cfg.asr, out)
+    run.log_params({"asr.resolved_revision": manifest.get("resolved_revision", "")})
+    run.log_metrics({"asr_model_params": manifest.get("param_count", 0)})
+    run.log_artifact(out / "manifest.json", "manifests/asr")
+
+
+if __name__ == "__main__":
+    run_stage("download_asr", body)

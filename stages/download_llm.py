@@ -1,0 +1,22 @@
+"""DVC stage download_llm: acquire the LLM as a normalised HF checkpoint plus manifest."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.hub import acquire_llm
+    from rkpipe.io import write_json_atomic
+
+    out = Path(cfg.paths.models_dir) / "llm" / "float"
+    manifest = acquire_llm(cfg.model, out)
+    run.log_params({"model.resolved_revision": manifest.get("resolved_revision", "")})
+    metrics = {"model_params": manifest.get("param_count", 0), "float_size_mb": manifest.get("size_mb", 0)}
+    run.log_metrics(metrics)
+    run.log_artifact(out / "manifest.json", "manifests/llm")
+    write_json_atomic(Path(cfg.paths.metrics_dir) / "download_llm.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage("download_llm", body)

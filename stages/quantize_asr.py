@@ -1,0 +1,20 @@
+"""DVC stage quantize_asr: onnxruntime quantization of the ASR model (the seed's scheme by default)."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.asr.quantize import quantize_asr
+    from rkpipe.io import write_json_atomic
+
+    models = Path(cfg.paths.models_dir) / "asr"
+    result = quantize_asr(models / "onnx_fp32", models / "quantized", cfg.asr.quant)
+    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    run.log_metrics(metrics)
+    write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_asr.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage("quantize_asr", body)

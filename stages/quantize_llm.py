@@ -1,0 +1,30 @@
+"""DVC stage quantize_llm: quantize the LLM with the configured backend (see rkpipe.backends)."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.backends import get_backend
+    from rkpipe.backends.base import QuantizeRequest
+    from rkpipe.io import write_json_atomic
+
+    models = Path(cfg.paths.models_dir) / "llm"
+    request = QuantizeRequest(
+        float_model_dir=models / "float",
+        onnx_fp32_dir=models / "onnx_fp32",
+        calibration_json=Path(cfg.paths.data_dir) / "calib" / "calibration.json",
+        quant=cfg.quant,
+        platform=cfg.platform.name,
+        out_dir=models / "quantized",
+    )
+    result = get_backend(cfg.quant.backend).quantize(request)
+    run.log_params(result.params)
+    run.log_metrics(result.metrics)
+    run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
+    write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_llm.json", result.metrics)
+
+
+if __name__ == "__main__":
+    run_stage("quantize_llm", body)
