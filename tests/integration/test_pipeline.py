@@ -1,0 +1,95 @@
+"""The whole pipeline under real DVC and real MLflow, in a temporary copy of the repo.
+
+Runs the offline default with experiment=smoke (fewer repetitions and samples) so
+the suite stays within its time budget; the main job in the README runs the full one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = "experiment=smoke"  # conf/experiment/smoke.yaml: fewer samples and repetitions
+
+
+def _run(argv, cwd, timeout=900, check=True):
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{argv} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def _copy_repo(dst: Path) -> None:
+    files = _run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
+    for name in files:
+        src = REPO / name
+        if src.is_file() and not name.startswith(("models/", "metrics/", "reports/")):
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    for name in ("dvc.lock", "data/calib/calibration.json"):
+        (dst / name).unlink(missing_ok=True)
+    shutil.rmtree(dst / "data" / "asr" / "testset", ignore_errors=True)
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "init", "--allow-empty"], dst, check=False)
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    _copy_repo(root)
+    _run([sys.executable, "-m", "rkpipe.cli", "params", SMOKE], root)
+    _run(["dvc", "repro"], root, timeout=1500)
+    return root
+
+
+def _stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_produces_models_metrics_report_and_one_run(repo):
+    assert (repo / "models/llm/quantized/model.onnx").is_file()
+    assert list((repo / "models/asr/quantized").glob("*.onnx"))
+    calib = json.loads((repo / "data/calib/calibration.json").read_text(encoding="utf-8"))
+    assert len(calib) == 8 and all(set(r) == {"input", "target"} for r in calib)
+    bench = json.loads((repo / "metrics/bench.json").read_text())
+    assert bench["ttft_ms"] > 0 and bench["decode_tok_per_s"] > 0 and bench["asr_rtf"] > 0
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert evaluation["ppl"] > 1 and 0 <= evaluation["top1_agreement"] <= 1
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    assert "| smollm2-135m-instruct | host | ort int8 dynamic" in report
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("rkpipe").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"ttft_ms", "decode_tok_per_s", "ppl", "asr_wer", "size_mb"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "dvc", "report", "bench", "calibration"} <= artifacts
+    assert len(run.data.tags["git.sha"]) == 40
+
+
+def test_second_repro_does_nothing(repo):
+    out = _run(["dvc", "repro"], repo)
+    assert _stages_run(out.stdout) == []
+
+
+def test_quant_change_reruns_only_dependent_stages(repo):
+    out = _run(["dvc", "exp", "run", "-S", SMOKE, "-S", "quant=ort_int8_per_channel"], repo, timeout=1200)
+    ran = set(_stages_run(out.stdout))
+    assert {"quantize_llm", "evaluate", "deploy_bench", "report"} <= ran
+    assert not ran & {"download_llm", "download_asr", "calibrate", "export_llm", "export_asr", "quantize_asr"}
