@@ -1,0 +1,258 @@
+"""Compare the fp32 and quantized Whisper ONNX models on a spoken test set: WER, CER, speed, size.
+
+Both models run in the same process with the same engine (``rkpipe.engines.ort_whisper``),
+clip by clip in alternation, so machine noise hits both alike. Metric keys are flat and carry the
+variant as a suffix: ``asr_wer`` (quantized) vs ``asr_wer_fp32``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import wave
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from rkpipe.errors import AsrError
+from rkpipe.io import write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPTS = "transcripts.jsonl"
+SAMPLE_RATE = 16000
+VARIANTS = ("fp32", "quant")
+_PUNCT = re.compile(r"[^\w\s']|_")
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, turn punctuation into spaces (apostrophes inside words kept), squash spaces."""
+    words = _PUNCT.sub(" ", text.lower()).split()
+    return " ".join(w.strip("'") for w in words if w.strip("'"))
+
+
+# --------------------------------------------------------------------------- test set
+
+
+def load_testset(testset_dir: Path) -> list[tuple[str, Any, str]]:
+    """Read ``transcripts.jsonl`` and its WAV files: ``[(name, float32 16 kHz audio, text)]``.
+
+    A clip at another sample rate is resampled (with a warning). Raises :class:`AsrError` naming
+    the file for a missing/malformed transcripts file, an unreadable or empty WAV, or when the
+    transcripts and the ``*.wav`` files of the directory do not match one to one.
+    """
+    from rkpipe.engines.ort_whisper import read_wav, resample
+
+    testset_dir = Path(testset_dir)
+    rows = _read_transcripts(testset_dir / TRANSCRIPTS)
+    _check_files_match(testset_dir, [name for name, _ in rows])
+    clips = []
+    for name, text in rows:
+        path = testset_dir / name
+        try:
+            audio, rate = read_wav(path)
+        except (wave.Error, EOFError, ValueError, OSError) as exc:
+            raise AsrError(f"cannot read audio {path}: {exc}") from exc
+        if audio.size == 0:
+            raise AsrError(f"audio {path} is empty (0 samples); re-create the test set")
+        if rate != SAMPLE_RATE:
+            logger.warning("%s is %d Hz; resampling to %d Hz", path, rate, SAMPLE_RATE)
+            audio = resample(audio, rate, SAMPLE_RATE)
+        clips.append((name, audio, text))
+    return clips
+
+
+def _read_transcripts(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise AsrError(f"{path} not found: synthesize the test set first")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name, text = str(row["audio"]), str(row["text"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise AsrError(
+                f'{path}:{number}: expected {{"audio": "clip.wav", "text": "..."}}, '
+                f"got {line[:80]!r}"
+            ) from exc
+        if not normalize_text(text):
+            raise AsrError(f"{path}:{number}: the transcript of {name} is empty")
+        rows.append((name, text))
+    if not rows:
+        raise AsrError(f"{path} lists no clips")
+    return rows
+
+
+def _check_files_match(testset_dir: Path, listed: list[str]) -> None:
+    on_disk = {p.name for p in testset_dir.glob("*.wav")}
+    duplicates = sorted({n for n in listed if listed.count(n) > 1})
+    missing = sorted(set(listed) - on_disk)
+    unlisted = sorted(on_disk - set(listed))
+    if duplicates or missing or unlisted:
+        raise AsrError(
+            f"{testset_dir / TRANSCRIPTS} does not match the WAV files: missing files {missing}, "
+            f"files without a transcript {unlisted}, listed twice {duplicates}"
+        )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_asr(
+    fp32_dir: Path,
+    quant_dir: Path,
+    testset_dir: Path,
+    tokenizer_dir: Path,
+    language: str | None,
+    task: str,
+    max_new_tokens: int,
+    threads: int,
+    random_weights: bool | None = None,
+    warmup: int = 1,
+    details_path: Path | None = None,
+) -> dict:
+    """WER/CER/RTF/latency/size of the fp32 and quantized models on the test set, and their deltas.
+
+    Greedy decoding with the prompt ``<|startoftranscript|><|language|><|task|><|notimestamps|>``
+    (``language=None`` leaves the language token out). ``random_weights`` defaults to the flag
+    in ``fp32_dir/engine.json``. ``details_path`` (optional) receives one JSON line per clip and
+    variant. Returns flat metrics (see module doc): ``asr_wer``, ``asr_cer``, ``asr_rtf``,
+    ``asr_encoder_ms_mean``, ``asr_decoder_ms_mean``, ``asr_size_mb`` and their ``_fp32`` twins,
+    ``asr_wer_delta``/``asr_cer_delta`` (quant - fp32, in points), ``asr_rtf_speedup`` (fp32 rtf /
+    quant rtf), ``asr_size_ratio``, ``asr_token_agreement``, ``asr_exact_match``, ``asr_clips``,
+    ``asr_audio_s`` and ``asr_random_weights``. Raises :class:`AsrError` for unusable inputs.
+    """
+    clips = load_testset(testset_dir)
+    tokenizer = _load_tokenizer(Path(tokenizer_dir))
+    engines = _load_engines(Path(fp32_dir), Path(quant_dir), threads)
+    runs = _run_all(engines, clips, language, task, max_new_tokens, warmup)
+    refs = [normalize_text(text) for _, _, text in clips]
+    hyps = {v: [normalize_text(_decode(tokenizer, r["ids"])) for r in runs[v]] for v in VARIANTS}
+    if details_path is not None:
+        _write_details(Path(details_path), clips, runs, hyps)
+    if random_weights is None:
+        random_weights = engines["fp32"].info.get("random_weights")
+    sizes = {"fp32": _size(fp32_dir), "quant": _size(quant_dir)}
+    metrics = _metrics(refs, hyps, runs, sizes)
+    metrics["asr_random_weights"] = bool(random_weights)
+    _log_summary(metrics)
+    return metrics
+
+
+def _load_tokenizer(tokenizer_dir: Path) -> Any:
+    from transformers import WhisperTokenizerFast
+
+    try:
+        return WhisperTokenizerFast.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as exc:
+        raise AsrError(f"cannot load the Whisper tokenizer from {tokenizer_dir}: {exc}") from exc
+
+
+def _load_engines(fp32_dir: Path, quant_dir: Path, threads: int) -> dict:
+    from rkpipe.engines.ort_whisper import OrtWhisper
+
+    engines = {}
+    for variant, path in zip(VARIANTS, (fp32_dir, quant_dir), strict=True):
+        try:
+            engines[variant] = OrtWhisper(str(path), threads=threads)
+        except (FileNotFoundError, ValueError) as exc:
+            raise AsrError(f"cannot load the {variant} ASR model from {path}: {exc}") from exc
+    return engines
+
+
+def _run_all(engines: dict, clips: list, language, task, max_new_tokens, warmup) -> dict:
+    """Transcribe every clip with both engines, alternating per clip after a warm-up."""
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    try:
+        for variant in VARIANTS:
+            for _ in range(warmup):
+                engines[variant].transcribe_ids(clips[0][1], max_new_tokens, language, task)
+        for _, audio, _ in clips:
+            for variant in VARIANTS:
+                result = engines[variant].transcribe_ids(audio, max_new_tokens, language, task)
+                runs[variant].append(result)
+    except ValueError as exc:  # unknown language/task
+        raise AsrError(f"ASR decoding failed: {exc}") from exc
+    return runs
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _size(model_dir: Path) -> float:
+    from rkpipe.asr.quantize import onnx_size_mb
+
+    return onnx_size_mb(Path(model_dir))
+
+
+def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Position-wise agreement of two id sequences per clip: matches / sum of the longer lengths.
+
+    Positions past the shorter sequence count as disagreements; 1.0 when both are all empty.
+    """
+    pairs = list(zip(a, b, strict=True))
+    matches = sum(sum(x == y for x, y in zip(sa, sb, strict=False)) for sa, sb in pairs)
+    total = sum(max(len(sa), len(sb)) for sa, sb in pairs)
+    return matches / total if total else 1.0
+
+
+def _metrics(refs: list[str], hyps: dict, runs: dict, sizes: dict) -> dict:
+    import jiwer
+
+    out: dict[str, Any] = {}
+    for variant in VARIANTS:
+        suffix = "" if variant == "quant" else "_fp32"
+        rows = runs[variant]
+        processing_s = sum(r["total_ms"] for r in rows) / 1e3
+        out[f"asr_wer{suffix}"] = jiwer.wer(refs, hyps[variant])
+        out[f"asr_cer{suffix}"] = jiwer.cer(refs, hyps[variant])
+        out[f"asr_rtf{suffix}"] = processing_s / sum(r["audio_s"] for r in rows)
+        out[f"asr_encoder_ms_mean{suffix}"] = mean(r["encoder_ms"] for r in rows)
+        out[f"asr_decoder_ms_mean{suffix}"] = mean(r["decoder_ms"] for r in rows)
+        out[f"asr_new_tokens_mean{suffix}"] = mean(float(len(r["ids"])) for r in rows)
+        out[f"asr_size_mb{suffix}"] = sizes[variant]
+    ids = {v: [r["ids"] for r in runs[v]] for v in VARIANTS}
+    out["asr_wer_delta"] = 100.0 * (out["asr_wer"] - out["asr_wer_fp32"])
+    out["asr_cer_delta"] = 100.0 * (out["asr_cer"] - out["asr_cer_fp32"])
+    out["asr_rtf_speedup"] = out["asr_rtf_fp32"] / out["asr_rtf"]
+    out["asr_size_ratio"] = sizes["quant"] / sizes["fp32"]
+    out["asr_token_agreement"] = token_agreement(ids["fp32"], ids["quant"])
+    out["asr_exact_match"] = mean(
+        float(a == b) for a, b in zip(ids["fp32"], ids["quant"], strict=True)
+    )
+    out["asr_clips"] = len(refs)
+    out["asr_audio_s"] = sum(r["audio_s"] for r in runs["fp32"])
+    return out
+
+
+def _write_details(path: Path, clips: list, runs: dict, hyps: dict) -> None:
+    lines = []
+    for i, (name, _, text) in enumerate(clips):
+        for variant in VARIANTS:
+            run = runs[variant][i]
+            row = {"clip": name, "variant": variant, "ref": text, "hyp": hyps[variant][i]}
+            row.update(
+                {k: run[k] for k in ("ids", "encoder_ms", "decoder_ms", "total_ms", "audio_s")}
+            )
+            lines.append(json.dumps(row) + "\n")
+    write_text_atomic(path, "".join(lines))
+
+
+def _log_summary(m: dict) -> None:
+    logger.info(
+        "ASR fp32 vs quant: WER %.3f vs %.3f, RTF %.4f vs %.4f (x%.2f), size %.1f vs %.1f MB, "
+        "token agreement %.3f%s",
+        m["asr_wer_fp32"],
+        m["asr_wer"],
+        m["asr_rtf_fp32"],
+        m["asr_rtf"],
+        m["asr_rtf_speedup"],
+        m["asr_size_mb_fp32"],
+        m["asr_size_mb"],
+        m["asr_token_agreement"],
+        " (RANDOM WEIGHTS: WER is meaningless)" if m["asr_random_weights"] else "",
+    )

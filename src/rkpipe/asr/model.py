@@ -1,0 +1,408 @@
+"""Acquire a Whisper checkpoint (random init, hub or local) plus its processor, with a manifest.
+
+``random_init`` works offline: the weights come from a seeded ``torch`` generator and the
+tokenizer is built from the ``multilingual.tiktoken`` rank file that the PyPI package
+``openai-whisper`` ships (``pip install --no-deps openai-whisper``), converted with transformers'
+tiktoken converter into a ``WhisperTokenizerFast`` with Whisper's 51865 ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rkpipe.config.schema import AsrConfig, AsrInitConfig
+from rkpipe.errors import AsrError
+from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = ("whisper",)
+SOURCES = ("random_init", "hub", "local")
+MANIFEST = "manifest.json"
+
+# Whisper's multilingual vocabulary: 50257 byte-level BPE ranks, then these specials.
+VOCAB_SIZE = 51865
+N_LANGUAGES = 99  # whisper v1/v2 (tiny ... large-v2); large-v3 adds "yue" (51866 ids)
+EOT_ID = 50257
+SOT_ID = 50258
+TRANSLATE_ID = 50358
+TRANSCRIBE_ID = 50359
+NO_TIMESTAMPS_ID = 50363
+# GPT-2 split pattern, as openai-whisper's tokenizer uses.
+WHISPER_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+
+
+def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
+    """Write a Whisper checkpoint (safetensors), its processor and ``manifest.json`` to ``out_dir``.
+
+    ``cfg.source`` picks ``random_init`` (seeded random weights, offline tokenizer), ``hub``
+    (``snapshot_download`` of ``cfg.repo_id`` at ``cfg.revision``, the resolved commit recorded)
+    or ``local`` (a directory ``cfg.path``). The directory appears atomically. Returns the
+    manifest. Raises :class:`AsrError` for an unknown source or architecture, a missing path,
+    an unreachable repository or a missing ``openai-whisper`` package.
+    """
+    _check_architecture(cfg.architecture)
+    if cfg.source not in SOURCES:
+        raise AsrError(f"asr.source must be one of {SOURCES}, got {cfg.source!r}")
+    out_dir = Path(out_dir)
+    start = time.perf_counter()
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        origin = _ACQUIRERS[cfg.source](cfg, tmp)
+        manifest = _manifest(cfg, tmp, origin, time.perf_counter() - start)
+        write_json_atomic(tmp / MANIFEST, manifest)
+    logger.info(
+        "acquired %s (%s, %d parameters) in %.1f s",
+        cfg.name,
+        cfg.source,
+        manifest["parameters"],
+        manifest["acquire_s"],
+    )
+    return manifest
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise AsrError(
+            f"ASR architecture {architecture!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}. Set asr.architecture accordingly."
+        )
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _acquire_random(cfg: AsrConfig, out: Path) -> dict:
+    if not cfg.random_weights:
+        logger.warning("asr.source=random_init always gives random weights; recording it")
+    model = random_whisper(cfg.init, cfg.seed)
+    model.save_pretrained(out, safe_serialization=True)
+    _random_processor().save_pretrained(out)
+    return {"random_weights": True, "tokenizer": f"openai-whisper {_whisper_version()} tiktoken"}
+
+
+def _acquire_hub(cfg: AsrConfig, out: Path) -> dict:
+    if not cfg.repo_id:
+        raise AsrError("asr.source=hub needs asr.repo_id (e.g. openai/whisper-tiny)")
+    snapshot = _snapshot(cfg.repo_id, cfg.revision)
+    if not any(snapshot.glob("*.safetensors")):
+        logger.warning("%s has no safetensors; downloading pytorch_model.bin", cfg.repo_id)
+        snapshot = _snapshot(cfg.repo_id, cfg.revision, ["pytorch_model.bin"])
+    _copy_checkpoint(snapshot, out)
+    return {"repo_id": cfg.repo_id, "revision": cfg.revision, "commit_sha": snapshot.name}
+
+
+def _acquire_local(cfg: AsrConfig, out: Path) -> dict:
+    path = Path(cfg.path) if cfg.path else None
+    if path is None or not (path / "config.json").is_file():
+        raise AsrError(
+            f"asr.source=local needs asr.path to be a Whisper checkpoint directory with "
+            f"config.json; got {cfg.path!r}"
+        )
+    _copy_checkpoint(path, out)
+    return {"path": str(path.resolve())}
+
+
+_ACQUIRERS = {"random_init": _acquire_random, "hub": _acquire_hub, "local": _acquire_local}
+
+
+def _snapshot(repo_id: str, revision: str, patterns: list[str] | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        local = snapshot_download(
+            repo_id, revision=revision, allow_patterns=patterns or HUB_PATTERNS
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
+        raise AsrError(
+            f"could not download {repo_id}@{revision}: {exc}. Check the repo id and revision, "
+            f"the network, or use asr=whisper_tiny_random (offline)"
+        ) from exc
+    return Path(local)  # .../snapshots/<commit sha>
+
+
+def _copy_checkpoint(src: Path, out: Path) -> None:
+    """Load a Whisper checkpoint + processor from ``src`` and save them (safetensors) to ``out``."""
+    from transformers import AutoConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+    try:
+        model_type = AutoConfig.from_pretrained(src).model_type
+    except (OSError, ValueError) as exc:
+        raise AsrError(f"{src} is not a readable model directory: {exc}") from exc
+    _check_architecture(model_type)
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(src, dtype="float32")
+        processor = WhisperProcessor.from_pretrained(src)
+    except (OSError, ValueError) as exc:
+        raise AsrError(
+            f"could not load the Whisper model and processor (feature extractor + tokenizer) "
+            f"from {src}: {exc}"
+        ) from exc
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+
+
+# --------------------------------------------------------------------------- random model
+
+
+def random_whisper(init: AsrInitConfig, seed: int) -> Any:
+    """A ``WhisperForConditionalGeneration`` with seeded random weights and Whisper's token ids.
+
+    The generation config carries ``lang_to_id``/``task_to_id``/``no_timestamps_token_id`` so
+    ``model.generate(..., language="en", task="transcribe")`` builds the standard prompt.
+    Raises :class:`AsrError` if ``init.vocab_size`` is not 51865 (the offline tokenizer's size).
+    """
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    if init.vocab_size != VOCAB_SIZE:
+        raise AsrError(
+            f"asr.init.vocab_size must be {VOCAB_SIZE} (the multilingual Whisper tokenizer), "
+            f"got {init.vocab_size}"
+        )
+    config = WhisperConfig(
+        vocab_size=init.vocab_size,
+        num_mel_bins=init.num_mel_bins,
+        d_model=init.d_model,
+        encoder_layers=init.encoder_layers,
+        decoder_layers=init.decoder_layers,
+        encoder_attention_heads=init.attention_heads,
+        decoder_attention_heads=init.attention_heads,
+        encoder_ffn_dim=init.ffn_dim,
+        decoder_ffn_dim=init.ffn_dim,
+        max_source_positions=init.max_source_positions,
+        max_target_positions=init.max_target_positions,
+        decoder_start_token_id=SOT_ID,
+        bos_token_id=EOT_ID,
+        eos_token_id=EOT_ID,
+        pad_token_id=EOT_ID,
+        begin_suppress_tokens=None,  # generation settings live in the generation config
+        suppress_tokens=None,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    _set_generation_ids(model.generation_config, init.max_target_positions)
+    return model
+
+
+def _set_generation_ids(gen: Any, max_length: int) -> None:
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    languages = list(LANGUAGES)[:N_LANGUAGES]
+    gen.lang_to_id = {f"<|{code}|>": SOT_ID + 1 + i for i, code in enumerate(languages)}
+    gen.task_to_id = {"translate": TRANSLATE_ID, "transcribe": TRANSCRIBE_ID}
+    gen.no_timestamps_token_id = NO_TIMESTAMPS_ID
+    gen.prev_sot_token_id = 50361
+    gen.is_multilingual = True
+    gen.max_length = max_length
+    gen.begin_suppress_tokens = [220, EOT_ID]
+    gen.suppress_tokens = None
+    gen.forced_decoder_ids = None
+    # Without this, GenerationConfig.from_pretrained drops the Whisper-only keys above.
+    gen._from_model_config = False
+
+
+def _random_processor() -> Any:
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    return WhisperProcessor(WhisperFeatureExtractor(), build_whisper_tokenizer())
+
+
+# --------------------------------------------------------------------------- offline tokenizer
+
+
+def _whisper_dir() -> Path:
+    """The installed ``whisper`` package directory, found without importing it (it needs torch)."""
+    spec = importlib.util.find_spec("whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise AsrError(
+            "the offline Whisper tokenizer needs the tiktoken file of the openai-whisper package; "
+            "install it with: pip install --no-deps openai-whisper"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _whisper_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openai-whisper")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
+    """Read a ``.tiktoken`` file (``base64(token) rank`` per line) into ``{bytes: rank}``."""
+    ranks: dict[bytes, int] = {}
+    for line in path.read_text(encoding="ascii").splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def whisper_special_tokens() -> tuple[list[str], list[str]]:
+    """(control specials from 50257 to 50363, timestamp tokens ``<|0.00|>``..``<|30.00|>``)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    specials = [
+        "<|endoftext|>",
+        "<|startoftranscript|>",
+        *[f"<|{code}|>" for code in list(LANGUAGES)[:N_LANGUAGES]],
+        "<|translate|>",
+        "<|transcribe|>",
+        "<|startoflm|>",
+        "<|startofprev|>",
+        "<|nospeech|>",
+        "<|notimestamps|>",
+    ]
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    return specials, timestamps
+
+
+def build_whisper_tokenizer(tiktoken_file: Path | None = None) -> Any:
+    """Whisper's multilingual ``WhisperTokenizerFast`` (51865 ids) built offline.
+
+    ``tiktoken_file`` defaults to ``multilingual.tiktoken`` of the installed ``openai-whisper``
+    package. Byte-level BPE ranks become vocab + merges (transformers' ``TikTokenConverter``
+    logic, reading the file without the ``tiktoken`` package); the specials follow at 50257..50363
+    and the timestamps at 50364..51864. Raises :class:`AsrError` if the file cannot be found or
+    the ids come out wrong.
+    """
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizerFast
+
+    path = tiktoken_file or _whisper_dir() / "assets" / "multilingual.tiktoken"
+    if not Path(path).is_file():
+        raise AsrError(f"tiktoken file {path} not found; pip install --no-deps openai-whisper")
+    specials, timestamps = whisper_special_tokens()
+    converter = _ranks_converter()(load_tiktoken_ranks(Path(path)), specials)
+    backend = converter.converted()
+    backend.add_tokens([AddedToken(t, normalized=False, special=False) for t in timestamps])
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=specials[1:],
+        model_max_length=1024,
+        errors="replace",
+    )
+    _check_tokenizer(tokenizer)
+    return tokenizer
+
+
+def _ranks_converter() -> type:
+    """A ``TikTokenConverter`` fed with ranks already read (no ``tiktoken`` import)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unicode
+
+    byte_encoder = bytes_to_unicode()
+
+    def to_str(token: bytes) -> str:
+        return "".join(byte_encoder[b] for b in token)
+
+    class RanksConverter(TikTokenConverter):
+        def __init__(self, ranks: dict[bytes, int], specials: list[str]) -> None:
+            super().__init__(pattern=WHISPER_PATTERN, additional_special_tokens=specials)
+            self.ranks = ranks
+
+        def extract_vocab_merges_from_model(self, tiktoken_url: Any):
+            ranks = self.ranks
+            vocab = {to_str(token): rank for token, rank in ranks.items()}
+            merges = []
+            for token, rank in ranks.items():
+                local = [
+                    (token[:i], token[i:], rank)
+                    for i in range(1, len(token))
+                    if token[:i] in ranks and token[i:] in ranks
+                ]
+                merges.extend(sorted(local, key=lambda m: (ranks[m[0]], ranks[m[1]])))
+            merges.sort(key=lambda m: m[2])
+            return vocab, [(to_str(left), to_str(right)) for left, right, _ in merges]
+
+    return RanksConverter
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    expected = {
+        "<|endoftext|>": EOT_ID,
+        "<|startoftranscript|>": SOT_ID,
+        "<|en|>": 50259,
+        "<|translate|>": TRANSLATE_ID,
+        "<|transcribe|>": TRANSCRIBE_ID,
+        "<|notimestamps|>": NO_TIMESTAMPS_ID,
+        "<|0.00|>": 50364,
+        "<|30.00|>": VOCAB_SIZE - 1,
+    }
+    got = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in expected}
+    if got != expected or len(tokenizer) != VOCAB_SIZE:
+        raise AsrError(f"offline Whisper tokenizer ids are wrong: expected {expected}, got {got}")
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _manifest(cfg: AsrConfig, out: Path, origin: dict, seconds: float) -> dict:
+    import json
+
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    return {
+        "name": cfg.name,
+        "architecture": config.get("model_type"),
+        "source": cfg.source,
+        "seed": cfg.seed if cfg.source == "random_init" else None,
+        "random_weights": bool(origin.pop("random_weights", cfg.random_weights)),
+        "parameters": _count_parameters(out),
+        "dims": {k: config.get(k) for k in _DIM_KEYS},
+        "init": asdict(cfg.init) if cfg.source == "random_init" else None,
+        **origin,
+        "acquire_s": round(seconds, 3),
+        "files": [
+            {
+                "path": p.relative_to(out).as_posix(),
+                "sha256": sha256_file(p),
+                "bytes": p.stat().st_size,
+            }
+            for p in files
+        ],
+    }
+
+
+_DIM_KEYS = (
+    "d_model",
+    "encoder_layers",
+    "decoder_layers",
+    "encoder_attention_heads",
+    "decoder_attention_heads",
+    "encoder_ffn_dim",
+    "num_mel_bins",
+    "vocab_size",
+    "max_source_positions",
+    "max_target_positions",
+)
+
+
+def _count_parameters(model_dir: Path) -> int:
+    """Parameters stored in the safetensors files (tied weights are stored once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="np") as handle:
+            for name in handle.keys():
+                shape = handle.get_slice(name).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                total += count
+    return total
