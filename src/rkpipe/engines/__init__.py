@@ -1,0 +1,1 @@
+"""Self-contained inference engines (stdlib + numpy + onnxruntime only), pushed alone to boards."""

@@ -1,0 +1,1 @@
+"""LLM-side steps that are independent of the quantization backend (ONNX export)."""
