@@ -6,12 +6,12 @@ from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
-    from rkpipe.calibration import build_calibration
+    from rkpipe.calibration import build_calibration_file
     from rkpipe.io import write_json_atomic
 
     model_dir = Path(cfg.paths.models_dir) / "llm" / "float"
     out = Path(cfg.paths.data_dir) / "calib" / "calibration.json"
-    summary = build_calibration(model_dir, cfg.calib, cfg.quant.max_context, out)
+    summary = build_calibration_file(model_dir, cfg.calib, cfg.quant.max_context, out)
     run.log_dataset(out, summary["sha256"], name="calibration", context="calibration")
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)

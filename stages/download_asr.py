@@ -10,8 +10,8 @@ def body(cfg, run):
 
     out = Path(cfg.paths.models_dir) / "asr" / "float"
     manifest = acquire_asr(cfg.asr, out)
-    run.log_params({"asr.resolved_revision": manifest.get("resolved_revision", "")})
-    run.log_metrics({"asr_model_params": manifest.get("param_count", 0)})
+    run.log_params({"asr.revision_resolved": manifest.get("commit_sha") or "none"})
+    run.log_metrics({"asr_model_params": manifest["parameters"]})
     run.log_artifact(out / "manifest.json", "manifests/asr")
 
 

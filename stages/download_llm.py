@@ -11,8 +11,8 @@ def body(cfg, run):
 
     out = Path(cfg.paths.models_dir) / "llm" / "float"
     manifest = acquire_llm(cfg.model, out)
-    run.log_params({"model.resolved_revision": manifest.get("resolved_revision", "")})
-    metrics = {"model_params": manifest.get("param_count", 0), "float_size_mb": manifest.get("size_mb", 0)}
+    run.log_params({"model.revision_resolved": manifest.get("revision_resolved") or "none"})
+    metrics = {"model_params": manifest["parameter_count"], "float_size_mb": manifest["size_mb"]}
     run.log_metrics(metrics)
     run.log_artifact(out / "manifest.json", "manifests/llm")
     write_json_atomic(Path(cfg.paths.metrics_dir) / "download_llm.json", metrics)

@@ -23,6 +23,8 @@ def body(cfg, run):
     run.log_params(result.params)
     run.log_metrics(result.metrics)
     run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
+    for toolkit_log in result.out_dir.glob("*.log"):
+        run.log_artifact(toolkit_log, "logs")
     write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_llm.json", result.metrics)
 
 

@@ -40,8 +40,11 @@ def test_stages_of_a_variant_share_one_finished_run(store, tmp_path):
     from rkpipe.tracking import stage_run
 
     cfg = compose(CONF)
+    calib = tmp_path / "calibration.json"
+    calib.write_text('[{"input": "hi", "target": "hello"}]')
     with stage_run(cfg, "calibrate") as run:
         run.log_metrics({"calib_records": 64})
+        run.log_dataset(calib, "ab" * 32, name="calibration", context="calibration")
     with stage_run(cfg, "evaluate") as run:
         run.log_metrics({"ppl": 23.5})
     got = _only_run(store, cfg)
@@ -51,6 +54,8 @@ def test_stages_of_a_variant_share_one_finished_run(store, tmp_path):
     assert got.data.params["platform.name"] == "host"
     assert got.data.tags["mlflow.runName"].startswith("smollm2-135m-instruct|onnxruntime-int8|host|")
     assert got.data.tags["rkpipe.stage.calibrate"] == "finished"
+    (dataset,) = store.get_run(got.info.run_id).inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("calibration", "ab" * 18)
     assert got.info.artifact_uri.startswith((tmp_path / ".mlflow" / "artifacts").as_uri())
     other = compose(CONF, ["quant=ort_int8_per_channel"])
     with stage_run(other, "calibrate"):

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -188,11 +189,13 @@ class VariantRun:
     def log_dataset(self, path: Path, digest: str, name: str, context: str) -> None:
         """Record a file (e.g. the calibration JSON) as an MLflow dataset input of the run."""
         import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
         from mlflow.entities import DatasetInput, InputTag
 
-        source = FileSystemDatasetSource(uri=str(path.resolve()))
+        with warnings.catch_warnings():  # two registered local sources match; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
         dataset = MetaDataset(source=source, name=name, digest=digest[:36])
         inputs = [
             DatasetInput(
