@@ -7,11 +7,12 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.asr.quantize import quantize_asr
+    from rkpipe.config import flatten
     from rkpipe.io import write_json_atomic
 
     models = Path(cfg.paths.models_dir) / "asr"
     result = quantize_asr(models / "onnx_fp32", models / "quantized", cfg.asr.quant)
-    metrics = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+    metrics = {f"asr_{k}": v for k, v in flatten(result).items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)
     write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_asr.json", metrics)
 

@@ -71,7 +71,7 @@ class OnnxruntimeBackend:
             "size_mb": round(size_mb, 3),
             "fp32_size_mb": round(dir_size_mb(src.parent), 3),
             "quantize_s": round(quantize_s, 3),
-            "peak_rss_mb": round(rss.peak_mb, 1),
+            "quantize_peak_rss_mb": round(rss.peak_mb, 1),
             **{k: float(v) for k, v in counts.items()},
         }
         log.info("onnxruntime %s: %s", request.quant.dtype, metrics)

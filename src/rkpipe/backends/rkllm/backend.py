@@ -605,7 +605,7 @@ def _result(request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any]) 
     out = Path(request.out_dir)
     size_mb = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
     metrics = {"size_mb": round(size_mb, 3), "quantize_s": round(run.seconds, 3),
-               "peak_rss_mb": round(run.peak_rss_mb, 1)}
+               "quantize_peak_rss_mb": round(run.peak_rss_mb, 1)}
     for step in run.response.steps:
         metrics[f"rkllm_{step.op}_s"] = round(step.seconds, 3)
     ppl = run.response.step(P.OP_PERPLEXITY)
