@@ -5,8 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(espeak-ng sox openssh-server openssh-client git)
-
 missing_system_packages() {
   local missing=()
   command -v espeak-ng >/dev/null || missing+=(espeak-ng)
@@ -14,6 +12,7 @@ missing_system_packages() {
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
   command -v ssh-keygen >/dev/null || missing+=(openssh-client)
   command -v git >/dev/null || missing+=(git)
+  command -v gcc >/dev/null || missing+=(gcc)  # builds the fake rkllm runtime in the tests
   echo "${missing[@]}"
 }
 

@@ -1,4 +1,4 @@
-"""DVC stage export_asr: the fp32 ONNX export of the ASR model (encoder + decoders with KV cache)."""
+"""DVC stage export_asr: fp32 ONNX export of the ASR model (encoder, decoders with KV cache)."""
 
 from pathlib import Path
 

@@ -9,7 +9,9 @@ def body(cfg, run):
     from rkpipe.llm.export import export_fp32_onnx
 
     models = Path(cfg.paths.models_dir) / "llm"
-    facts = export_fp32_onnx(models / "float", models / "onnx_fp32", trust_remote_code=cfg.model.trust_remote_code)
+    facts = export_fp32_onnx(
+        models / "float", models / "onnx_fp32", trust_remote_code=cfg.model.trust_remote_code
+    )
     run.log_metrics({f"export_llm_{k}": v for k, v in facts.items() if isinstance(v, (int, float))})
 
 

@@ -1,4 +1,4 @@
-"""DVC stage quantize_asr: onnxruntime quantization of the ASR model (the seed's scheme by default)."""
+"""DVC stage quantize_asr: onnxruntime quantization of the ASR model (the seed's scheme)."""
 
 from pathlib import Path
 

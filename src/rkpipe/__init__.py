@@ -1,3 +1,3 @@
-"""rkpipe: Hugging Face model -> quantized, measured edge model for Rockchip NPUs and ONNX Runtime."""
+"""rkpipe: Hugging Face model -> quantized, measured edge model (Rockchip NPU, onnxruntime)."""
 
 __version__ = "0.1.0"

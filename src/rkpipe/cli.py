@@ -102,6 +102,24 @@ def params(args: argparse.Namespace) -> int:
     return 0
 
 
+def board(args: argparse.Namespace) -> int:
+    """``rkpipe board trust|check NAME``: accept a board's host key, or preflight it."""
+    from rkpipe.config import compose
+
+    cfg = compose(Path(args.config_dir), [f"board={args.name}", *args.overrides])
+    if args.action == "trust":
+        from rkpipe.board.ssh import trust_host
+
+        print(f"trusted {cfg.board.host}:{cfg.board.port}: {trust_host(cfg.board)}")
+        return 0
+    from rkpipe.board.deploy import check_board, make_transport
+
+    facts = check_board(cfg, make_transport(cfg.board))
+    for key, value in facts.items():
+        print(f"{key:18} {value}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="rkpipe", description=__doc__)
@@ -115,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="params.yaml")
     p.add_argument("--check", action="store_true", help="exit 1 if params.yaml is stale")
     p.set_defaults(func=params)
+    p = sub.add_parser("board", help="trust a board's SSH host key, or preflight a board")
+    p.add_argument("action", choices=["trust", "check"])
+    p.add_argument("name", help="a conf/board/<name>.yaml")
+    p.add_argument("overrides", nargs="*", help="more Hydra overrides (quant=..., platform=...)")
+    p.add_argument("--config-dir", default="conf")
+    p.set_defaults(func=board)
     return parser
 
 

@@ -25,7 +25,9 @@ def _run(argv, cwd, timeout=900, check=True):
     env.pop("MLFLOW_TRACKING_URI", None)
     out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
-        raise AssertionError(f"{argv} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        raise AssertionError(
+            f"{argv} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out
 
 
@@ -40,7 +42,21 @@ def _copy_repo(dst: Path) -> None:
         (dst / name).unlink(missing_ok=True)
     shutil.rmtree(dst / "data" / "asr" / "testset", ignore_errors=True)
     _run(["git", "init", "-q"], dst)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "init", "--allow-empty"], dst, check=False)
+    _run(
+        [
+            "git",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-qam",
+            "init",
+            "--allow-empty",
+        ],
+        dst,
+        check=False,
+    )
     _run(["git", "add", "-A"], dst)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
 
@@ -89,7 +105,16 @@ def test_second_repro_does_nothing(repo):
 
 
 def test_quant_change_reruns_only_dependent_stages(repo):
-    out = _run(["dvc", "exp", "run", "-S", SMOKE, "-S", "quant=ort_int8_per_channel"], repo, timeout=1200)
+    out = _run(
+        ["dvc", "exp", "run", "-S", SMOKE, "-S", "quant=ort_int8_per_channel"], repo, timeout=1200
+    )
     ran = set(_stages_run(out.stdout))
     assert {"quantize_llm", "evaluate", "deploy_bench", "report"} <= ran
-    assert not ran & {"download_llm", "download_asr", "calibrate", "export_llm", "export_asr", "quantize_asr"}
+    assert not ran & {
+        "download_llm",
+        "download_asr",
+        "calibrate",
+        "export_llm",
+        "export_asr",
+        "quantize_asr",
+    }

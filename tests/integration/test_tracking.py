@@ -52,7 +52,9 @@ def test_stages_of_a_variant_share_one_finished_run(store, tmp_path):
     assert got.data.metrics == {"calib_records": 64.0, "ppl": 23.5}
     assert got.data.params["quant.dtype"] == "int8"
     assert got.data.params["platform.name"] == "host"
-    assert got.data.tags["mlflow.runName"].startswith("smollm2-135m-instruct|onnxruntime-int8|host|")
+    assert got.data.tags["mlflow.runName"].startswith(
+        "smollm2-135m-instruct|onnxruntime-int8|host|"
+    )
     assert got.data.tags["rkpipe.stage.calibrate"] == "finished"
     (dataset,) = store.get_run(got.info.run_id).inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.digest) == ("calibration", "ab" * 18)

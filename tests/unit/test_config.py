@@ -14,7 +14,18 @@ from rkpipe.config.platforms import PLATFORMS
 from rkpipe.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-GROUPS = ["model", "asr", "calib", "quant", "platform", "board", "bench", "eval", "tracking", "paths"]
+GROUPS = [
+    "model",
+    "asr",
+    "calib",
+    "quant",
+    "platform",
+    "board",
+    "bench",
+    "eval",
+    "tracking",
+    "paths",
+]
 
 
 def test_committed_params_yaml_matches_conf(repo_root):
@@ -48,14 +59,35 @@ def test_seed_experiment_is_w8a8_on_rk3576_with_two_cores():
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["platform=rk3588", "quant=w4a16"], "quant.dtype='w4a16' is not supported on platform.name='rk3588'; allowed: w8a8, w8a8_g128"),
-        (["platform=rk3576", "quant=w8a8", "quant.num_npu_core=3"], "quant.num_npu_core=3 is not valid for platform.name='rk3576' (it has 2 NPU core(s)); allowed: 1, 2"),
-        (["quant.max_context=4001"], "quant.max_context=4001 is not allowed; allowed: a multiple of 32 between 32 and 16384"),
+        (
+            ["platform=rk3588", "quant=w4a16"],
+            "quant.dtype='w4a16' is not supported on platform.name='rk3588'; allowed: w8a8, w8a8_g128",
+        ),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.num_npu_core=3"],
+            "quant.num_npu_core=3 is not valid for platform.name='rk3576' (it has 2 NPU core(s)); allowed: 1, 2",
+        ),
+        (
+            ["quant.max_context=4001"],
+            "quant.max_context=4001 is not allowed; allowed: a multiple of 32 between 32 and 16384",
+        ),
         (["quant.max_context=32768"], "quant.max_context=32768 is not allowed"),
-        (["platform=rk3576", "quant=w8a8", "quant.hybrid_rate=1.0"], "quant.hybrid_rate=1.0 is out of range; allowed: [0, 1)"),
-        (["platform=rk3576", "quant=w8a8", "quant.optimization_level=2"], "quant.optimization_level=2 is not allowed; allowed: 0, 1"),
-        (["platform=rk3576", "quant=w8a8", "quant.algorithm=grq"], "quant.algorithm='grq' does not apply to quant.dtype='w8a8'"),
-        (["quant=w8a8"], "platform.name='host' is not allowed; allowed: rk3588, rk3576, rk3562, rv1126b (quant.backend=rkllm needs a SoC)"),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.hybrid_rate=1.0"],
+            "quant.hybrid_rate=1.0 is out of range; allowed: [0, 1)",
+        ),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.optimization_level=2"],
+            "quant.optimization_level=2 is not allowed; allowed: 0, 1",
+        ),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.algorithm=grq"],
+            "quant.algorithm='grq' does not apply to quant.dtype='w8a8'",
+        ),
+        (
+            ["quant=w8a8"],
+            "platform.name='host' is not allowed; allowed: rk3588, rk3576, rk3562, rv1126b (quant.backend=rkllm needs a SoC)",
+        ),
         (["model=nope"], "Could not find 'model/nope'"),
         (["platform=rk9999"], "Available options in 'platform': host rk3562 rk3576 rk3588 rv1126b"),
         (["quant.dtype=int3"], "quant.dtype='int3' is not allowed; allowed: int8, int4"),
@@ -108,13 +140,25 @@ def test_load_params_rejects_bad_file_quickly(tmp_path):
 
 def test_stage_fails_in_a_second_with_one_line(tmp_path, repo_root):
     params = tmp_path / "params.yaml"
-    params.write_text(compose_yaml(CONF).replace("name: host", "name: rk3588").replace("backend: onnxruntime", "backend: rkllm").replace("dtype: int8", "dtype: w4a16"))
+    params.write_text(
+        compose_yaml(CONF)
+        .replace("name: host", "name: rk3588")
+        .replace("backend: onnxruntime", "backend: rkllm")
+        .replace("dtype: int8", "dtype: w4a16")
+    )
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, str(repo_root / "stages" / "quantize_llm.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     elapsed = time.perf_counter() - start
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines()[-1].startswith("rkpipe quantize_llm: error: invalid config: quant.dtype='w4a16'")
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .startswith("rkpipe quantize_llm: error: invalid config: quant.dtype='w4a16'")
+    )
     assert elapsed < 3.0  # includes interpreter start-up; the check itself is far below 1 s

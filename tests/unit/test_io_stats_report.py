@@ -46,17 +46,29 @@ def test_percentiles_and_summary():
 
 
 def test_summarize_samples_excludes_warmups():
-    rows = [{"warmup": True, "ttft_ms": 1000.0}] + [{"warmup": False, "ttft_ms": v} for v in (10.0, 20.0)]
+    rows = [{"warmup": True, "ttft_ms": 1000.0}] + [
+        {"warmup": False, "ttft_ms": v} for v in (10.0, 20.0)
+    ]
     out = summarize_samples(rows, ["ttft_ms", "absent"], prefix="x_")
     assert out["x_ttft_ms"] == 15.0 and out["x_ttft_ms_p50"] == 15.0 and out["x_ttft_ms_n"] == 2.0
     assert "x_absent" not in out
 
 
 def test_report_has_seed_columns_and_caveats(default_cfg):
-    metrics = {"ttft_ms": 91.234, "decode_tok_per_s": 73.0, "peak_rss_mb": 1024.0, "ppl": 24.0,
-               "ppl_float": 23.15, "ppl_delta_pct": 3.67, "asr_wer": 1.0}
+    metrics = {
+        "ttft_ms": 91.234,
+        "decode_tok_per_s": 73.0,
+        "peak_rss_mb": 1024.0,
+        "ppl": 24.0,
+        "ppl_float": 23.15,
+        "ppl_delta_pct": 3.67,
+        "asr_wer": 1.0,
+    }
     text = render_report(default_cfg, metrics, "abc")
     assert "| model | platform | quant type | board | TTFT (ms) | tokens/s | memory (GB) |" in text
-    assert "| smollm2-135m-instruct | host | ort int8 dynamic (QInt8, per-tensor) | local | 91.2 | 73.0 | 1.000 |" in text
+    assert (
+        "| smollm2-135m-instruct | host | ort int8 dynamic (QInt8, per-tensor) | local | 91.2 | 73.0 | 1.000 |"
+        in text
+    )
     assert "+3.7 %" in text
     assert "random weights" in text and "de-quantized" in text

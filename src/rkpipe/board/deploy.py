@@ -60,12 +60,44 @@ class LocalTransport:
 
 
 def make_transport(board: BoardConfig) -> Transport:
-    """The transport for ``board.transport``; raises BoardError for one not available."""
+    """The transport for ``board.transport`` (``local``, ``ssh`` or ``adb``)."""
+    if board.transport == "ssh":
+        from rkpipe.board.ssh import SshTransport
+
+        return SshTransport(board, python=board.python)
+    if board.transport == "adb":
+        from rkpipe.board.adb import AdbTransport
+
+        return AdbTransport(board, python=board.python)
     if board.transport == "local":
         return LocalTransport()
-    raise BoardError(
-        f"board.transport={board.transport!r} is not available in this version; available: local"
+    raise BoardError(f"board.transport={board.transport!r}; available: local, ssh, adb")
+
+
+def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:
+    """Preflight a remote board for this variant's models (SoC, driver, runtime, disk, memory)."""
+    from rkpipe.board.preflight import preflight
+    from rkpipe.io import dir_size_mb
+
+    models = Path(cfg.paths.models_dir)
+    rkllm = cfg.quant.backend == "rkllm"
+    size = dir_size_mb(models / "llm" / "quantized") + dir_size_mb(models / "asr" / "quantized")
+    return preflight(
+        transport,
+        model_platform=cfg.platform.name if rkllm else None,
+        toolkit_version=_toolkit_version(models / "llm" / "quantized") if rkllm else None,
+        model_size_mb=size,
+        board_root=cfg.board.root,
+        workdir=cfg.board.workdir,
+        timeout=min(cfg.board.timeout_s, 120.0),
     )
+
+
+def _toolkit_version(quantized: Path) -> str | None:
+    manifest = quantized / "quant_manifest.json"
+    if not manifest.is_file():
+        return None
+    return json.loads(manifest.read_text(encoding="utf-8")).get("toolkit_version")
 
 
 def parse_json_lines(stdout: str) -> list[dict[str, Any]]:
@@ -99,7 +131,9 @@ class BenchResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def bench_llm(transport: Transport, model_dir: Path, bench: BenchConfig, timeout: float) -> BenchResult:
+def bench_llm(
+    transport: Transport, model_dir: Path, bench: BenchConfig, timeout: float
+) -> BenchResult:
     """TTFT, prefill/decode tokens/s and peak RSS of the ONNX LLM (Rockchip's methodology)."""
     argv = transport.runner_command("ort_llm") + [
         "--model", transport.model_path(model_dir),
@@ -153,6 +187,7 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     Raises BoardError when a runner fails or the board cannot be reached.
     """
     transport = make_transport(cfg.board)
+    facts = {} if cfg.board.transport == "local" else check_board(cfg, transport)
     models = Path(cfg.paths.models_dir)
     testset = Path(cfg.paths.data_dir) / "asr" / "testset"
     llm = bench_llm(transport, models / "llm" / "quantized", cfg.bench, cfg.board.timeout_s)
@@ -164,7 +199,9 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
         cfg.asr.max_new_tokens,
         cfg.board.timeout_s,
     )
-    context = {"board": cfg.board.name, "platform": cfg.platform.name}
+    context = {"board": cfg.board.name, "platform": cfg.platform.name} | {
+        f"board_{k}": v for k, v in facts.items() if isinstance(v, (str, int, float))
+    }
     samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
     samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
     return BenchResult(samples, llm.metrics | asr.metrics)

@@ -1,6 +1,13 @@
 """Typed configuration: schema, platform matrix, validation, composition."""
 
-from rkpipe.config.loader import compose, compose_yaml, config_dict, flatten, load_params, variant_id
+from rkpipe.config.loader import (
+    compose,
+    compose_yaml,
+    config_dict,
+    flatten,
+    load_params,
+    variant_id,
+)
 from rkpipe.config.schema import PipelineConfig
 
 __all__ = [

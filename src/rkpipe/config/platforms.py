@@ -24,9 +24,7 @@ class PlatformSpec:
 
 
 PLATFORMS: dict[str, PlatformSpec] = {
-    "rk3588": PlatformSpec(
-        "rk3588", ("w8a8", "w8a8_g128", "w8a8_g256", "w8a8_g512"), (1, 2, 3)
-    ),
+    "rk3588": PlatformSpec("rk3588", ("w8a8", "w8a8_g128", "w8a8_g256", "w8a8_g512"), (1, 2, 3)),
     "rk3576": PlatformSpec(
         "rk3576", ("w4a16", "w4a16_g32", "w4a16_g64", "w4a16_g128", "w8a8"), (1, 2)
     ),

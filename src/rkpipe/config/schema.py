@@ -13,7 +13,7 @@ cross-field rules (platform matrix, ranges) live in :mod:`rkpipe.config.validate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -37,11 +37,11 @@ class ModelConfig:
 
     name: str = "smollm2-135m-instruct"
     source: str = "package"
-    repo_id: Optional[str] = None
+    repo_id: str | None = None
     revision: str = "main"
-    path: Optional[str] = None
-    package: Optional[str] = None
-    gguf_file: Optional[str] = None
+    path: str | None = None
+    package: str | None = None
+    gguf_file: str | None = None
     allow_patterns: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
     dtype: str = "float32"
@@ -81,13 +81,13 @@ class AsrConfig:
     name: str = "whisper-tiny-random"
     architecture: str = "whisper"
     source: str = "random_init"
-    repo_id: Optional[str] = None
+    repo_id: str | None = None
     revision: str = "main"
-    path: Optional[str] = None
+    path: str | None = None
     seed: int = 0
     init: AsrInitConfig = field(default_factory=AsrInitConfig)
     random_weights: bool = True
-    language: Optional[str] = "en"
+    language: str | None = "en"
     task: str = "transcribe"
     max_new_tokens: int = 64
     eval_sentences: str = "data/asr/sentences.txt"
@@ -104,12 +104,12 @@ class CalibConfig:
 
     source: str = "prompts"
     prompts_file: str = "data/calib/prompts.txt"
-    json_file: Optional[str] = None
-    dataset: Optional[str] = None
-    dataset_config: Optional[str] = None
+    json_file: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
     split: str = "train"
     input_column: str = "text"
-    target_column: Optional[str] = None
+    target_column: str | None = None
     num_samples: int = 64
     max_input_tokens: int = 256
     max_new_tokens: int = 48
@@ -134,10 +134,10 @@ class OrtQuantConfig:
 class RkllmQuantConfig:
     """Options only the rkllm-toolkit backend reads."""
 
-    python: Optional[str] = None
+    python: str | None = None
     device: str = "cpu"
     load_dtype: str = "float32"
-    extra_qparams: Optional[dict[str, Any]] = None
+    extra_qparams: dict[str, Any] | None = None
 
 
 @dataclass
@@ -152,7 +152,7 @@ class QuantConfig:
     dtype: str = "int8"
     algorithm: str = "normal"
     optimization_level: int = 1
-    num_npu_core: Optional[int] = None
+    num_npu_core: int | None = None
     hybrid_rate: float = 0.0
     max_context: int = 4096
     ort: OrtQuantConfig = field(default_factory=OrtQuantConfig)
@@ -172,13 +172,16 @@ class BoardConfig:
 
     name: str = "local"
     transport: str = "local"
-    host: Optional[str] = None
+    host: str | None = None
     port: int = 22
-    user: Optional[str] = None
-    key_file: Optional[str] = None
-    known_hosts: Optional[str] = None
+    user: str | None = None
+    key_file: str | None = None
+    known_hosts: str | None = None
     workdir: str = "/tmp/rkpipe-board"
-    platform: Optional[str] = None
+    platform: str | None = None
+    python: str = "python3"
+    # Prefix for /proc and /sys reads: "" on a real board, a directory on the loopback test board.
+    root: str = ""
     pin_frequency: bool = False
     timeout_s: float = 600.0
 
@@ -207,7 +210,7 @@ class EvalConfig:
 class TrackingConfig:
     """MLflow settings. ``uri: null`` means the project's SQLite store (see tracking)."""
 
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "rkpipe"
     enabled: bool = True
 

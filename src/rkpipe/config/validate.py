@@ -116,7 +116,9 @@ def _source_problems(cfg: PipelineConfig) -> list[str]:
     if m.source == "gguf" and not m.gguf_file:
         problems.append("model.gguf_file is required when model.source='gguf'")
     if m.source == "package" and not (m.package and m.gguf_file):
-        problems.append("model.package and model.gguf_file are required when model.source='package'")
+        problems.append(
+            "model.package and model.gguf_file are required when model.source='package'"
+        )
     _check_choice(problems, "asr.source", a.source, ASR_SOURCES)
     _check_choice(problems, "asr.architecture", a.architecture, ASR_ARCHITECTURES)
     _check_choice(problems, "asr.quant.weight_type", a.quant.weight_type, ORT_WEIGHT_TYPES)

@@ -240,7 +240,9 @@ def _close_if_orphaned(client: Any, run: Any) -> None:
         return
     pid = int(tags.get(PID_TAG, "0") or 0)
     if pid and not _pid_alive(pid):
-        log.warning("run %s was left RUNNING by a killed stage; closing it as KILLED", run.info.run_id)
+        log.warning(
+            "run %s was left RUNNING by a killed stage; closing it as KILLED", run.info.run_id
+        )
         client.set_tag(run.info.run_id, "rkpipe.killed_stage", tags.get("rkpipe.stage", "?"))
         client.set_terminated(run.info.run_id, "KILLED")
 

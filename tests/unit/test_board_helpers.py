@@ -1,0 +1,115 @@
+"""Pure helpers of the board modules: parsing, checks and plans (no board, no network)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rkpipe.board.preflight import (
+    check_facts,
+    parse_df_available_mb,
+    parse_driver_version,
+    parse_mem_available_mb,
+    plan_frequency_writes,
+    soc_from_compatible,
+)
+from rkpipe.board.ssh import known_hosts_name, parse_sha256sum
+from rkpipe.engines.rkllm_runner import default_cpu_mask
+from rkpipe.errors import BoardError
+
+DIGEST = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("compatible", "soc"),
+    [
+        ("rockchip,rk3588-evb\0rockchip,rk3588\0", "rk3588"),
+        ("xunlong,orangepi-5\0rockchip,rk3588s\0", "rk3588"),
+        ("rockchip,rk3576-evb1-v10\0rockchip,rk3576\0", "rk3576"),
+        ("rockchip,rv1126b-evb\0rockchip,rv1126b\0", "rv1126b"),
+        ("raspberrypi,4-model-b\0brcm,bcm2711\0", None),
+        ("", None),
+    ],
+)
+def test_soc_from_compatible(compatible, soc):
+    assert soc_from_compatible(compatible) == soc
+
+
+def test_parsers():
+    assert parse_driver_version("RKNPU driver: v0.9.8\n") == "0.9.8"
+    assert parse_driver_version("no version") is None
+    df = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/x 100 10 2048 1% /\n"
+    assert parse_df_available_mb(df) == pytest.approx(2048 * 1024 / 1e6)
+    with pytest.raises(BoardError, match="df -Pk"):
+        parse_df_available_mb("df: /nope: No such file or directory\n")
+    assert parse_mem_available_mb("MemTotal: 9 kB\nMemAvailable:  1000 kB\n") == 1.024
+    with pytest.raises(BoardError, match="MemAvailable"):
+        parse_mem_available_mb("MemTotal: 9 kB\n")
+    assert parse_sha256sum(f"\\{DIGEST}  odd\\nname\n") == DIGEST
+    assert parse_sha256sum(f"{DIGEST}  -\n") == DIGEST
+    assert parse_sha256sum("-") is None and parse_sha256sum("") is None
+    assert known_hosts_name("board", 22) == "board"
+    assert known_hosts_name("10.0.0.2", 2222) == "[10.0.0.2]:2222"
+
+
+def facts(**changes):
+    base = {
+        "soc": "rk3588",
+        "compatible": "rockchip,rk3588",
+        "driver_version": "0.9.8",
+        "runtime_version": "1.3.0",
+        "runtime_lib": "/usr/lib/librkllmrt.so",
+        "free_disk_mb": 10_000.0,
+        "mem_available_mb": 8_000.0,
+        "workdir": "/tmp/w",
+    }
+    return base | changes
+
+
+def test_check_facts_passes_and_lists_every_problem():
+    ok = check_facts(facts(), model_platform="RK3588", toolkit_version="1.3.0", model_size_mb=900)
+    assert ok == []
+    bad = facts(soc=None, driver_version="0.9.6", runtime_version="1.2.1", free_disk_mb=10.0)
+    problems = check_facts(
+        bad | {"mem_available_mb": 100.0},
+        model_platform="rk3576",
+        toolkit_version="v1.3.0",
+        model_size_mb=900,
+    )
+    assert len(problems) == 5
+    assert problems[0].startswith("model built for rk3576 but board is not a known Rockchip SoC")
+    assert "upgrade the runtime to 1.3.0 (rknn-llm #129, #534)" in problems[2]
+
+
+def test_check_facts_newer_runtime_and_skipped_checks():
+    (problem,) = check_facts(
+        facts(runtime_version="1.3.0"),
+        model_platform=None,
+        toolkit_version="1.2.3",
+        model_size_mb=1,
+    )
+    assert "re-export the model with rkllm-toolkit 1.3.0" in problem
+    onnx = facts(soc=None, driver_version=None, runtime_version=None)
+    assert check_facts(onnx, model_platform=None, toolkit_version=None, model_size_mb=1) == []
+
+
+def test_plan_frequency_writes():
+    readings = {
+        "/sys/devices/system/cpu/cpu0/cpuidle/state1/disable": "0",
+        "/sys/devices/system/cpu/cpufreq/policy0/scaling_available_frequencies": "408000 2016000",
+        "/sys/class/devfreq/ff300000.npu/available_frequencies": "300000000 1000000000",
+    }
+    plan = plan_frequency_writes("RK3562", readings)
+    assert plan == {
+        "/sys/devices/system/cpu/cpu0/cpuidle/state1/disable": "1",
+        "/sys/devices/system/cpu/cpufreq/policy0/scaling_governor": "userspace",
+        "/sys/devices/system/cpu/cpufreq/policy0/scaling_setspeed": "2016000",
+        "/sys/kernel/debug/rknpu/freq": "1000000000",  # rk3562's NPU: no governor file
+    }
+    with pytest.raises(BoardError, match="no frequency table for 'rk9999'"):
+        plan_frequency_writes("rk9999", readings)
+
+
+def test_default_cpu_mask_takes_the_big_cores():
+    assert default_cpu_mask(4, 8) == 0xF0
+    assert default_cpu_mask(2, 8) == 0xC0
+    assert default_cpu_mask(8, 4) == 0x0F
