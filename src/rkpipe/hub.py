@@ -328,10 +328,29 @@ def _from_local(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
             "normalisation": fixes}
 
 
+def pin_revision(repo_id: str, revision: str, *, token_env: str = "HF_TOKEN") -> str | None:
+    """The commit sha ``revision`` of ``repo_id`` points at now, for params.yaml.
+
+    Used as the ``rkpipe_commit`` resolver when conf/ is composed. Offline (or with the hub
+    unreachable) it answers from the local cache's refs, else None: the download stage then
+    resolves the revision itself and records the sha in the manifest.
+    """
+    hub = _hub_from_env(token_env, None)
+    ref = Path(hub.cache_dir or "") / f"models--{repo_id.replace('/', '--')}" / "refs" / revision
+    if not hub.offline:
+        try:
+            return resolve_revision(repo_id, revision, hub)[0]
+        except (_HubUnreachable, ModelSourceError) as exc:
+            log.warning("cannot pin %s@%s to a commit now (%s)", repo_id, revision, exc)
+    if ref.is_file():
+        return ref.read_text(encoding="utf-8").strip()
+    return None
+
+
 def _from_hub(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
     if not cfg.repo_id:
         raise ModelSourceError("model.source=hub needs model.repo_id (e.g. Qwen/Qwen2.5-1.5B)")
-    snapshot, sha = download_snapshot(cfg.repo_id, cfg.revision, hub,
+    snapshot, sha = download_snapshot(cfg.repo_id, cfg.commit or cfg.revision, hub,
                                       allow_patterns=list(cfg.allow_patterns) or None)
     fixes = normalise_hf_dir(snapshot, dest, cfg)
     return {"source": "hub", "repo_id": cfg.repo_id, "revision": cfg.revision,

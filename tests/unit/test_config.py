@@ -14,6 +14,14 @@ from rkpipe.config.platforms import PLATFORMS
 from rkpipe.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(monkeypatch):
+    """Hub model configs pin their revision at composition: answer from the cache, no network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 GROUPS = [
     "model",
     "asr",

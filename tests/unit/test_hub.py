@@ -556,3 +556,37 @@ def test_package_gguf_checkpoint_has_tokenizer_fixes(tmp_path):
         assert json.loads((out / name).read_text())["eos_token_id"] == 2
     fixes = " | ".join(manifest["tokenizer_fixes"])
     assert "add_bos_token: True -> False" in fixes and "eos_token:" in fixes
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinning a moving branch at composition time
+# ---------------------------------------------------------------------------------------------
+
+
+def test_composed_params_pin_main_to_its_commit(fake_hub, tiny_files):
+    from rkpipe.config import compose, variant_id
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    fake_hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", tiny_files, sha="a" * 40)
+    first = compose(conf, ["model=smollm2_135m_hub"])
+    assert first.model.commit == "a" * 40
+    fake_hub.add_repo("HuggingFaceTB/SmolLM2-135M-Instruct", tiny_files, sha="b" * 40)
+    moved = compose(conf, ["model=smollm2_135m_hub"])
+    assert moved.model.commit == "b" * 40
+    assert variant_id(moved) != variant_id(first)  # a new upstream commit is a new input
+
+
+def test_pin_falls_back_to_the_cached_ref_offline(fake_hub, tiny_files, monkeypatch, tmp_path):
+    from rkpipe.hub import pin_revision
+
+    acquire_llm(hub_cfg(), tmp_path / "out")  # records refs/main in the cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert pin_revision(REPO_ID, "main") == SHA
+    assert pin_revision("nobody/nothing", "main") is None
+
+
+def test_download_uses_the_pinned_commit(fake_hub, tiny_files, tmp_path):
+    fake_hub.add_repo(REPO_ID, tiny_files, sha="c" * 40)
+    manifest = acquire_llm(hub_cfg(commit="c" * 40), tmp_path / "out")
+    assert manifest["revision_resolved"] == "c" * 40
+    assert all("/resolve/" + "c" * 40 in p for p in fake_hub.gets())

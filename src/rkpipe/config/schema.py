@@ -39,6 +39,9 @@ class ModelConfig:
     source: str = "package"
     repo_id: str | None = None
     revision: str = "main"
+    # The commit ``revision`` resolved to when params.yaml was composed (rkpipe.hub.pin_revision):
+    # a moving branch that gets a new upstream commit changes params, so DVC reruns the download.
+    commit: str | None = None
     path: str | None = None
     package: str | None = None
     gguf_file: str | None = None
@@ -51,17 +54,41 @@ class ModelConfig:
 
 @dataclass
 class AsrQuantConfig:
-    """onnxruntime quantization of the ASR model (the seed's scheme by default)."""
+    """onnxruntime quantization of the ASR model (the seed's scheme by default).
+
+    ``scheme``: ``dynamic`` (``quantize_dynamic``: MatMul -> MatMulInteger, ``weight_type``,
+    ``per_channel``, ``op_types``), ``static_qdq`` (``quantize_static`` in QDQ format with
+    ``activation_type`` activations calibrated by ``calibrate_method`` on ``calib_clips``
+    synthesized clips of ``calib_sentences``, never the eval clips) or ``matmul_nbits4``
+    (4-bit block-wise MatMulNBits, ``block_size``, ``symmetric``, ``accuracy_level``).
+    ``encoder_scheme`` overrides the scheme of the encoder file (Whisper's
+    ``encoder_model.onnx``, wav2vec2's whole ``model.onnx``); null means ``scheme``.
+    """
 
     scheme: str = "dynamic"
     weight_type: str = "QInt8"
     op_types: list[str] = field(default_factory=lambda: ["MatMul"])
     per_channel: bool = False
+    encoder_scheme: str | None = None
+    activation_type: str = "QUInt8"
+    calibrate_method: str = "MinMax"
+    calib_sentences: str | None = None
+    calib_clips: int = 8
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 0
 
 
 @dataclass
 class AsrInitConfig:
-    """Architecture of a randomly initialised Whisper (offline default only)."""
+    """Architecture of a randomly initialised ASR model (offline default only).
+
+    Whisper reads every field but the ``conv_*`` ones; wav2vec2 maps ``d_model`` to
+    ``hidden_size``, ``encoder_layers`` to ``num_hidden_layers``, ``ffn_dim`` to
+    ``intermediate_size`` and uses ``conv_dim`` (all 7 feature-extractor convolutions),
+    ``conv_pos_kernel`` / ``conv_pos_groups`` (positional convolution); its ``vocab_size``
+    must be the character vocabulary's size (32).
+    """
 
     d_model: int = 64
     encoder_layers: int = 2
@@ -72,17 +99,45 @@ class AsrInitConfig:
     vocab_size: int = 51865
     max_source_positions: int = 1500
     max_target_positions: int = 448
+    conv_dim: int = 512
+    conv_pos_kernel: int = 128
+    conv_pos_groups: int = 16
+
+
+@dataclass
+class AsrRknnConfig:
+    """``asr.backend=rknn``: the encoder converted by rknn-toolkit2 in its own interpreter.
+
+    ``python``: that interpreter (else ``$RKPIPE_RKNN_PYTHON``, else ``.venv-rknn/bin/python``
+    made by ``scripts/setup_rknn.sh``). ``do_quantization`` gives ``quantized_dtype`` (w8a8,
+    calibrated on ``calib_clips`` synthesized clips), else the NPU's fp16. ``simulate`` runs
+    the converted model in the toolkit's x86 simulator against the ONNX encoder.
+    ``input_seconds``: the static input length of a CTC model (Whisper's is always 30 s).
+    """
+
+    target_platform: str = "rk3588"
+    do_quantization: bool = False
+    quantized_dtype: str = "w8a8"
+    quantized_algorithm: str = "normal"
+    optimization_level: int = 3
+    python: str | None = None
+    calib_clips: int = 4
+    simulate: bool = True
+    input_seconds: float = 20.0
 
 
 @dataclass
 class AsrConfig:
-    """The speech model: ``source`` is ``random_init``, ``hub`` or ``local``."""
+    """The speech model: ``architecture`` ``whisper`` or ``wav2vec2`` (CTC); ``source`` is
+    ``random_init``, ``hub`` or ``local``; ``backend`` ``onnxruntime`` or ``rknn`` (the encoder
+    also converted for the NPU, see :class:`AsrRknnConfig`)."""
 
     name: str = "whisper-tiny-random"
     architecture: str = "whisper"
     source: str = "random_init"
     repo_id: str | None = None
     revision: str = "main"
+    commit: str | None = None
     path: str | None = None
     seed: int = 0
     init: AsrInitConfig = field(default_factory=AsrInitConfig)
@@ -92,6 +147,8 @@ class AsrConfig:
     max_new_tokens: int = 64
     eval_sentences: str = "data/asr/sentences.txt"
     quant: AsrQuantConfig = field(default_factory=AsrQuantConfig)
+    backend: str = "onnxruntime"
+    rknn: AsrRknnConfig = field(default_factory=AsrRknnConfig)
 
 
 @dataclass
@@ -120,7 +177,16 @@ class CalibConfig:
 
 @dataclass
 class OrtQuantConfig:
-    """onnxruntime LLM quantization options."""
+    """onnxruntime LLM quantization options.
+
+    ``scheme`` (with ``quant.dtype``): ``dynamic`` (int8 MatMulInteger; int4 means
+    ``matmul_nbits``), ``matmul_nbits`` (int4/int8 weight-only), ``static_qdq`` (int8, calibrated
+    on ``calib_records`` records of the calibration set), ``gguf_exact`` (the GGUF's own blocks,
+    lossless; GGUF/package sources only), ``genai_int4`` / ``genai_int8`` / ``genai_gguf_exact``
+    (onnxruntime-genai's fused builder graph, built with the interpreter ``genai_python``).
+    ``embedding_bits`` 4 or 8 block-quantizes the token embedding and the tied lm_head into one
+    shared table (0 leaves them to the scheme).
+    """
 
     scheme: str = "dynamic"
     weight_type: str = "QInt8"
@@ -128,6 +194,12 @@ class OrtQuantConfig:
     op_types: list[str] = field(default_factory=lambda: ["MatMul"])
     block_size: int = 32
     accuracy_level: int = 0
+    embedding_bits: int = 0
+    activation_type: str = "QInt8"
+    calibrate_method: str = "MinMax"
+    calib_records: int = 8
+    calib_max_tokens: int = 256
+    genai_python: str | None = None
 
 
 @dataclass
@@ -241,5 +313,13 @@ def register_configs() -> None:
     (ours, DVC's Hydra mode, ``rkpipe sweep``) merges the YAML onto typed fields.
     """
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
+    OmegaConf.register_new_resolver("rkpipe_commit", _pin_revision, replace=True)
+
+
+def _pin_revision(repo_id: str, revision: str) -> Optional[str]:
+    from rkpipe.hub import pin_revision
+
+    return pin_revision(repo_id, revision)
