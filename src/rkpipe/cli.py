@@ -1,4 +1,5 @@
-"""The ``rkpipe`` command: what is not a DVC stage (doctor, params, ...).
+"""The ``rkpipe`` command: what is not a DVC stage (doctor, params, board, sweep, compare,
+reproduce) plus ``record``, the entry point of the DVC stage that hashes every output.
 
 Stays light: heavy libraries are imported only inside the subcommand that needs them.
 """
@@ -14,8 +15,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from rkpipe.errors import RkpipeError
+from rkpipe.errors import ConfigError, RkpipeError
 
 KEY_PACKAGES = (
     "torch", "transformers", "optimum-onnx", "onnx", "onnxruntime", "gguf", "datasets",
@@ -120,6 +122,223 @@ def board(args: argparse.Namespace) -> int:
     return 0
 
 
+def _repo(args: argparse.Namespace) -> Path:
+    from rkpipe.tracking import repo_root
+
+    return Path(args.repo).resolve() if args.repo else repo_root()
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from rkpipe.tracking.store import Store
+
+    return Store(args.tracking_uri, _repo(args))
+
+
+def _executor(args: argparse.Namespace, repo: Path) -> Any:
+    from rkpipe.sweep.executor import DvcQueueExecutor, DvcWorkspaceExecutor
+
+    if args.executor == "workspace":
+        return DvcWorkspaceExecutor(repo)
+    return DvcQueueExecutor(repo, jobs=args.jobs, prime=not args.no_prime)
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """Plan the sweep, print what runs and what is skipped (and why), then run it."""
+    from rkpipe.sweep.plan import describe, plan_sweep
+
+    repo, config_dir = _repo(args), Path(args.config_dir)
+    if args.sweeper == "optuna":
+        return _search(args, repo, config_dir)
+    plan = plan_sweep(args.overrides, config_dir)
+    print(describe(plan))
+    if args.dry_run:
+        return 0
+    from rkpipe.sweep.driver import render_summary, run_sweep
+
+    base = plan.variants[0].cfg if plan.variants else None
+    report_dir = Path(args.report_dir) if args.report_dir else None
+    if report_dir is None and base is not None:
+        report_dir = repo / base.paths.reports_dir / "sweep"
+    result = run_sweep(repo, plan, _executor(args, repo), _store(args), args.name, report_dir)
+    print(render_summary(result))
+    return 0 if result.ok else 1
+
+
+def _search(args: argparse.Namespace, repo: Path, config_dir: Path) -> int:
+    from rkpipe.sweep.search import Objective, run_search
+
+    objectives = [Objective.parse(o) for o in args.objective]
+    parent, plan, children, out = run_search(
+        repo, config_dir, args.overrides, _executor(args, repo), _store(args), objectives,
+        args.n_trials, args.seed, args.name, Path(args.report_dir) if args.report_dir else None,
+    )  # fmt: skip
+    print(f"optuna search: parent run {parent}, {len(children)} variant(s) run, "
+          f"{len(plan.rejected)} invalid trial(s) skipped")  # fmt: skip
+    print((out / "optimization_results.yaml").read_text(encoding="utf-8"))
+    return 0
+
+
+def _compare_runs(args: argparse.Namespace, store: Any) -> tuple[list[Any], int]:
+    if args.sweep:
+        runs = store.children(args.sweep)
+        if not runs:
+            from rkpipe.errors import TrackingError
+
+            raise TrackingError(f"run {args.sweep} has no child runs (is it a sweep's parent?)")
+    else:
+        ids = ([args.baseline] if args.baseline else []) + args.candidate + args.runs
+        runs = [store.get(run_id) for run_id in ids]
+    baseline = 0
+    if args.baseline and args.sweep:
+        baseline = next((i for i, r in enumerate(runs) if r.run_id == args.baseline), 0)
+    return runs, baseline
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Print (or write) the comparison table; tag gate results on the runs."""
+    from rkpipe.config import compose
+    from rkpipe.report.compare import compare_runs, gate_tags
+
+    store = _store(args)
+    runs, baseline = _compare_runs(args, store)
+    if len(runs) < 1:
+        raise ConfigError(
+            "nothing to compare: give run ids, --sweep PARENT or --baseline/--candidate"
+        )
+    gates = compose(Path(args.config_dir), args.set).gates
+    rules = gates.rules if gates.enabled else {}
+    comparison = compare_runs(runs, baseline=baseline, rules=rules)
+    text = comparison.to_csv() if args.format == "csv" else comparison.to_markdown()
+    _write_or_print(text, args.output)
+    if args.csv:
+        _write_or_print(comparison.to_csv(), args.csv)
+    if args.plot:
+        from rkpipe.report.pareto import plot_pareto
+
+        print(f"wrote {plot_pareto(comparison, Path(args.plot)) or 'no plot (missing metrics)'}")
+    if rules and not args.no_tag:
+        for row in comparison.rows:
+            store.set_tags(row.run_id, gate_tags(row.gates))
+    return 0
+
+
+def _write_or_print(text: str, path: str | None) -> None:
+    if not path:
+        print(text, end="")
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """Rebuild a run's variant in a clean worktree and report what matches."""
+    from rkpipe.reproduce import render_result
+    from rkpipe.reproduce import reproduce as rebuild
+
+    result = rebuild(
+        args.run_id, _repo(args), _store(args),
+        workdir=Path(args.workdir).resolve() if args.workdir else None,
+        allow_dirty=args.allow_dirty, keep=args.keep,
+    )  # fmt: skip
+    print(render_result(result, args.verbose))
+    if args.keep:
+        print(f"worktree kept at {result.worktree}")
+    return 0 if result.ok else 1
+
+
+def record(args: argparse.Namespace) -> int:
+    """The ``record`` DVC stage: hash every output and log it to the variant's run."""
+    from rkpipe.reproduce import record_outputs
+    from rkpipe.stage import run_stage
+
+    run_stage("record", lambda cfg, run: record_outputs(cfg, run), args.params)
+    return 0
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="the DVC/git repository (default: DVC_ROOT or the git top level)")
+    p.add_argument("--tracking-uri", help="MLflow store (default: <repo>/.mlflow/mlflow.db)")
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="run a Hydra sweep of variants as DVC experiments")
+    p.add_argument(
+        "overrides",
+        nargs="+",
+        help="Hydra overrides with sweeps: quant=a,b "
+        "'quant=glob(ort_*)' 'bench.threads=range(1,3)' experiment=smoke",
+    )
+    p.add_argument("--executor", choices=["queue", "workspace"], default="queue")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="dvc queue workers")
+    p.add_argument(
+        "--no-prime",
+        action="store_true",
+        help="queue every job at once (default: the first runs alone, so the stages "
+        "all variants share are computed once and restored from the run cache)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan only")
+    p.add_argument("--name", help="the parent run's name")
+    p.add_argument(
+        "--report-dir",
+        help="where compare.md/.csv and pareto.png go (default: <reports_dir>/sweep)",
+    )
+    p.add_argument("--sweeper", choices=["basic", "optuna"], default="basic")
+    p.add_argument(
+        "--objective",
+        action="append",
+        default=None,
+        help="optuna: METRIC:minimize|maximize (repeat; default ppl_delta_pct:minimize "
+        "and decode_tok_per_s:maximize)",
+    )
+    p.add_argument("--n-trials", type=int, default=8, help="optuna: number of trials")
+    p.add_argument("--seed", type=int, default=0, help="optuna: sampler seed")
+    p.add_argument("--config-dir", default="conf")
+    _add_store_args(p)
+    p.set_defaults(func=sweep)
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare runs, a sweep, or a baseline and candidates")
+    p.add_argument("runs", nargs="*", help="run ids (the first is the baseline)")
+    p.add_argument("--sweep", help="a sweep's parent run id: compare its children")
+    p.add_argument("--baseline", help="the reference run id")
+    p.add_argument("--candidate", action="append", default=[], help="a run id to compare")
+    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--output", help="write the table here instead of printing it")
+    p.add_argument("--csv", help="also write the CSV here")
+    p.add_argument("--plot", help="also write the Pareto PNG here")
+    p.add_argument("--no-tag", action="store_true", help="do not tag gate results in MLflow")
+    p.add_argument(
+        "-S",
+        "--set",
+        action="append",
+        default=[],
+        help="Hydra override for the gates, e.g. gates.rules.ppl.max=10",
+    )
+    p.add_argument("--config-dir", default="conf")
+    _add_store_args(p)
+    p.set_defaults(func=compare)
+
+
+def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="rebuild a run's variant and compare hashes and metrics")
+    p.add_argument("run_id")
+    p.add_argument("--workdir", help="where to put the worktree (default: a temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the worktree afterwards")
+    p.add_argument("--verbose", action="store_true", help="list every timing metric")
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="rebuild from the commit even if the run's tree was dirty",
+    )
+    _add_store_args(p)
+    p.set_defaults(func=reproduce)
+    p = sub.add_parser("record", help="DVC stage: sha256 of every output, logged to the run")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=record)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="rkpipe", description=__doc__)
@@ -139,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="more Hydra overrides (quant=..., platform=...)")
     p.add_argument("--config-dir", default="conf")
     p.set_defaults(func=board)
+    _add_sweep_parser(sub)
+    _add_compare_parser(sub)
+    _add_reproduce_parsers(sub)
     return parser
 
 

@@ -118,3 +118,38 @@ def test_quant_change_reruns_only_dependent_stages(repo):
         "export_asr",
         "quantize_asr",
     }
+
+
+def test_board_over_loopback_ssh_reruns_only_deploy_and_report(repo, loopback_sshd, tmp_path):
+    import dataclasses
+
+    import yaml
+    from board_fixture import write_board_root
+
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(loopback_sshd.known_hosts_line())
+    board = loopback_sshd.board(known_hosts, tmp_path / "board workdir")
+    fields = dataclasses.asdict(board) | {
+        "name": "loopback", "root": str(write_board_root(tmp_path / "board root")),
+        "python": sys.executable,
+    }  # fmt: skip
+    (repo / "conf/board/loopback.yaml").write_text(yaml.safe_dump(fields))
+    out = _run(["dvc", "exp", "run", "-S", SMOKE, "-S", "board=loopback"], repo, timeout=1200)
+    assert set(_stages_run(out.stdout)) == {"deploy_bench", "report"}
+    samples = json.loads((repo / "reports/bench_llm_samples.json").read_text())
+    assert {s["board"] for s in samples} == {"loopback"}
+    assert {s["board_soc"] for s in samples} == {"rk3588"}
+    assert json.loads((repo / "metrics/bench.json").read_text())["decode_tok_per_s"] > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("rkpipe").experiment_id], "tags.board = 'loopback'"
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["board.soc"] == "rk3588"
+    assert run.data.tags["board.driver_version"]
+    assert run.data.metrics["decode_tok_per_s"] > 0
+    assert "bench" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -151,7 +151,7 @@ def test_stage_fails_in_a_second_with_one_line(tmp_path, repo_root):
     params.write_text(
         compose_yaml(CONF)
         .replace("name: host", "name: rk3588")
-        .replace("backend: onnxruntime", "backend: rkllm")
+        .replace("\nquant:\n  backend: onnxruntime", "\nquant:\n  backend: rkllm")
         .replace("dtype: int8", "dtype: w4a16")
     )
     start = time.perf_counter()

@@ -1,7 +1,8 @@
-"""Compare the fp32 and quantized Whisper ONNX models on a spoken test set: WER, CER, speed, size.
+"""Compare the fp32 and quantized ASR ONNX models on a spoken test set: WER, CER, speed, size.
 
-Both models run in the same process with the same engine (``rkpipe.engines.ort_whisper``),
-clip by clip in alternation, so machine noise hits both alike. Metric keys are flat and carry the
+Both models run in the same process with the same engine (the one ``engine.json`` names:
+``rkpipe.engines.ort_whisper`` or ``rkpipe.engines.ort_ctc``), clip by clip in alternation, so
+machine noise hits both alike. Metric keys are flat and carry the
 variant as a suffix: ``asr_wer`` (quantized) vs ``asr_wer_fp32``.
 """
 
@@ -116,8 +117,11 @@ def evaluate_asr(
 ) -> dict:
     """WER/CER/RTF/latency/size of the fp32 and quantized models on the test set, and their deltas.
 
-    Greedy decoding with the prompt ``<|startoftranscript|><|language|><|task|><|notimestamps|>``
-    (``language=None`` leaves the language token out). ``random_weights`` defaults to the flag
+    Whisper: greedy decoding with the prompt
+    ``<|startoftranscript|><|language|><|task|><|notimestamps|>`` (``language=None`` leaves the
+    language token out), ids decoded by the tokenizer in ``tokenizer_dir``. CTC (wav2vec2):
+    greedy CTC labels decoded by the engine's own character table (``language``, ``task`` and
+    ``max_new_tokens`` do not apply). ``random_weights`` defaults to the flag
     in ``fp32_dir/engine.json``. ``details_path`` (optional) receives one JSON line per clip and
     variant. Returns flat metrics (see module doc): ``asr_wer``, ``asr_cer``, ``asr_rtf``,
     ``asr_encoder_ms_mean``, ``asr_decoder_ms_mean``, ``asr_size_mb`` and their ``_fp32`` twins,
@@ -126,11 +130,11 @@ def evaluate_asr(
     ``asr_audio_s`` and ``asr_random_weights``. Raises :class:`AsrError` for unusable inputs.
     """
     clips = load_testset(testset_dir)
-    tokenizer = _load_tokenizer(Path(tokenizer_dir))
     engines = _load_engines(Path(fp32_dir), Path(quant_dir), threads)
+    decode = _decoder(engines["fp32"], Path(tokenizer_dir))
     runs = _run_all(engines, clips, language, task, max_new_tokens, warmup)
     refs = [normalize_text(text) for _, _, text in clips]
-    hyps = {v: [normalize_text(_decode(tokenizer, r["ids"])) for r in runs[v]] for v in VARIANTS}
+    hyps = {v: [normalize_text(decode(r["ids"])) for r in runs[v]] for v in VARIANTS}
     if details_path is not None:
         _write_details(Path(details_path), clips, runs, hyps)
     if random_weights is None:
@@ -152,15 +156,27 @@ def _load_tokenizer(tokenizer_dir: Path) -> Any:
 
 
 def _load_engines(fp32_dir: Path, quant_dir: Path, threads: int) -> dict:
-    from rkpipe.engines.ort_whisper import OrtWhisper
+    """Both variants' engines; :class:`AsrError` if one cannot load or their engines differ."""
+    from rkpipe.asr.engine import engine_name, load_engine
 
-    engines = {}
-    for variant, path in zip(VARIANTS, (fp32_dir, quant_dir), strict=True):
-        try:
-            engines[variant] = OrtWhisper(str(path), threads=threads)
-        except (FileNotFoundError, ValueError) as exc:
-            raise AsrError(f"cannot load the {variant} ASR model from {path}: {exc}") from exc
-    return engines
+    names = {engine_name(fp32_dir), engine_name(quant_dir)}
+    if len(names) != 1:
+        raise AsrError(
+            f"{fp32_dir} and {quant_dir} need different engines {sorted(names)}; quantize the "
+            f"same export you compare with"
+        )
+    return {
+        variant: load_engine(path, threads=threads)
+        for variant, path in zip(VARIANTS, (fp32_dir, quant_dir), strict=True)
+    }
+
+
+def _decoder(engine: Any, tokenizer_dir: Path) -> Any:
+    """ids -> text: the CTC engine's character table, else the Whisper tokenizer."""
+    if hasattr(engine, "text"):
+        return engine.text
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    return lambda ids: _decode(tokenizer, ids)
 
 
 def _run_all(engines: dict, clips: list, language, task, max_new_tokens, warmup) -> dict:

@@ -1,9 +1,12 @@
-"""Export a Whisper checkpoint to fp32 ONNX with optimum, plus what the numpy engine reads.
+"""Export an ASR checkpoint to fp32 ONNX with optimum, plus what the inference engine reads.
 
-Output directory: ``encoder_model.onnx``, ``decoder_model.onnx``,
+Whisper output directory: ``encoder_model.onnx``, ``decoder_model.onnx``,
 ``decoder_with_past_model.onnx``, ``decoder_model_merged.onnx`` (optimum's
 ``automatic-speech-recognition-with-past`` task), the configs and tokenizer files optimum copies,
-``mel_filters.npy`` (``(n_mels, n_fft // 2 + 1)`` float32) and ``engine.json``.
+``mel_filters.npy`` (``(n_mels, n_fft // 2 + 1)`` float32) and ``engine.json``. wav2vec2 (CTC):
+``model.onnx`` (task ``automatic-speech-recognition``), the processor files and ``engine.json``
+(see :mod:`rkpipe.asr.ctc`). ``engine.json``'s ``engine`` key names the engine module under
+``rkpipe.engines`` that runs the directory (``ort_whisper`` or ``ort_ctc``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from rkpipe.io import atomic_path, dir_size_mb, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("whisper",)
+SUPPORTED_ARCHITECTURES = ("whisper", "wav2vec2")
 TASK = "automatic-speech-recognition-with-past"
 ONNX_FILES = (
     "encoder_model.onnx",
@@ -28,25 +31,35 @@ ONNX_FILES = (
     "decoder_model_merged.onnx",
 )
 ENGINE_FILES = ("engine.json", "mel_filters.npy")
+CTC_ONNX_FILES = ("model.onnx",)
 
 
 def export_fp32_onnx(model_dir: Path, out_dir: Path) -> dict:
-    """Export the Whisper checkpoint in ``model_dir`` to fp32 ONNX in ``out_dir`` (atomically).
+    """Export the ASR checkpoint in ``model_dir`` to fp32 ONNX in ``out_dir`` (atomically).
 
-    Also writes ``mel_filters.npy`` and ``engine.json`` (feature and decoding constants, copied
-    ``random_weights`` flag from the acquire manifest). Returns metrics: ``export_s``,
+    Whisper: the four ONNX files plus ``mel_filters.npy``; wav2vec2: ``model.onnx``. Both get
+    ``engine.json`` (feature and decoding constants, the engine name, the ``random_weights``
+    flag copied from the acquire manifest). Returns metrics: ``architecture``, ``export_s``,
     ``size_mb`` and ``files`` ({name: size_mb}). Raises :class:`AsrError` for a missing or
     unsupported checkpoint (naming the supported architectures) or a failed export.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = _read_model_config(model_dir)
+    ctc = config["model_type"] == "wav2vec2"
     start = time.perf_counter()
     with atomic_path(out_dir) as tmp:
-        _run_optimum(model_dir, tmp)
-        write_engine_files(model_dir, tmp)
-        _check_outputs(tmp)
+        if ctc:
+            from rkpipe.asr.ctc import run_ctc_export, write_ctc_engine_files
+
+            run_ctc_export(model_dir, tmp)
+            write_ctc_engine_files(model_dir, tmp, _random_weights(model_dir))
+        else:
+            _run_optimum(model_dir, tmp)
+            write_engine_files(model_dir, tmp)
+            _check_outputs(tmp)
         seconds = time.perf_counter() - start
-        files = {name: round(dir_size_mb(tmp / name), 3) for name in ONNX_FILES}
+        names = CTC_ONNX_FILES if ctc else ONNX_FILES
+        files = {name: round(dir_size_mb(tmp / name), 3) for name in names}
     metrics = {
         "architecture": config["model_type"],
         "export_s": round(seconds, 3),
@@ -126,6 +139,7 @@ def engine_info(config: Any, gen: Any, extractor: Any, random_weights: bool | No
         )
     return {
         "architecture": "whisper",
+        "engine": "ort_whisper",
         "random_weights": random_weights,
         "n_mels": extractor.feature_size,
         "sampling_rate": extractor.sampling_rate,

@@ -1,9 +1,11 @@
-"""Acquire a Whisper checkpoint (random init, hub or local) plus its processor, with a manifest.
+"""Acquire an ASR checkpoint (random init, hub or local) plus its processor, with a manifest.
 
-``random_init`` works offline: the weights come from a seeded ``torch`` generator and the
+Architectures: ``whisper`` (encoder-decoder) and ``wav2vec2`` (CTC, see :mod:`rkpipe.asr.ctc`).
+``random_init`` works offline: the weights come from a seeded ``torch`` generator. Whisper's
 tokenizer is built from the ``multilingual.tiktoken`` rank file that the PyPI package
 ``openai-whisper`` ships (``pip install --no-deps openai-whisper``), converted with transformers'
-tiktoken converter into a ``WhisperTokenizerFast`` with Whisper's 51865 ids.
+tiktoken converter into a ``WhisperTokenizerFast`` with Whisper's 51865 ids; wav2vec2's is a
+character ``Wav2Vec2CTCTokenizer`` from a vocabulary written in :mod:`rkpipe.asr.ctc`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from rkpipe.io import atomic_path, sha256_file, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_ARCHITECTURES = ("whisper",)
+SUPPORTED_ARCHITECTURES = ("whisper", "wav2vec2")
 SOURCES = ("random_init", "hub", "local")
 MANIFEST = "manifest.json"
 
@@ -40,7 +42,7 @@ HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 
 
 def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
-    """Write a Whisper checkpoint (safetensors), its processor and ``manifest.json`` to ``out_dir``.
+    """Write an ASR checkpoint (safetensors), its processor and ``manifest.json`` to ``out_dir``.
 
     ``cfg.source`` picks ``random_init`` (seeded random weights, offline tokenizer), ``hub``
     (``snapshot_download`` of ``cfg.repo_id`` at ``cfg.revision``, the resolved commit recorded)
@@ -82,20 +84,30 @@ def _check_architecture(architecture: str) -> None:
 def _acquire_random(cfg: AsrConfig, out: Path) -> dict:
     if not cfg.random_weights:
         logger.warning("asr.source=random_init always gives random weights; recording it")
-    model = random_whisper(cfg.init, cfg.seed)
+    if cfg.architecture == "wav2vec2":
+        from rkpipe.asr.ctc import build_ctc_processor, random_wav2vec2
+
+        model, processor = random_wav2vec2(cfg.init, cfg.seed), build_ctc_processor()
+        tokenizer = "wav2vec2-base-960h character vocabulary"
+    else:
+        model, processor = random_whisper(cfg.init, cfg.seed), _random_processor()
+        tokenizer = f"openai-whisper {_whisper_version()} tiktoken"
     model.save_pretrained(out, safe_serialization=True)
-    _random_processor().save_pretrained(out)
-    return {"random_weights": True, "tokenizer": f"openai-whisper {_whisper_version()} tiktoken"}
+    processor.save_pretrained(out)
+    return {"random_weights": True, "tokenizer": tokenizer}
 
 
 def _acquire_hub(cfg: AsrConfig, out: Path) -> dict:
     if not cfg.repo_id:
-        raise AsrError("asr.source=hub needs asr.repo_id (e.g. openai/whisper-tiny)")
-    snapshot = _snapshot(cfg.repo_id, cfg.revision)
+        raise AsrError(
+            "asr.source=hub needs asr.repo_id (e.g. openai/whisper-tiny, "
+            "facebook/wav2vec2-base-960h)"
+        )
+    snapshot = _snapshot(cfg.repo_id, cfg.commit or cfg.revision)
     if not any(snapshot.glob("*.safetensors")):
         logger.warning("%s has no safetensors; downloading pytorch_model.bin", cfg.repo_id)
-        snapshot = _snapshot(cfg.repo_id, cfg.revision, ["pytorch_model.bin"])
-    _copy_checkpoint(snapshot, out)
+        snapshot = _snapshot(cfg.repo_id, cfg.commit or cfg.revision, ["pytorch_model.bin"])
+    _copy_checkpoint(snapshot, out, cfg.architecture)
     return {"repo_id": cfg.repo_id, "revision": cfg.revision, "commit_sha": snapshot.name}
 
 
@@ -103,10 +115,10 @@ def _acquire_local(cfg: AsrConfig, out: Path) -> dict:
     path = Path(cfg.path) if cfg.path else None
     if path is None or not (path / "config.json").is_file():
         raise AsrError(
-            f"asr.source=local needs asr.path to be a Whisper checkpoint directory with "
+            f"asr.source=local needs asr.path to be an ASR checkpoint directory with "
             f"config.json; got {cfg.path!r}"
         )
-    _copy_checkpoint(path, out)
+    _copy_checkpoint(path, out, cfg.architecture)
     return {"path": str(path.resolve())}
 
 
@@ -129,8 +141,12 @@ def _snapshot(repo_id: str, revision: str, patterns: list[str] | None = None) ->
     return Path(local)  # .../snapshots/<commit sha>
 
 
-def _copy_checkpoint(src: Path, out: Path) -> None:
-    """Load a Whisper checkpoint + processor from ``src`` and save them (safetensors) to ``out``."""
+def _copy_checkpoint(src: Path, out: Path, architecture: str) -> None:
+    """Load an ASR checkpoint + processor from ``src`` and save them (safetensors) to ``out``.
+
+    Raises :class:`AsrError` when the checkpoint's ``model_type`` is unsupported or is not
+    ``architecture`` (``asr.architecture``), or when it cannot be loaded.
+    """
     from transformers import AutoConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     try:
@@ -138,6 +154,16 @@ def _copy_checkpoint(src: Path, out: Path) -> None:
     except (OSError, ValueError) as exc:
         raise AsrError(f"{src} is not a readable model directory: {exc}") from exc
     _check_architecture(model_type)
+    if model_type != architecture:
+        raise AsrError(
+            f"{src} holds a {model_type!r} model but asr.architecture={architecture!r}; "
+            f"set asr.architecture={model_type}"
+        )
+    if model_type == "wav2vec2":
+        from rkpipe.asr.ctc import copy_ctc_checkpoint
+
+        copy_ctc_checkpoint(src, out)
+        return
     try:
         model = WhisperForConditionalGeneration.from_pretrained(src, dtype="float32")
         processor = WhisperProcessor.from_pretrained(src)
@@ -363,7 +389,7 @@ def _manifest(cfg: AsrConfig, out: Path, origin: dict, seconds: float) -> dict:
         "seed": cfg.seed if cfg.source == "random_init" else None,
         "random_weights": bool(origin.pop("random_weights", cfg.random_weights)),
         "parameters": _count_parameters(out),
-        "dims": {k: config.get(k) for k in _DIM_KEYS},
+        "dims": {k: config[k] for k in _DIM_KEYS if k in config},
         "init": asdict(cfg.init) if cfg.source == "random_init" else None,
         **origin,
         "acquire_s": round(seconds, 3),
@@ -380,6 +406,9 @@ def _manifest(cfg: AsrConfig, out: Path, origin: dict, seconds: float) -> dict:
 
 _DIM_KEYS = (
     "d_model",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
     "encoder_layers",
     "decoder_layers",
     "encoder_attention_heads",

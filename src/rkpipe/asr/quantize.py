@@ -1,19 +1,37 @@
-"""Dynamic int8 quantization of an exported Whisper (the seed's ``quantize_dynamic`` scheme).
+"""Quantization of an exported ASR model (Whisper or wav2vec2) with onnxruntime's quantizers.
 
-Two traps handled here:
+Schemes (``asr.quant.scheme``; ``asr.quant.encoder_scheme`` may give the encoder another one):
+
+* ``dynamic``: the seed's ``quantize_dynamic`` (MatMul -> DynamicQuantizeLinear + MatMulInteger,
+  int8 weights ``weight_type`` QInt8/QUInt8, optionally ``per_channel``) on ``op_types``;
+* ``static_qdq``: ``quantize_static`` in QDQ format: int8 weights and ``activation_type``
+  activations whose ranges come from calibration inputs (see :mod:`rkpipe.asr.calibration`:
+  synthesized clips that are not the eval clips). Only MatMuls with a constant weight are
+  quantized (``MatMulConstBOnly``); attention score products stay fp32;
+* ``matmul_nbits4``: ``MatMulNBitsQuantizer``: 4-bit block-wise weights (``block_size``,
+  ``symmetric``, ``accuracy_level``); with ``Gather`` in ``op_types`` the embedding becomes a
+  4-bit ``GatherBlockQuantized``.
+
+Two Whisper traps handled here:
 
 * ``quantize_dynamic`` on ``decoder_model_merged.onnx`` quantizes nothing (its weights sit in If
   subgraphs) and says nothing. The split decoders are quantized and re-merged with
   ``optimum.onnx.merge_decoders(strict=False)`` instead.
-* optimum exports the tied LM head as ``MatMul(x, Transpose(embed_tokens))``; the quantizer only
-  quantizes a MatMul whose weight is an initializer, so the largest MatMul (vocab x d_model) would
+* optimum exports the tied LM head as ``MatMul(x, Transpose(embed_tokens))``; the quantizers only
+  quantize a MatMul whose weight is an initializer, so the largest MatMul (vocab x d_model) would
   stay fp32. Before quantizing, such a Transpose of an initializer is folded into a transposed
-  initializer copy. The fp32 embedding Gather keeps its own copy unless ``Gather`` is also in
-  ``op_types``.
+  initializer copy. The embedding Gather would keep its own fp32 copy (for whisper-base 106 MB
+  per decoder file); with ``tie_embedding`` (default) the int8 schemes re-tie it to the int8
+  LM-head weight (:mod:`rkpipe.asr.tie`), so one int8 copy remains. With ``Gather`` in
+  ``op_types`` the quantizer makes a second, separate int8 (or 4-bit) copy instead.
+
+After quantization :func:`op_counts` must find no MatMul left with a constant fp32 weight in any
+file (If branches included), else :class:`AsrError`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -30,36 +48,48 @@ logger = logging.getLogger(__name__)
 SPLIT_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 MERGED_FILE = "decoder_model_merged.onnx"
 ONNX_FILES = (*SPLIT_FILES, MERGED_FILE)
+CTC_FILES = ("model.onnx",)
+ENCODER_FILES = ("encoder_model.onnx", "model.onnx")
+SCHEMES = ("dynamic", "static_qdq", "matmul_nbits4")
 WEIGHT_TYPES = ("QInt8", "QUInt8")
+CALIBRATE_METHODS = ("MinMax", "Entropy", "Percentile")
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 
 
 def quantize_asr(fp32_dir: Path, out_dir: Path, q: AsrQuantConfig) -> dict:
-    """Quantize the fp32 Whisper ONNX in ``fp32_dir`` into ``out_dir`` (atomically).
+    """Quantize the fp32 ASR ONNX export in ``fp32_dir`` into ``out_dir`` (atomically).
 
-    Runs ``quantize_dynamic(op_types_to_quantize=q.op_types, weight_type=q.weight_type,
-    per_channel=q.per_channel)`` on the encoder and both split decoders, re-merges the decoders,
-    and copies the engine/tokenizer files. Returns metrics: ``quantize_s``, ``size_mb``,
+    The architecture comes from ``fp32_dir/engine.json``: Whisper's encoder and both split
+    decoders are quantized and the decoders re-merged; wav2vec2's ``model.onnx`` is quantized.
+    Each file uses ``q.scheme`` (the encoder ``q.encoder_scheme`` if set); ``static_qdq``
+    first synthesizes calibration clips (espeak-ng + sox). Engine/tokenizer files are copied.
+    Returns metrics: ``scheme``, ``encoder_scheme``, ``quantize_s``, ``size_mb``,
     ``fp32_size_mb``, ``size_ratio`` (ONNX files only) and ``ops`` per file (see
-    :func:`op_counts`). Raises :class:`AsrError` for an unsupported scheme or weight type, a
-    missing input file, or a fp32 MatMul weight left after quantization.
+    :func:`op_counts`). Raises :class:`AsrError` for an unsupported scheme, weight type or
+    calibration method, a missing input file, missing calibration tools, or a MatMul weight
+    left in fp32 after quantization.
     """
     fp32_dir, out_dir = Path(fp32_dir), Path(out_dir)
-    weight_type = _check_config(q)
-    _check_inputs(fp32_dir)
+    _check_config(q)
+    files = quantized_files(fp32_dir)
+    _check_inputs(fp32_dir, files)
     start = time.perf_counter()
+    feeds = _calibration(fp32_dir, q, files)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in SPLIT_FILES:
-            _quantize_file(fp32_dir / name, tmp / name, q, weight_type)
-        merge_split_decoders(tmp)
+        for name in files:
+            quantize_file(fp32_dir / name, tmp / name, q, file_scheme(name, q), feeds.get(name))
+        if MERGED_FILE in _onnx_names(fp32_dir):
+            merge_split_decoders(tmp)
         _copy_aux_files(fp32_dir, tmp)
         seconds = time.perf_counter() - start
-        ops = {name: op_counts(tmp / name) for name in ONNX_FILES}
+        ops = {name: op_counts(tmp / name) for name in _onnx_names(tmp)}
         _check_quantized(ops, q)
         size_mb = onnx_size_mb(tmp)
     fp32_mb = onnx_size_mb(fp32_dir)
     metrics = {
+        "scheme": q.scheme,
+        "encoder_scheme": q.encoder_scheme or q.scheme,
         "quantize_s": round(seconds, 3),
         "size_mb": round(size_mb, 3),
         "fp32_size_mb": round(fp32_mb, 3),
@@ -67,9 +97,10 @@ def quantize_asr(fp32_dir: Path, out_dir: Path, q: AsrQuantConfig) -> dict:
         "ops": ops,
     }
     logger.info(
-        "quantized %s -> %s (%.1f -> %.1f MB) in %.1f s",
+        "quantized %s -> %s (%s, %.1f -> %.1f MB) in %.1f s",
         fp32_dir,
         out_dir,
+        q.scheme,
         fp32_mb,
         size_mb,
         seconds,
@@ -77,64 +108,198 @@ def quantize_asr(fp32_dir: Path, out_dir: Path, q: AsrQuantConfig) -> dict:
     return metrics
 
 
+def quantized_files(fp32_dir: Path) -> tuple[str, ...]:
+    """The ONNX files quantization rewrites, by the architecture in ``fp32_dir/engine.json``.
+
+    Raises :class:`AsrError` when ``engine.json`` is missing or names an unknown architecture.
+    """
+    path = Path(fp32_dir) / "engine.json"
+    if not path.is_file():
+        raise AsrError(f"{path} not found: run the ASR export stage first")
+    architecture = json.loads(path.read_text(encoding="utf-8")).get("architecture", "whisper")
+    files = {"whisper": SPLIT_FILES, "wav2vec2": CTC_FILES}
+    if architecture not in files:
+        raise AsrError(
+            f"cannot quantize ASR architecture {architecture!r}; supported: {', '.join(files)}"
+        )
+    return files[architecture]
+
+
+def file_scheme(name: str, q: AsrQuantConfig) -> str:
+    """The scheme for ONNX file ``name``: ``q.encoder_scheme`` for the encoder if set."""
+    if name in ENCODER_FILES and q.encoder_scheme:
+        return q.encoder_scheme
+    return q.scheme
+
+
+def _onnx_names(model_dir: Path) -> list[str]:
+    return sorted(p.name for p in Path(model_dir).glob("*.onnx"))
+
+
 def onnx_size_mb(model_dir: Path) -> float:
-    """Size in MB of the four Whisper ONNX files (plus any external-data files) in ``model_dir``."""
+    """Size in MB of the ONNX files (plus any external-data files) in ``model_dir``."""
     files = [p for p in Path(model_dir).iterdir() if p.suffix in (".onnx", ".onnx_data", ".data")]
     return sum(dir_size_mb(p) for p in files)
 
 
-def _check_config(q: AsrQuantConfig) -> Any:
-    from onnxruntime.quantization import QuantType
-
-    if q.scheme != "dynamic":
+def _check_config(q: AsrQuantConfig) -> None:
+    for scheme, key in ((q.scheme, "scheme"), (q.encoder_scheme, "encoder_scheme")):
+        if scheme is not None and scheme not in SCHEMES:
+            raise AsrError(f"asr.quant.{key} must be one of {SCHEMES}, got {scheme!r}")
+    for value, key in ((q.weight_type, "weight_type"), (q.activation_type, "activation_type")):
+        if value not in WEIGHT_TYPES:
+            raise AsrError(f"asr.quant.{key} must be one of {WEIGHT_TYPES}, got {value!r}")
+    if q.calibrate_method not in CALIBRATE_METHODS:
         raise AsrError(
-            f"asr.quant.scheme must be 'dynamic' (onnxruntime quantize_dynamic), got {q.scheme!r}"
-        )
-    if q.weight_type not in WEIGHT_TYPES:
-        raise AsrError(
-            f"asr.quant.weight_type must be one of {WEIGHT_TYPES}, got {q.weight_type!r}"
+            f"asr.quant.calibrate_method must be one of {CALIBRATE_METHODS}, "
+            f"got {q.calibrate_method!r}"
         )
     if not q.op_types:
         raise AsrError("asr.quant.op_types is empty; use e.g. [MatMul] or [MatMul, Gather]")
-    return getattr(QuantType, q.weight_type)
+    if q.block_size < 16 or q.block_size & (q.block_size - 1):
+        raise AsrError(f"asr.quant.block_size must be a power of 2 >= 16, got {q.block_size}")
 
 
-def _check_inputs(fp32_dir: Path) -> None:
-    missing = [
-        n for n in (*SPLIT_FILES, "engine.json", "mel_filters.npy") if not (fp32_dir / n).is_file()
-    ]
+def _check_inputs(fp32_dir: Path, files: tuple[str, ...]) -> None:
+    missing = [n for n in (*files, "engine.json") if not (fp32_dir / n).is_file()]
     if missing:
         raise AsrError(f"{fp32_dir} lacks {missing}: run the ASR export stage first")
 
 
-def _quantize_file(src: Path, dst: Path, q: AsrQuantConfig, weight_type: Any) -> None:
+def _calibration(fp32_dir: Path, q: AsrQuantConfig, files: tuple[str, ...]) -> dict:
+    """Calibration feeds per file, for the files whose scheme is ``static_qdq`` (else {})."""
+    static = [name for name in files if file_scheme(name, q) == "static_qdq"]
+    if not static:
+        return {}
+    from rkpipe.asr.calibration import calibration_clips, calibration_feeds
+
+    clips = calibration_clips(q.calib_sentences, q.calib_clips)
+    feeds = calibration_feeds(fp32_dir, clips)
+    logger.info(
+        "calibration: %d synthesized clips -> %s",
+        len(clips),
+        {name: len(feeds[name]) for name in static},
+    )
+    return {name: feeds[name] for name in static}
+
+
+# --------------------------------------------------------------------------- per file
+
+
+def quantize_file(
+    src: Path, dst: Path, q: AsrQuantConfig, scheme: str, feeds: list | None = None
+) -> None:
+    """Quantize one ONNX file ``src`` into ``dst`` with ``scheme`` (see the module doc).
+
+    ``feeds`` (calibration input dicts) is required for ``static_qdq``. Raises
+    :class:`AsrError` when the quantizer fails (naming the file and scheme).
+    """
     import onnx
-    from onnxruntime.quantization import quantize_dynamic
 
     model = onnx.load(str(src))
-    if "MatMul" in q.op_types:
-        folded = fold_transposed_weights(model)
-        if folded:
-            logger.info(
-                "%s: folded Transpose into %d MatMul weight(s): %s", src.name, len(folded), folded
-            )
-    staged = dst.with_name(f".{dst.stem}.folded.onnx")
+    folded = fold_transposed_weights(model) if "MatMul" in q.op_types else []
+    if folded:
+        logger.info("%s: folded Transpose into MatMul weight(s): %s", src.name, folded)
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
-    onnx.save(model, str(staged), save_as_external_data=large)
     try:
-        quantize_dynamic(
-            model_input=str(staged),
-            model_output=str(dst),
-            op_types_to_quantize=list(q.op_types),
-            per_channel=q.per_channel,
-            weight_type=weight_type,
-            use_external_data_format=large,
-        )
+        if scheme == "matmul_nbits4":
+            _quantize_nbits4(model, dst, q, large)
+            return
+        staged = dst.with_name(f".{dst.stem}.folded.onnx")
+        onnx.save(model, str(staged), save_as_external_data=large)
+        del model
+        try:
+            _QUANTIZERS[scheme](staged, dst, q, large, feeds)
+        finally:
+            for path in staged.parent.glob(f"{staged.name}*"):
+                path.unlink()
+        if folded and q.tie_embedding and "Gather" not in q.op_types:
+            _retie(dst, folded, large)
+    except AsrError:
+        raise
     except Exception as exc:  # onnxruntime raises plain Exceptions with useful text
-        raise AsrError(f"quantize_dynamic failed on {src.name}: {exc}") from exc
+        raise AsrError(f"{scheme} quantization failed on {src.name}: {exc}") from exc
+
+
+def _retie(path: Path, folded: list[str], large: bool) -> None:
+    """Let the embedding lookup read the quantized LM-head weight (see :mod:`rkpipe.asr.tie`)."""
+    import onnx
+
+    from rkpipe.asr.tie import retie_embeddings
+
+    model = onnx.load(str(path))
+    tied = retie_embeddings(model, folded)
+    if tied:
+        onnx.save(model, str(path), save_as_external_data=large)
+        logger.info("%s: embedding lookup re-tied to the int8 LM head: %s", path.name, tied)
+
+
+def _quantize_dynamic(src: Path, dst: Path, q: AsrQuantConfig, large: bool, feeds: Any) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        model_input=str(src),
+        model_output=str(dst),
+        op_types_to_quantize=list(q.op_types),
+        per_channel=q.per_channel,
+        weight_type=getattr(QuantType, q.weight_type),
+        use_external_data_format=large,
+    )
+
+
+def _quantize_static(src: Path, dst: Path, q: AsrQuantConfig, large: bool, feeds: Any) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from rkpipe.asr.calibration import FeedsReader
+
+    if not feeds:
+        raise AsrError(f"static_qdq needs calibration inputs for {dst.name}; none were made")
+    quantize_static(
+        model_input=str(src),
+        model_output=str(dst),
+        calibration_data_reader=FeedsReader(feeds),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=list(q.op_types),
+        per_channel=q.per_channel,
+        activation_type=getattr(QuantType, q.activation_type),
+        weight_type=getattr(QuantType, q.weight_type),
+        calibrate_method=getattr(CalibrationMethod, q.calibrate_method),
+        use_external_data_format=large,
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def _quantize_nbits4(model: Any, dst: Path, q: AsrQuantConfig, large: bool) -> None:
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    except ImportError as exc:
+        raise AsrError(
+            f"matmul_nbits4: cannot import MatMulNBitsQuantizer ({exc}); "
+            "install onnx-ir: pip install onnx-ir==1.1.0"
+        ) from exc
+    noisy = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = noisy.level
+    noisy.setLevel(logging.WARNING)  # it logs every node at INFO
+    try:
+        quantizer = _nbits_quantizer(MatMulNBitsQuantizer, model, q)
+        quantizer.process()
     finally:
-        for path in staged.parent.glob(f"{staged.name}*"):
-            path.unlink()
+        noisy.setLevel(level)
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
+
+
+def _nbits_quantizer(cls: Any, model: Any, q: AsrQuantConfig) -> Any:
+    return cls(
+        model,
+        bits=4,
+        block_size=q.block_size,
+        is_symmetric=q.symmetric,
+        accuracy_level=q.accuracy_level or None,
+        op_types_to_quantize=tuple(q.op_types),
+    )
+
+
+_QUANTIZERS = {"dynamic": _quantize_dynamic, "static_qdq": _quantize_static}
 
 
 def fold_transposed_weights(model: Any) -> list[str]:
@@ -201,23 +366,46 @@ def _copy_aux_files(fp32_dir: Path, out: Path) -> None:
 def op_counts(path: Path) -> dict:
     """Count the ops of an ONNX file, If-subgraphs included.
 
-    Returns ``{"MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Gather",
-    "matmul_const_fp32"}``; ``matmul_const_fp32`` counts MatMuls whose weight is a constant
-    (an initializer, a Constant node, or a Transpose of one, resolved per graph scope): fp32
-    weights a dynamic int8 quantizer should have converted. MatMuls of two activations
-    (attention scores) are not counted there.
+    Returns op counts (``MatMul``, ``MatMulInteger``, ``DynamicQuantizeLinear``,
+    ``QuantizeLinear``, ``DequantizeLinear``, ``MatMulNBits``, ``Gather``,
+    ``GatherBlockQuantized``, ``Conv``, ``ConvInteger``) and:
+
+    * ``matmul_const_fp32``: MatMuls whose weight is a constant (an initializer, a Constant
+      node, or a Transpose of one, resolved per graph scope): fp32 weights a quantizer should
+      have converted. MatMuls of two activations (attention scores) are not counted;
+    * ``matmul_qdq``: MatMuls whose weight is a DequantizeLinear of a constant (static QDQ);
+    * ``matmul_quantized``: ``MatMulInteger + MatMulNBits + matmul_qdq``.
     """
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     counts: Counter = Counter()
     _count_graph(model.graph, {}, counts)
-    keys = ("MatMul", "MatMulInteger", "DynamicQuantizeLinear", "Gather", "matmul_const_fp32")
-    return {k: counts.get(k, 0) for k in keys}
+    counts["matmul_quantized"] = (
+        counts["MatMulInteger"] + counts["MatMulNBits"] + counts["matmul_qdq"]
+    )
+    return {k: counts.get(k, 0) for k in OP_KEYS}
+
+
+OP_KEYS = (
+    "MatMul",
+    "MatMulInteger",
+    "DynamicQuantizeLinear",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "MatMulNBits",
+    "Gather",
+    "GatherBlockQuantized",
+    "Conv",
+    "ConvInteger",
+    "matmul_const_fp32",
+    "matmul_qdq",
+    "matmul_quantized",
+)
 
 
 def _count_graph(graph: Any, outer: dict, counts: Counter) -> None:
-    """Count ``graph``'s nodes; ``outer`` maps visible names to "const"/"transpose:<input>"/"".
+    """Count ``graph``'s nodes; ``outer`` maps visible names to their kind (see ``_kind``).
 
     Names produced in this graph shadow the outer scope (optimum's merged decoder reuses output
     names such as ``present.0.encoder.value`` in both branches).
@@ -230,6 +418,8 @@ def _count_graph(graph: Any, outer: dict, counts: Counter) -> None:
         counts[node.op_type] += 1
         if node.op_type == "MatMul" and _is_const(node.input[1], scope):
             counts["matmul_const_fp32"] += 1
+        if node.op_type == "MatMul" and _is_dequantized_const(node.input[1], scope):
+            counts["matmul_qdq"] += 1
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _count_graph(sub, scope, counts)
@@ -238,16 +428,21 @@ def _count_graph(graph: Any, outer: dict, counts: Counter) -> None:
 def _kind(node: Any) -> str:
     if node.op_type == "Constant":
         return "const"
-    if node.op_type == "Transpose":
-        return f"transpose:{node.input[0]}"
+    if node.op_type in ("Transpose", "DequantizeLinear"):
+        return f"{node.op_type}:{node.input[0]}"
     return ""
 
 
 def _is_const(name: str, scope: dict) -> bool:
     kind = scope.get(name, "")
-    if kind.startswith("transpose:"):
-        return scope.get(kind[len("transpose:") :]) == "const"
+    if kind.startswith("Transpose:"):
+        return scope.get(kind[len("Transpose:") :]) == "const"
     return kind == "const"
+
+
+def _is_dequantized_const(name: str, scope: dict) -> bool:
+    kind = scope.get(name, "")
+    return kind.startswith("DequantizeLinear:") and _is_const(kind.split(":", 1)[1], scope)
 
 
 def _check_quantized(ops: dict, q: AsrQuantConfig) -> None:
@@ -255,4 +450,4 @@ def _check_quantized(ops: dict, q: AsrQuantConfig) -> None:
         return
     left = {name: c["matmul_const_fp32"] for name, c in ops.items() if c["matmul_const_fp32"]}
     if left:
-        raise AsrError(f"fp32 MatMul weights left after quantize_dynamic: {left}")
+        raise AsrError(f"fp32 MatMul weights left after {q.scheme} quantization: {left}")

@@ -129,6 +129,8 @@ class BenchResult:
 
     samples: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    # What preflight read off the board (SoC, driver and runtime versions, free disk ...).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def bench_llm(
@@ -158,7 +160,9 @@ def bench_asr(
     timeout: float,
 ) -> BenchResult:
     """Real-time factor, encoder/decoder time split and peak RSS of the ONNX ASR model."""
-    argv = transport.runner_command("ort_whisper") + [
+    from rkpipe.asr.engine import engine_name
+
+    argv = transport.runner_command(engine_name(model_dir)) + [
         "--model", transport.model_path(model_dir),
         "--audio", *[transport.model_path(p) for p in audio],
         "--warmup", str(min(bench.warmup, 1)),
@@ -204,4 +208,4 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     }
     samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
     samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
-    return BenchResult(samples, llm.metrics | asr.metrics)
+    return BenchResult(samples, llm.metrics | asr.metrics, facts)

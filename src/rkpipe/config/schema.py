@@ -63,6 +63,8 @@ class AsrQuantConfig:
     (4-bit block-wise MatMulNBits, ``block_size``, ``symmetric``, ``accuracy_level``).
     ``encoder_scheme`` overrides the scheme of the encoder file (Whisper's
     ``encoder_model.onnx``, wav2vec2's whole ``model.onnx``); null means ``scheme``.
+    ``tie_embedding``: the int8 schemes let Whisper's embedding lookup read the int8 LM-head
+    weight instead of keeping the fp32 table (see :mod:`rkpipe.asr.tie`).
     """
 
     scheme: str = "dynamic"
@@ -77,6 +79,7 @@ class AsrQuantConfig:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int = 0
+    tie_embedding: bool = True
 
 
 @dataclass
@@ -185,7 +188,9 @@ class OrtQuantConfig:
     lossless; GGUF/package sources only), ``genai_int4`` / ``genai_int8`` / ``genai_gguf_exact``
     (onnxruntime-genai's fused builder graph, built with the interpreter ``genai_python``).
     ``embedding_bits`` 4 or 8 block-quantizes the token embedding and the tied lm_head into one
-    shared table (0 leaves them to the scheme).
+    shared table (0 leaves them to the scheme). ``accuracy_level`` applies to 4-bit MatMulNBits
+    (0/1: fp32 compute, lossless; 4: int8 activations, faster), ``accuracy_level_8bit`` to the
+    8-bit ones this backend writes itself.
     """
 
     scheme: str = "dynamic"
@@ -194,8 +199,10 @@ class OrtQuantConfig:
     op_types: list[str] = field(default_factory=lambda: ["MatMul"])
     block_size: int = 32
     accuracy_level: int = 0
+    # 8-bit MatMulNBits (a Q8_0 / 8-bit embedding-lm_head): level 0 takes a slow fp32 path in ORT 1.32
+    accuracy_level_8bit: int = 4
     embedding_bits: int = 0
-    activation_type: str = "QInt8"
+    activation_type: str = "QUInt8"
     calibrate_method: str = "MinMax"
     calib_records: int = 8
     calib_max_tokens: int = 256
@@ -288,6 +295,25 @@ class TrackingConfig:
 
 
 @dataclass
+class GateRule:
+    """One acceptance gate on a variant's own metric: ``min <= metrics[metric] <= max``."""
+
+    metric: str = "ppl_delta_pct"
+    max: float | None = None
+    min: float | None = None
+    description: str = ""
+
+
+@dataclass
+class GatesConfig:
+    """Acceptance gates ``rkpipe compare`` and sweeps apply; a variant failing one is tagged
+    ``gate=failed`` in MLflow. They judge results, so they are not part of a variant's id."""
+
+    enabled: bool = True
+    rules: dict[str, GateRule] = field(default_factory=dict)
+
+
+@dataclass
 class PipelineConfig:
     """The whole resolved configuration, i.e. what ``params.yaml`` holds."""
 
@@ -301,6 +327,7 @@ class PipelineConfig:
     bench: BenchConfig = field(default_factory=BenchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gates: GatesConfig = field(default_factory=GatesConfig)
 
 
 SCHEMA_NAME = "rkpipe_schema"
@@ -319,7 +346,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("rkpipe_commit", _pin_revision, replace=True)
 
 
-def _pin_revision(repo_id: str, revision: str) -> Optional[str]:
+def _pin_revision(repo_id: str, revision: str) -> str | None:
     from rkpipe.hub import pin_revision
 
     return pin_revision(repo_id, revision)

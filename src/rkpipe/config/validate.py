@@ -22,10 +22,30 @@ from rkpipe.errors import ConfigError
 
 MODEL_SOURCES = ("package", "hub", "local", "gguf")
 ASR_SOURCES = ("random_init", "hub", "local")
-ASR_ARCHITECTURES = ("whisper",)
+ASR_ARCHITECTURES = ("whisper", "wav2vec2")
+ASR_SCHEMES = ("dynamic", "static_qdq", "matmul_nbits4")
+ASR_BACKENDS = ("onnxruntime", "rknn")
+ASR_CALIBRATE_METHODS = ("MinMax", "Entropy", "Percentile")
+ASR_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+RKNN_PLATFORMS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106", "rv1126b")
+RKNN_DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
 CALIB_SOURCES = ("prompts", "dataset", "json")
 ORT_WEIGHT_TYPES = ("QInt8", "QUInt8")
-ORT_SCHEMES = ("dynamic",)
+# quant.ort.scheme -> the quant.dtype values it takes (onnxruntime backend)
+ORT_SCHEME_DTYPES: dict[str, tuple[str, ...]] = {
+    "dynamic": ("int8", "int4"),  # int4: the legacy spelling of matmul_nbits
+    "matmul_nbits": ("int4", "int8"),
+    "static_qdq": ("int8",),
+    "gguf_exact": ("int4",),
+    "genai_int4": ("int4",),
+    "genai_int8": ("int8",),
+    "genai_gguf_exact": ("int4",),
+}
+ORT_SCHEMES = tuple(ORT_SCHEME_DTYPES)
+GGUF_SCHEMES = ("gguf_exact", "genai_gguf_exact")
+ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
+ORT_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+ORT_EMBEDDING_BITS = (0, 4, 8)
 BOARD_TRANSPORTS = ("local", "ssh", "adb")
 BACKENDS = ("onnxruntime", "rkllm")
 
@@ -99,15 +119,37 @@ def _quant_problems(cfg: PipelineConfig) -> list[str]:
         else:
             problems.extend(_rkllm_problems(cfg))
     elif q.backend == "onnxruntime":
-        _check_choice(problems, "quant.dtype", q.dtype, ORT_DTYPES)
-        _check_choice(problems, "quant.ort.scheme", q.ort.scheme, ORT_SCHEMES)
-        _check_choice(problems, "quant.ort.weight_type", q.ort.weight_type, ORT_WEIGHT_TYPES)
+        problems.extend(_ort_problems(cfg))
+    return problems
+
+
+def _ort_problems(cfg: PipelineConfig) -> list[str]:
+    q, ort = cfg.quant, cfg.quant.ort
+    problems: list[str] = []
+    _check_choice(problems, "quant.dtype", q.dtype, ORT_DTYPES)
+    _check_choice(problems, "quant.ort.scheme", ort.scheme, ORT_SCHEMES)
+    _check_choice(problems, "quant.ort.weight_type", ort.weight_type, ORT_WEIGHT_TYPES)
+    _check_choice(problems, "quant.ort.activation_type", ort.activation_type, ORT_WEIGHT_TYPES)
+    _check_choice(problems, "quant.ort.block_size", ort.block_size, ORT_BLOCK_SIZES)
+    _check_choice(problems, "quant.ort.accuracy_level", ort.accuracy_level, ORT_ACCURACY_LEVELS)
+    _check_choice(problems, "quant.ort.accuracy_level_8bit", ort.accuracy_level_8bit,
+                  ORT_ACCURACY_LEVELS)
+    _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, ORT_EMBEDDING_BITS)
+    allowed = ORT_SCHEME_DTYPES.get(ort.scheme, ())
+    if allowed and q.dtype in ORT_DTYPES and q.dtype not in allowed:
+        problems.append(f"quant.dtype={q.dtype!r} does not apply to quant.ort.scheme="
+                        f"{ort.scheme!r}; allowed: {', '.join(allowed)}")
+    if ort.scheme in GGUF_SCHEMES and cfg.model.source not in ("gguf", "package"):
+        problems.append(f"quant.ort.scheme={ort.scheme!r} needs a GGUF model; model.source="
+                        f"{cfg.model.source!r} is not allowed; allowed: gguf, package")
+    if ort.calib_records <= 0 or ort.calib_max_tokens <= 0:
+        problems.append("quant.ort.calib_records and quant.ort.calib_max_tokens must be positive")
     return problems
 
 
 def _source_problems(cfg: PipelineConfig) -> list[str]:
     problems: list[str] = []
-    m, a, c = cfg.model, cfg.asr, cfg.calib
+    m, c = cfg.model, cfg.calib
     _check_choice(problems, "model.source", m.source, MODEL_SOURCES)
     if m.source == "hub" and not m.repo_id:
         problems.append("model.repo_id is required when model.source='hub'")
@@ -119,12 +161,7 @@ def _source_problems(cfg: PipelineConfig) -> list[str]:
         problems.append(
             "model.package and model.gguf_file are required when model.source='package'"
         )
-    _check_choice(problems, "asr.source", a.source, ASR_SOURCES)
-    _check_choice(problems, "asr.architecture", a.architecture, ASR_ARCHITECTURES)
-    _check_choice(problems, "asr.quant.weight_type", a.quant.weight_type, ORT_WEIGHT_TYPES)
-    _check_choice(problems, "asr.quant.scheme", a.quant.scheme, ORT_SCHEMES)
-    if a.source == "hub" and not a.repo_id:
-        problems.append("asr.repo_id is required when asr.source='hub'")
+    problems.extend(_asr_problems(cfg))
     _check_choice(problems, "calib.source", c.source, CALIB_SOURCES)
     if c.source == "json" and not c.json_file:
         problems.append("calib.json_file is required when calib.source='json'")
@@ -133,6 +170,36 @@ def _source_problems(cfg: PipelineConfig) -> list[str]:
     for key in ("num_samples", "max_input_tokens", "max_new_tokens", "batch_size"):
         if getattr(c, key) <= 0:
             problems.append(f"calib.{key}={getattr(c, key)} must be a positive integer")
+    return problems
+
+
+def _asr_problems(cfg: PipelineConfig) -> list[str]:
+    """Problems of the ``asr`` section: source, architecture, quantization scheme, rknn."""
+    a, q = cfg.asr, cfg.asr.quant
+    problems: list[str] = []
+    _check_choice(problems, "asr.source", a.source, ASR_SOURCES)
+    _check_choice(problems, "asr.architecture", a.architecture, ASR_ARCHITECTURES)
+    if a.source == "hub" and not a.repo_id:
+        problems.append("asr.repo_id is required when asr.source='hub'")
+    _check_choice(problems, "asr.quant.scheme", q.scheme, ASR_SCHEMES)
+    if q.encoder_scheme is not None:
+        _check_choice(problems, "asr.quant.encoder_scheme", q.encoder_scheme, ASR_SCHEMES)
+    _check_choice(problems, "asr.quant.weight_type", q.weight_type, ORT_WEIGHT_TYPES)
+    _check_choice(problems, "asr.quant.activation_type", q.activation_type, ORT_WEIGHT_TYPES)
+    _check_choice(problems, "asr.quant.calibrate_method", q.calibrate_method, ASR_CALIBRATE_METHODS)
+    _check_choice(problems, "asr.quant.accuracy_level", q.accuracy_level, ASR_ACCURACY_LEVELS)
+    if q.block_size < 16 or q.block_size & (q.block_size - 1):
+        problems.append(f"asr.quant.block_size={q.block_size} must be a power of 2 >= 16")
+    if q.calib_clips <= 0:
+        problems.append(f"asr.quant.calib_clips={q.calib_clips} must be a positive integer")
+    if not q.op_types:
+        problems.append("asr.quant.op_types is empty; allowed: e.g. [MatMul] or [MatMul, Gather]")
+    _check_choice(problems, "asr.backend", a.backend, ASR_BACKENDS)
+    if a.backend == "rknn":
+        _check_choice(problems, "asr.rknn.target_platform", a.rknn.target_platform, RKNN_PLATFORMS)
+        _check_choice(problems, "asr.rknn.quantized_dtype", a.rknn.quantized_dtype, RKNN_DTYPES)
+        level = a.rknn.optimization_level
+        _check_choice(problems, "asr.rknn.optimization_level", level, (0, 1, 2, 3))
     return problems
 
 

@@ -10,7 +10,10 @@ and run there::
 The model directory holds ``model.onnx`` whose inputs are ``input_ids``,
 ``attention_mask``, optionally ``position_ids``, and ``past_key_values.N.key/value``
 (shape ``[batch, kv_heads, past_len, head_dim]``); outputs are ``logits`` and
-``present.N.key/value``. Batch size is always 1.
+``present.N.key/value``. Batch size is always 1. Both optimum's export and
+onnxruntime-genai's builder graphs run: outputs are fetched by name (the builder lists
+all present keys before the values) and ``position_ids`` is fed only when the graph has
+it (the builder's GroupQueryAttention derives positions from ``attention_mask``).
 
 The CLI prints one JSON object per generation: ``kind`` ("llm"), ``rep`` (numbered from 0
 separately for warm-ups and measured runs), ``warmup``, the :meth:`OrtCausalLM.generate`

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,59 @@ class _Sums:
         }
 
 
+def eval_windows(text: str, tokenizer_dir: Path, seqlen: int) -> list[list[int]]:
+    """Token windows of ``text`` (tokenizer in ``tokenizer_dir``, no BOS) for the evaluation.
+
+    Raises:
+        ConfigError: ``seqlen`` < 2 or the text is shorter than one usable window.
+    """
+    if seqlen < 2:
+        raise ConfigError(f"eval.seqlen={seqlen} is too small; expected >= 2")
+    windows = token_windows(_tokenize(text, tokenizer_dir), seqlen)
+    if not windows:
+        raise ConfigError(
+            f"eval text has too few tokens for a window (need >= {MIN_WINDOW_TOKENS}); "
+            "point eval.text_file at a longer text"
+        )
+    return windows
+
+
+def reference_logits(
+    logits_fn: Callable[[list[int]], np.ndarray], windows: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
+    """The reference's logits ``[len(window), vocab]`` for every window, computed once so that
+    many candidates can be scored against them with :func:`score_logits`."""
+    return [np.asarray(logits_fn(list(w)), dtype=np.float32) for w in windows]
+
+
+def score_logits(
+    reference: Sequence[np.ndarray],
+    windows: Sequence[Sequence[int]],
+    logits_fn: Callable[[list[int]], np.ndarray],
+    label: str = "candidate",
+) -> dict[str, float]:
+    """PPL / KLD / top-1 of ``logits_fn`` (any backend: ONNX, llama.cpp ...) vs ``reference``.
+
+    Returns the keys of the module docstring plus ``eval_windows``.
+
+    Raises:
+        BackendError: a candidate's logits have another shape than the reference's.
+    """
+    sums = _Sums()
+    for ref_logits, window in zip(reference, windows, strict=True):
+        cand_logits = np.asarray(logits_fn(list(window)), dtype=np.float32)
+        if ref_logits.shape != cand_logits.shape:
+            raise BackendError(
+                f"evaluate: logits shapes differ, {ref_logits.shape} (reference) vs "
+                f"{cand_logits.shape} ({label}); compare variants of one model"
+            )
+        targets = np.asarray(window[1:], dtype=np.int64)
+        sums.add(ref_logits[:-1], cand_logits[:-1], targets)
+    metrics = sums.metrics()
+    metrics["eval_windows"] = float(len(windows))
+    return metrics
+
+
 def evaluate_llm(
     reference_dir: Path,
     candidate_dir: Path,
@@ -130,7 +183,8 @@ def evaluate_llm(
 
     Args:
         reference_dir: directory of the float ONNX export (``model.onnx``).
-        candidate_dir: directory of the quantized ONNX model.
+        candidate_dir: directory of the quantized ONNX model (an optimum export or an
+            onnxruntime-genai builder graph).
         text: evaluation text, tokenized with the tokenizer in ``tokenizer_dir`` (no BOS).
         tokenizer_dir: a Hugging Face tokenizer directory.
         seqlen: window length in tokens.
@@ -145,27 +199,12 @@ def evaluate_llm(
         BackendError: a model cannot be loaded or the two vocabularies differ.
     """
     start = time.perf_counter()
-    if seqlen < 2:
-        raise ConfigError(f"eval.seqlen={seqlen} is too small; expected >= 2")
-    windows = token_windows(_tokenize(text, tokenizer_dir), seqlen)
-    if not windows:
-        raise ConfigError(
-            f"eval text has too few tokens for a window (need >= {MIN_WINDOW_TOKENS}); "
-            "point eval.text_file at a longer text"
-        )
-    ref, cand = _load(reference_dir, threads), _load(candidate_dir, threads)
-    sums = _Sums()
-    for window in windows:
-        ref_logits, cand_logits = ref.logits(window), cand.logits(window)
-        if ref_logits.shape != cand_logits.shape:
-            raise BackendError(
-                f"evaluate: logits shapes differ, {ref_logits.shape} (reference {reference_dir}) "
-                f"vs {cand_logits.shape} (candidate {candidate_dir}); compare variants of one model"
-            )
-        targets = np.asarray(window[1:], dtype=np.int64)
-        sums.add(ref_logits[:-1], cand_logits[:-1], targets)
-    metrics = sums.metrics()
-    metrics.update(eval_windows=float(len(windows)), eval_s=time.perf_counter() - start)
+    windows = eval_windows(text, tokenizer_dir, seqlen)
+    ref, cand = load_onnx_llm(reference_dir, threads), load_onnx_llm(candidate_dir, threads)
+    reference = reference_logits(ref.logits, windows)
+    del ref
+    metrics = score_logits(reference, windows, cand.logits, label=str(candidate_dir))
+    metrics["eval_s"] = time.perf_counter() - start
     log.info("evaluate %s vs %s: %s", candidate_dir, reference_dir, metrics)
     return metrics
 
@@ -177,7 +216,12 @@ def _tokenize(text: str, tokenizer_dir: Path) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
-def _load(model_dir: Path, threads: int) -> Any:
+def load_onnx_llm(model_dir: Path, threads: int) -> Any:
+    """:class:`~rkpipe.engines.ort_llm.OrtCausalLM` on ``model_dir``.
+
+    Raises:
+        BackendError: the directory has no loadable ONNX LLM.
+    """
     from rkpipe.engines.ort_llm import OrtCausalLM
 
     try:

@@ -5,6 +5,14 @@ its resolved config (:func:`rkpipe.config.variant_id`); each stage finds the run
 tagged with that hash (or creates it), resumes it, logs, and closes it with the
 right status: FINISHED, FAILED on an exception, KILLED on SIGTERM/Ctrl-C. A run
 left RUNNING by a SIGKILL is closed as KILLED by the next stage that opens it.
+
+Parallel writers (``dvc queue start -j N``) share one SQLite store: every client call
+holds an exclusive file lock next to the database and retries "database is locked"
+with backoff (:class:`SerialisedClient`). A sweep passes its MLflow parent run through
+``RKPIPE_PARENT_RUN_ID``; the variant's run is then tagged ``mlflow.parentRunId``.
+Each stage records what a rebuild needs (:func:`reproduction_tags`): the commit the
+variant was built from (DVC's experiment baseline for queued runs), whether the tree
+differed from it, the experiment name, and the versions of the runtimes.
 """
 
 from __future__ import annotations
@@ -30,7 +38,19 @@ T = TypeVar("T")
 VARIANT_TAG = "rkpipe.variant"
 PID_TAG = "rkpipe.pid"
 HOST_TAG = "rkpipe.host"
+PARENT_TAG = "mlflow.parentRunId"
+SWEEP_TAG = "rkpipe.sweep"
 STORE_DIR = ".mlflow"
+PARENT_ENV = "RKPIPE_PARENT_RUN_ID"
+# Runtime versions recorded as ``version.<package>`` tags on every variant run.
+VERSION_PACKAGES = (
+    "onnxruntime", "onnx", "torch", "transformers", "optimum-onnx", "numpy", "dvc",
+    "mlflow", "hydra-core",
+)  # fmt: skip
+# Files a run changes by design: they never make the tree "dirty" for reproduction.
+RUN_FILES = ("params.yaml", "dvc.lock")
+# Config sections that say where results go or how they are judged, not what is built.
+UNTRACKED_KEYS = ("tracking", "gates")
 
 
 class Terminated(BaseException):
@@ -88,19 +108,138 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay: float = 0.
     raise AssertionError("unreachable")
 
 
-def git_state(root: Path) -> dict[str, str]:
-    """Git sha and dirty flag of ``root`` (``unknown`` outside a git checkout)."""
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else ""
+
+_LOCK_DEPTH: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<db>.lock`` while talking to a SQLite store.
+
+    Serialises the writers of parallel DVC queue workers on one host; re-entrant in
+    a process; a no-op for server URIs.
+    """
+    db = _sqlite_file(uri)
+    if db is None or _LOCK_DEPTH.get(str(db)):
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _LOCK_DEPTH[str(db)] = 1
+        try:
+            yield
+        finally:
+            _LOCK_DEPTH[str(db)] = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class SerialisedClient:
+    """An ``MlflowClient`` whose every call holds :func:`store_lock` and is retried
+    with :func:`with_retry` (SQLite "database is locked", MLflow #6490, #20014)."""
+
+    def __init__(self, client: Any, uri: str) -> None:
+        self._client = client
+        self._uri = uri
+
+    @property
+    def tracking_uri(self) -> str:
+        """The store this client writes to."""
+        return self._uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            def locked() -> Any:
+                with store_lock(self._uri):
+                    return attr(*args, **kwargs)
+
+            return with_retry(locked)
+
+        return call
+
+
+def make_client(uri: str) -> SerialisedClient:
+    """A :class:`SerialisedClient` for ``uri``; creates the store's tables under the lock.
+
+    Raises :class:`TrackingError` when the store cannot be opened.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+
+    def connect() -> SerialisedClient:
+        with store_lock(uri):  # creating or migrating the schema must not run twice at once
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        return SerialisedClient(client, uri)
 
     try:
-        sha = git("rev-parse", "HEAD") or "unknown"
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return with_retry(connect)
+    except Exception as exc:
+        raise TrackingError(f"cannot open MLflow tracking store {uri}: {exc}") from None
+
+
+def _git(root: Path, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, timeout=60, input=stdin
+    )
+    return out.stdout if out.returncode == 0 else ""
+
+
+def changed_files(root: Path, rev: str, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Files tracked at ``rev`` whose bytes in ``root`` differ from ``rev`` (or are missing).
+
+    Compares blob hashes (``git ls-tree`` vs ``git hash-object``) rather than asking
+    ``git status``, which is wrong in DVC's temporary experiment workspaces. Paths
+    equal to or under an ``ignore`` entry are skipped.
+    """
+    expected: dict[str, str] = {}
+    for entry in _git(root, "ls-tree", "-r", "-z", rev).split("\0"):
+        meta, _, path = entry.partition("\t")
+        parts = meta.split()
+        if len(parts) == 3 and parts[1] == "blob" and parts[0] != "120000":
+            if not any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignore):
+                expected[path] = parts[2]
+    present = [p for p in expected if (root / p).is_file()]
+    hashes = _git(root, "hash-object", "--stdin-paths", stdin="\n".join(present) + "\n")
+    actual = dict(zip(present, hashes.split(), strict=False))
+    return sorted(p for p, sha in expected.items() if actual.get(p) != sha)
+
+
+def git_state(
+    root: Path, baseline: str | None = None, ignore: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """Git sha and dirty flag of the workspace ``root``.
+
+    ``baseline`` is the commit the workspace was built from (DVC's
+    ``DVC_EXP_BASELINE_REV`` for experiments), default ``HEAD``. ``git.dirty`` is
+    ``true`` when a tracked file other than ``params.yaml``, ``dvc.lock`` and the
+    ``ignore`` paths (the pipeline's outputs) differs from it; ``git.dirty_files``
+    names the first few. ``unknown`` outside a git checkout.
+    """
+    try:
+        sha = _git(root, "rev-parse", baseline or "HEAD").strip()
+        if not sha:
+            return {"git.sha": "unknown", "git.dirty": "unknown"}
+        changed = changed_files(root, sha, RUN_FILES + tuple(ignore))
     except (OSError, subprocess.TimeoutExpired):
         return {"git.sha": "unknown", "git.dirty": "unknown"}
-    return {"git.sha": sha, "git.dirty": str(dirty).lower()}
+    state = {"git.sha": sha, "git.dirty": str(bool(changed)).lower()}
+    if changed:
+        state["git.dirty_files"] = ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else "")
+    return state
 
 
 def run_name(cfg: PipelineConfig) -> str:
@@ -248,7 +387,10 @@ def _close_if_orphaned(client: Any, run: Any) -> None:
 
 
 def open_variant_run(client: Any, cfg: PipelineConfig) -> str:
-    """Find the variant's run by tag (closing an orphaned one as KILLED) or create it."""
+    """Find the variant's run by tag (closing an orphaned one as KILLED) or create it.
+
+    With ``RKPIPE_PARENT_RUN_ID`` set (a sweep), the run becomes that run's child.
+    """
     experiment_id = _experiment_id(client, cfg.tracking.experiment)
     query = f"tags.`{VARIANT_TAG}` = '{variant_id(cfg)}'"
     runs = with_retry(
@@ -256,11 +398,22 @@ def open_variant_run(client: Any, cfg: PipelineConfig) -> str:
     )
     if runs:
         _close_if_orphaned(client, runs[0])
-        return str(runs[0].info.run_id)
-    run = with_retry(
-        lambda: client.create_run(experiment_id, run_name=run_name(cfg), tags=variant_tags(cfg))
-    )
-    return str(run.info.run_id)
+        run_id = str(runs[0].info.run_id)
+    else:
+        run = with_retry(
+            lambda: client.create_run(experiment_id, run_name=run_name(cfg), tags=variant_tags(cfg))
+        )
+        run_id = str(run.info.run_id)
+    parent = os.environ.get(PARENT_ENV)
+    if parent and parent != run_id:
+        for key, value in parent_tags(parent).items():
+            with_retry(lambda k=key, v=value: client.set_tag(run_id, k, v))
+    return run_id
+
+
+def parent_tags(parent_run_id: str) -> dict[str, str]:
+    """The tags that make a run the child of a sweep's parent run in the MLflow UI."""
+    return {PARENT_TAG: parent_run_id, SWEEP_TAG: parent_run_id}
 
 
 @contextlib.contextmanager
@@ -310,27 +463,58 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
 
 
 def _client(cfg: PipelineConfig) -> Any:
-    import mlflow
-    from mlflow.tracking import MlflowClient
+    return make_client(tracking_uri(cfg.tracking.uri))
 
-    uri = tracking_uri(cfg.tracking.uri)
-    mlflow.set_tracking_uri(uri)
+
+def workspace_root() -> Path:
+    """The workspace the stage runs in (DVC runs stages from the repository root, which
+    for a queued experiment is a temporary copy; ``DVC_ROOT`` then names the parent)."""
+    return Path.cwd()
+
+
+def runtime_versions() -> dict[str, str]:
+    """``version.<package>`` tags for the runtimes that decide a variant's bytes and speed."""
+    import importlib.metadata
+    import platform
+
+    versions = {"version.python": platform.python_version()}
+    for package in VERSION_PACKAGES:
+        try:
+            versions[f"version.{package}"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[f"version.{package}"] = "not installed"
+    return versions
+
+
+def reproduction_tags(cfg: PipelineConfig, root: Path) -> dict[str, str]:
+    """Tags a rebuild needs: commit and dirty flag (against DVC's experiment baseline
+    when queued), DVC experiment name, where the rkpipe code came from, runtime versions."""
+    import rkpipe
+    from rkpipe.errors import RkpipeError
+    from rkpipe.reproduce import declared_outputs
+
     try:
-        return MlflowClient(tracking_uri=uri)
-    except Exception as exc:
-        raise TrackingError(f"cannot open MLflow tracking store {uri}: {exc}") from None
+        outputs = tuple(declared_outputs(root / "dvc.yaml", config_dict(cfg)))
+    except RkpipeError as exc:  # an unresolvable out: count every changed file as dirty
+        log.warning("cannot list the pipeline's outputs: %s", exc)
+        outputs = ()
+    tags = git_state(root, os.environ.get("DVC_EXP_BASELINE_REV"), outputs)
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    tags["rkpipe.package_dir"] = str(Path(rkpipe.__file__).resolve().parent)
+    return tags | runtime_versions()
 
 
 def _log_start(run: VariantRun, cfg: PipelineConfig, stage: str) -> None:
-    root = repo_root()
+    root = workspace_root()
     data = config_dict(cfg)
-    tracked = {k: v for k, v in data.items() if k != "tracking"}
+    tracked = {k: v for k, v in data.items() if k not in UNTRACKED_KEYS}
     run.set_tags(
         {PID_TAG: os.getpid(), HOST_TAG: socket.gethostname(), "rkpipe.stage": stage}
-        | git_state(root)
+        | reproduction_tags(cfg, root)
     )
     run.log_params(flatten(tracked))
     run.log_dict(data, "config/resolved.yaml")
-    lock = root / "dvc.lock"
-    if lock.is_file():
-        run.log_artifact(lock, "dvc")
+    for name in ("params.yaml", "dvc.lock"):
+        if (root / name).is_file():
+            run.log_artifact(root / name, "dvc")

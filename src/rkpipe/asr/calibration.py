@@ -1,0 +1,165 @@
+"""Calibration audio for static (QDQ) quantization and the NPU converter: never the eval clips.
+
+The clips are synthesized with espeak-ng + sox (as the test set, :mod:`rkpipe.asr.testset`) from
+:data:`CALIB_SENTENCES`, which share no sentence with ``data/asr/sentences.txt`` (a test checks
+it), or from the file ``asr.quant.calib_sentences``. From the clips come the model inputs each
+ONNX file sees at inference:
+
+* Whisper encoder: log-mel features (``input_features``);
+* Whisper ``decoder_model.onnx``: the prompt plus the calibration sentence's tokens (teacher
+  forcing) with the fp32 encoder's hidden states;
+* Whisper ``decoder_with_past_model.onnx``: one feed per teacher-forced step with the fp32 KV
+  cache of the steps before;
+* wav2vec2 ``model.onnx``: the normalised waveform (``input_values``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rkpipe.errors import AsrError
+
+logger = logging.getLogger(__name__)
+
+CALIB_SENTENCES = (
+    "Bring the blue folder to the meeting on the second floor.",
+    "The river was quiet after the storm had passed.",
+    "She counted forty two birds sitting on the fence.",
+    "Our team will test the new board next Tuesday.",
+    "Please write your name at the top of the page.",
+    "The baker sold every loaf before noon.",
+    "A cold wind blew across the empty parking lot.",
+    "He fixed the old radio with a small screwdriver.",
+    "Turn the volume down while the baby is sleeping.",
+    "Fresh snow covered the mountain road this morning.",
+    "The museum opens at ten and closes at six.",
+    "They planted tomatoes and beans in the garden.",
+)
+MAX_DECODER_STEPS = 24  # teacher-forced steps per clip fed to decoder_with_past
+
+
+def calibration_sentences(sentences_file: str | None, count: int) -> list[str]:
+    """The first ``count`` sentences of ``sentences_file`` (or :data:`CALIB_SENTENCES`).
+
+    Raises :class:`AsrError` for a missing/empty file or a non-positive ``count``.
+    """
+    from rkpipe.asr.testset import read_sentences
+
+    if count <= 0:
+        raise AsrError(f"asr.quant.calib_clips must be positive, got {count}")
+    sentences = read_sentences(Path(sentences_file)) if sentences_file else list(CALIB_SENTENCES)
+    if len(sentences) < count:
+        logger.warning("only %d calibration sentences for %d clips", len(sentences), count)
+    return sentences[:count]
+
+
+def synthesize_calibration(sentences: list[str], out_dir: Path) -> list[tuple[str, Any, str]]:
+    """Speak ``sentences`` into ``out_dir`` and load them: ``[(name, 16 kHz audio, text)]``.
+
+    Raises :class:`AsrError` if espeak-ng/sox are missing (with the apt-get command).
+    """
+    from rkpipe.asr.evaluate import load_testset
+    from rkpipe.asr.testset import synthesize_testset
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_file = out_dir / "calib_sentences.txt"
+    text_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    synthesize_testset(text_file, out_dir / "clips")
+    return load_testset(out_dir / "clips")
+
+
+def calibration_clips(sentences_file: str | None, count: int) -> list[tuple[str, Any, str]]:
+    """Synthesize ``count`` calibration clips in a temporary directory; see the module doc."""
+    sentences = calibration_sentences(sentences_file, count)
+    with tempfile.TemporaryDirectory(prefix="rkpipe-asr-calib-") as tmp:
+        return synthesize_calibration(sentences, Path(tmp))
+
+
+# --------------------------------------------------------------------------- feeds
+
+
+def calibration_feeds(fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
+    """``{onnx file name: [feed dict, ...]}`` for every ONNX file static quantization calibrates.
+
+    ``fp32_dir`` is the fp32 export (its ``engine.json`` says the architecture). Raises
+    :class:`AsrError` for an unknown engine or unreadable model.
+    """
+    from rkpipe.asr.engine import engine_name, load_engine
+
+    engine = load_engine(Path(fp32_dir), threads=2)
+    if engine_name(Path(fp32_dir)) == "ort_ctc":
+        return {"model.onnx": [{"input_values": engine.features(audio)} for _, audio, _ in clips]}
+    return _whisper_feeds(engine, Path(fp32_dir), clips)
+
+
+def _whisper_feeds(engine: Any, fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
+    import numpy as np
+
+    tokenizer = _whisper_tokenizer(fp32_dir)
+    feeds: dict[str, list[dict]] = {k: [] for k in _WHISPER_FILES}
+    prompt = engine.prompt_ids("en", "transcribe")
+    for _, audio, text in clips:
+        features = engine.features(audio)
+        hidden = engine.encode(features)
+        tokens = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        tokens = tokens[:MAX_DECODER_STEPS]
+        feeds["encoder_model.onnx"].append({"input_features": features})
+        sequence = np.asarray([prompt + tokens], dtype=np.int64)
+        feeds["decoder_model.onnx"].append(
+            {"input_ids": sequence, "encoder_hidden_states": hidden}
+        )
+        feeds["decoder_with_past_model.onnx"].extend(_past_feeds(engine, hidden, prompt, tokens))
+    return feeds
+
+
+_WHISPER_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+
+
+def _past_feeds(engine: Any, hidden: Any, prompt: list[int], tokens: list[int]) -> list[dict]:
+    """Teacher-forced ``decoder_with_past`` feeds with the fp32 KV cache of the steps before."""
+    import numpy as np
+
+    names = {i.name for i in engine.decoder_with_past.get_inputs()}
+    _, past = engine._first_step(hidden, prompt)
+    out = []
+    for token in tokens:
+        feed = {"input_ids": np.asarray([[token]], dtype=np.int64), **past}
+        if "encoder_hidden_states" in names:
+            feed["encoder_hidden_states"] = hidden
+        out.append({k: v for k, v in feed.items() if k in names})
+        _, past = engine._next_step(hidden, token, past)
+    return out
+
+
+def _whisper_tokenizer(fp32_dir: Path) -> Any:
+    from transformers import WhisperTokenizerFast
+
+    try:
+        return WhisperTokenizerFast.from_pretrained(fp32_dir)
+    except (OSError, ValueError) as exc:
+        raise AsrError(f"cannot load the Whisper tokenizer from {fp32_dir}: {exc}") from exc
+
+
+class FeedsReader:
+    """An onnxruntime ``CalibrationDataReader`` over a list of feed dicts (rewindable)."""
+
+    def __init__(self, feeds: list[dict]) -> None:
+        if not feeds:
+            raise AsrError("no calibration inputs: synthesize at least one calibration clip")
+        self.feeds = feeds
+        self.index = 0
+
+    def get_next(self) -> dict | None:
+        """The next feed dict, or None when exhausted (the reader protocol)."""
+        if self.index >= len(self.feeds):
+            return None
+        self.index += 1
+        return self.feeds[self.index - 1]
+
+    def rewind(self) -> None:
+        """Start over from the first feed."""
+        self.index = 0

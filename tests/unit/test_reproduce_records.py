@@ -1,0 +1,128 @@
+"""Reproduction records: declared outputs, hashes, timing-aware verdicts, dirty-tree detection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from rkpipe.reproduce import (
+    compare_metrics,
+    compare_outputs,
+    declared_outputs,
+    hash_outputs,
+    is_timing,
+    output_record,
+)
+from rkpipe.tracking import changed_files, git_state
+
+DVC_YAML = """
+stages:
+  a:
+    cmd: python a.py
+    outs:
+      - ${paths.models_dir}/m
+    metrics:
+      - ${paths.metrics_dir}/a.json:
+          cache: false
+  b:
+    cmd: python b.py
+    outs:
+      - ${paths.reports_dir}/report.md:
+          cache: false
+      - ${paths.reports_dir}/outputs.sha256.json:
+          cache: false
+"""
+PARAMS = {"paths": {"models_dir": "models", "metrics_dir": "metrics", "reports_dir": "reports"}}
+
+
+def make_workspace(root: Path, ttft: float = 12.5, ppl: float = 30.0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "models" / "m").mkdir(parents=True)
+    (root / "models" / "m" / "w.bin").write_bytes(b"\x00\x01")
+    (root / "metrics").mkdir()
+    (root / "metrics" / "a.json").write_text(json.dumps({"ttft_ms": ttft, "ppl": ppl}))
+    (root / "reports").mkdir()
+    (root / "reports" / "report.md").write_text(f"| {ttft} | {ppl} |\n")
+    return root
+
+
+def test_declared_outputs_resolve_interpolation(tmp_path):
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    assert declared_outputs(tmp_path / "dvc.yaml", PARAMS) == [
+        "models/m", "metrics/a.json", "reports/report.md", "reports/outputs.sha256.json",
+    ]  # fmt: skip
+    assert declared_outputs(tmp_path / "missing.yaml", PARAMS) == []
+
+
+def test_hashes_cover_every_file_and_exclude_the_record(tmp_path):
+    root = make_workspace(tmp_path)
+    record = output_record(root, PARAMS)
+    assert sorted(record["files"]) == ["metrics/a.json", "models/m/w.bin", "reports/report.md"]
+    assert list(record["without_timings"]) == ["metrics/a.json"]
+    assert hash_outputs(root, ["nope"]) == {"nope": "missing"}
+
+
+def test_timings_are_reported_not_counted(tmp_path):
+    first = output_record(make_workspace(tmp_path / "a"), PARAMS)
+    again = output_record(make_workspace(tmp_path / "b", ttft=13.0), PARAMS)
+    verdict = compare_outputs(first, again)
+    assert verdict.identical == ["models/m/w.bin"]
+    assert verdict.timings_only == ["metrics/a.json"] and verdict.derived == ["reports/report.md"]
+    assert verdict.ok
+
+
+def test_a_real_difference_is_a_mismatch(tmp_path):
+    first = output_record(make_workspace(tmp_path / "a"), PARAMS)
+    root = make_workspace(tmp_path / "b", ppl=31.0)
+    (root / "models" / "m" / "w.bin").write_bytes(b"\x00\x02")
+    verdict = compare_outputs(first, output_record(root, PARAMS))
+    assert verdict.differ == ["metrics/a.json", "models/m/w.bin"] and not verdict.ok
+    (root / "models" / "m" / "w.bin").unlink()
+    assert compare_outputs(first, output_record(root, PARAMS)).missing == ["models/m/w.bin"]
+
+
+def test_metric_verdicts():
+    recorded = {"ppl": 30.0, "ttft_ms": 10.0, "decode_tok_per_s": 20.0, "asr_rtf": 0.1, "kld": 1.0}
+    rebuilt = {"ppl": 30.0, "ttft_ms": 11.0, "decode_tok_per_s": 19.0, "asr_rtf": 0.2, "kld": 1.5}
+    verdict = compare_metrics(recorded, rebuilt)
+    assert verdict.equal == {"ppl": 30.0} and verdict.differ == {"kld": (1.0, 1.5)}
+    assert set(verdict.timings) == {"ttft_ms", "decode_tok_per_s", "asr_rtf"}
+
+
+def test_timing_names():
+    timing = ["ttft_ms", "decode_tok_per_s_p50", "asr_rtf_fp32", "calib_build_s",
+              "quantize_peak_rss_mb", "asr_rtf_speedup", "asr_decoder_ms_mean_fp32"]  # fmt: skip
+    stable = ["ppl", "ppl_delta_pct", "size_mb", "asr_wer", "kld_mean", "calib_records"]
+    assert all(map(is_timing, timing)) and not any(map(is_timing, stable))
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=root, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_dirty_means_code_changed_not_params_lock_or_outputs(tmp_path):
+    git(tmp_path, "init", "-q")
+    for name in ("code.py", "params.yaml", "dvc.lock", "metrics/a.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "init")
+    for name in ("params.yaml", "dvc.lock", "metrics/a.json"):
+        (tmp_path / name).write_text("v2\n")
+    state = git_state(tmp_path, ignore=("metrics/a.json",))
+    assert state["git.dirty"] == "false" and state["git.sha"] == git(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "code.py").write_text("v2\n")
+    state = git_state(tmp_path, ignore=("metrics",))
+    assert state["git.dirty"] == "true" and state["git.dirty_files"] == "code.py"
+    assert changed_files(tmp_path, "HEAD") == [
+        "code.py",
+        "dvc.lock",
+        "metrics/a.json",
+        "params.yaml",
+    ]
+    assert git_state(tmp_path / "metrics" / "..", baseline="nope")["git.sha"] == "unknown"
