@@ -17,6 +17,7 @@ def body(cfg, run):
         run.log_artifact(reports / f"bench_{kind}_samples.json", "bench")
     write_json_atomic(Path(cfg.paths.metrics_dir) / "bench.json", result.metrics)
     run.log_metrics(result.metrics)
+    run.set_tags({f"board.{key}": value for key, value in result.facts.items()})
 
 
 if __name__ == "__main__":

@@ -13,6 +13,14 @@ def body(cfg, run):
     models = Path(cfg.paths.models_dir) / "asr"
     result = quantize_asr(models / "onnx_fp32", models / "quantized", cfg.asr.quant)
     metrics = {f"asr_{k}": v for k, v in flatten(result).items() if isinstance(v, (int, float))}
+    if cfg.asr.backend == "rknn":
+        from rkpipe.asr.rknn import convert_encoder_rknn
+
+        rknn = convert_encoder_rknn(
+            models / "onnx_fp32", models / "quantized" / "rknn", cfg.asr.rknn,
+            calib_sentences=cfg.asr.quant.calib_sentences,
+        )  # fmt: skip
+        metrics |= {f"asr_{k}": v for k, v in rknn.items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)
     write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_asr.json", metrics)
 
