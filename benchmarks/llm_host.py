@@ -297,8 +297,8 @@ def measure_speed(workers: list[WorkerProcess], prompt: list[int], new_tokens: i
                   max_wait_s: float = 0.0) -> dict[str, dict[str, float]]:
     """Medians per variant over ``rounds`` rounds, each round in a rotated order."""
     samples: dict[str, list[dict[str, float]]] = {w.variant.name: [] for w in workers}
-    busy_seen = []
     for r in range(warmup + rounds):
+        busy_seen: list[float] = []
         order = workers[r % len(workers):] + workers[: r % len(workers)]
         for w in order:
             if max_wait_s:  # every run starts on idle CPUs (as far as other jobs allow)
