@@ -151,6 +151,7 @@ def sweep(args: argparse.Namespace) -> int:
         return _search(args, repo, config_dir)
     plan = plan_sweep(args.overrides, config_dir)
     print(describe(plan))
+    _warn_shared_board(args, plan)
     if args.dry_run:
         return 0
     from rkpipe.sweep.driver import render_summary, run_sweep
@@ -164,10 +165,22 @@ def sweep(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _warn_shared_board(args: argparse.Namespace, plan: Any) -> None:
+    """Parallel jobs benchmarking on this host (board=local) disturb each other's timings."""
+    local = any(v.cfg.board.transport == "local" for v in plan.variants)
+    if args.executor == "queue" and args.jobs > 1 and local:
+        print(
+            f"warning: -j {args.jobs} with board=local benchmarks several variants on this "
+            "host at once; their TTFT and tokens/s disturb each other (use -j 1 for figures)",
+            file=sys.stderr,
+        )
+
+
 def _search(args: argparse.Namespace, repo: Path, config_dir: Path) -> int:
     from rkpipe.sweep.search import Objective, run_search
 
-    objectives = [Objective.parse(o) for o in args.objective]
+    chosen = args.objective or ["ppl_delta_pct:minimize", "decode_tok_per_s:maximize"]
+    objectives = [Objective.parse(o) for o in chosen]
     parent, plan, children, out = run_search(
         repo, config_dir, args.overrides, _executor(args, repo), _store(args), objectives,
         args.n_trials, args.seed, args.name, Path(args.report_dir) if args.report_dir else None,

@@ -427,6 +427,8 @@ def reproduce(
     finally:
         if not keep:
             remove_worktree(repo, worktree)
+            if workdir is None:
+                shutil.rmtree(worktree.parent, ignore_errors=True)
     current = runtime_versions()
     changes = {
         k: (v, current.get(k, "absent")) for k, v in records.versions.items() if current.get(k) != v

@@ -77,3 +77,25 @@ def test_optuna_search_runs_valid_trials_and_logs_the_pareto_front(tmp_path, mon
     assert store.get(parent).status == "FINISHED"
     assert (out / "compare.md").is_file() and (out / "pareto.png").is_file()
     print(results, (out / "compare.md").read_text(), sep="\n")
+
+
+def test_cli_optuna_defaults_to_accuracy_vs_speed(monkeypatch, tmp_path, capsys):
+    from rkpipe import cli
+    from rkpipe.sweep import search
+    from rkpipe.sweep.plan import SweepPlan
+
+    seen = {}
+
+    def fake_search(repo, config_dir, arguments, executor, store, objectives, *rest):
+        seen.update(objectives=objectives, jobs=executor.jobs, arguments=arguments)
+        (tmp_path / "optimization_results.yaml").write_text("name: optuna\n")
+        return "p" * 32, SweepPlan(tuple(arguments)), {}, tmp_path
+
+    monkeypatch.setattr(search, "run_search", fake_search)
+    monkeypatch.setattr(cli, "_store", lambda args: None)
+    argv = ["sweep", "--sweeper", "optuna", "-j", "2", "--repo", str(tmp_path), "quant=a,b"]
+    assert cli.main(argv) == 0
+    assert [(o.metric, o.direction) for o in seen["objectives"]] == [
+        ("ppl_delta_pct", "minimize"), ("decode_tok_per_s", "maximize"),
+    ]  # fmt: skip
+    assert seen["jobs"] == 2 and "name: optuna" in capsys.readouterr().out

@@ -103,3 +103,36 @@ def test_workers_opening_a_fresh_store_at_once_do_not_race(tmp_path):
     ]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * WORKERS, "\n".join(errors)[-3000:]
+
+
+def test_a_variant_restored_entirely_from_the_run_cache_is_backfilled_and_linked(store, tmp_path):
+    """No stage ran (DVC restored everything), so nothing was logged: the driver creates
+    the child run from the metrics committed in the experiment and links it."""
+    import json
+
+    from rkpipe.sweep.driver import link_child
+    from rkpipe.sweep.executor import JobResult
+    from rkpipe.sweep.plan import Variant
+
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text(json.dumps({"ppl": 31.5, "note": "x"}))
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "exp"], cwd=tmp_path, check=True)
+    rev = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True
+    ).stdout.strip()
+    cfg = compose(CONF, ["bench.repetitions=7"])
+    variant = Variant(("bench.repetitions=7",), variant_id(cfg), cfg)
+    parent = store.create_run("rkpipe", "sweep", {})
+    child = link_child(store, tmp_path, parent, variant, JobResult("sw-x-00", "success", rev))
+    run = store.get(child)
+    assert run.metrics == {"ppl": 31.5} and run.parent_id == parent
+    assert run.params["bench.repetitions"] == "7" and "gates.enabled" not in run.params
+    assert run.tags["rkpipe.backfilled"] and run.tags["rkpipe.overrides"] == "bench.repetitions=7"
+    assert store.read_artifact(child, "dvc/dvc.lock") == "schema: '2.0'\n"
+    failed = JobResult("sw-x-01", "failed")
+    other = Variant(("bench.repetitions=8",), "nope", compose(CONF, ["bench.repetitions=8"]))
+    assert link_child(store, tmp_path, parent, other, failed) is None

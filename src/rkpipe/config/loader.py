@@ -19,7 +19,7 @@ from rkpipe.errors import ConfigError
 
 CONFIG_NAME = "config"
 # Keys that say where things go, not what is built: they never change a variant's identity.
-NON_VARIANT_KEYS = ("paths", "tracking")
+NON_VARIANT_KEYS = ("paths", "tracking", "gates")
 CASE_INSENSITIVE_GROUPS = ("platform", "quant")
 
 

@@ -199,7 +199,7 @@ class OrtQuantConfig:
     op_types: list[str] = field(default_factory=lambda: ["MatMul"])
     block_size: int = 32
     accuracy_level: int = 0
-    # 8-bit MatMulNBits (a Q8_0 / 8-bit embedding-lm_head): level 0 takes a slow fp32 path in ORT 1.32
+    # 8-bit MatMulNBits (Q8_0 or 8-bit embedding+lm_head): level 0 is a slow fp32 path in ORT 1.32
     accuracy_level_8bit: int = 4
     embedding_bits: int = 0
     activation_type: str = "QUInt8"

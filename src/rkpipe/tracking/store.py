@@ -8,6 +8,7 @@ the package, so mlflow stays inside :mod:`rkpipe.tracking`.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -155,6 +156,7 @@ class Store:
 
     def read_artifact(self, run_id: str, artifact_file: str) -> str | None:
         """The text of one artifact file, or None when the run has no such artifact."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
         tmp = Path(tempfile.mkdtemp(prefix="rkpipe-artifact-"))
         try:
             local = self.client.download_artifacts(run_id, artifact_file, str(tmp))
