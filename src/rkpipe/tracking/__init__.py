@@ -174,11 +174,10 @@ def make_client(uri: str) -> SerialisedClient:
 
     Raises :class:`TrackingError` when the store cannot be opened.
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-
+    # No mlflow.set_tracking_uri: it also exports MLFLOW_TRACKING_URI, which would
+    # redirect every later store in this process (and its children) to this one.
     def connect() -> SerialisedClient:
         with store_lock(uri):  # creating or migrating the schema must not run twice at once
             client = MlflowClient(tracking_uri=uri)
