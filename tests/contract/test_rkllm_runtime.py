@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_runtime.build import build_fake_runtime, build_llm_demo
 
-from rkpipe.board.deploy import LocalTransport
+from rkpipe.board.deploy import LocalTransport, bench_llm
 from rkpipe.board.llm_demo import bench_llm_demo, llm_demo_argv, rows_from_output
 from rkpipe.board.perf import parse_perf_table, parse_perf_tables, parse_runtime_info, table_row
 from rkpipe.config.schema import BenchConfig
@@ -138,6 +138,26 @@ def test_probe_reports_the_runtime_version(fake_libs):
     info = rkllm_runner.detect_runtime(str(fake_libs["1.3"]))
     assert info["runtime_version"] == "1.3.0" and info["driver_version"] == "0.9.8"
     assert info["platform"] == "RK3588"
+
+
+def test_deploy_bench_llm_through_the_rkllm_runner(fake_libs, tmp_path, monkeypatch):
+    """What deploy_bench runs for quant.backend=rkllm: the summary carries the injected
+    timings under the same names as an onnxruntime run, and each sample says rkllm."""
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    (quantized / "model.rkllm").write_bytes(b"not a real model")
+    (quantized / "quant_manifest.json").write_text(json.dumps({"artifact": "model.rkllm"}))
+    for key, value in TIMING_ENV.items():
+        monkeypatch.setenv(key, value)
+    bench = BenchConfig(prompt_tokens=16, new_tokens=11, warmup=1, repetitions=3, threads=1)
+    result = bench_llm(LocalTransport(), quantized, bench, 60, backend="rkllm",
+                       rkllm_lib=str(fake_libs["1.3"]))  # fmt: skip
+    assert {r["runtime"] for r in result.samples} == {"rkllm"}
+    assert [r["warmup"] for r in result.samples] == [True, False, False, False]
+    assert within(result.metrics["ttft_ms"], PREFILL_MS)
+    assert within(result.metrics["decode_tok_per_s"], 1e3 / DECODE_MS)
+    assert within(result.metrics["rt_decode_tok_per_s"], 1e3 / DECODE_MS)
+    assert result.metrics["peak_rss_mb"] > 0 and result.metrics["ttft_ms_n"] == 3
 
 
 def test_missing_model_fails_cleanly(fake_libs, tmp_path):

@@ -4,6 +4,11 @@ The runners are the self-contained engines in :mod:`rkpipe.engines` (stdlib,
 numpy and onnxruntime only), run as separate processes so that each reports its
 own peak RSS and the host's imports do not distort it. They print one JSON
 object per line (warm-ups flagged), which this module collects and summarises.
+
+The LLM runner follows ``quant.backend``: ``ort_llm`` for an onnxruntime model, and
+``rkllm_runner`` (ctypes over ``board.rkllm_lib``) for an ``.rkllm`` model. Both report the
+same keys, so the metrics have the same names whichever runtime produced them; each sample
+says which one it was (``runtime``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,17 @@ from rkpipe.errors import BoardError
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RKLLM_LIB = BoardConfig.rkllm_lib
+
 LLM_KEYS = ("ttft_ms", "prefill_ms", "prefill_tok_per_s", "decode_ms", "decode_tok_per_s")
+# What librkllmrt reports about itself (RKLLMPerfStat or its log table), next to the harness's
+# own clock: a large gap between the two means the measurement, not the model, is off.
+RKLLM_RUNTIME_KEYS = ("rt_prefill_ms", "rt_prefill_tok_per_s", "rt_decode_tok_per_s")
 ASR_KEYS = ("rtf", "encoder_ms", "decoder_ms", "total_ms")
+# quant.backend -> (the runtime a sample is tagged with, the runner in rkpipe.engines)
+LLM_RUNNERS = {"onnxruntime": ("onnxruntime", "ort_llm"), "rkllm": ("rkllm", "rkllm_runner")}
+# The metric deploy_bench records instead of the LLM figures when it could not measure them.
+LLM_SKIPPED = "llm_bench_skipped"
 
 
 class Transport(Protocol):
@@ -89,6 +103,7 @@ def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:
         model_size_mb=size,
         board_root=cfg.board.root,
         workdir=cfg.board.workdir,
+        runtime_lib=cfg.board.rkllm_lib,
         timeout=min(cfg.board.timeout_s, 120.0),
     )
 
@@ -98,6 +113,25 @@ def _toolkit_version(quantized: Path) -> str | None:
     if not manifest.is_file():
         return None
     return json.loads(manifest.read_text(encoding="utf-8")).get("toolkit_version")
+
+
+def rkllm_model_file(quantized: Path) -> Path:
+    """The ``.rkllm`` file the rkllm backend wrote into ``quantized``: the manifest's
+    ``artifact`` (``model.rkllm``; a LoRA variant's ``model_lora.rkllm`` sits next to it).
+
+    Raises:
+        BoardError: no such file (the quantize_llm stage did not run with quant.backend=rkllm).
+    """
+    manifest = quantized / "quant_manifest.json"
+    name = "model.rkllm"
+    if manifest.is_file():
+        name = json.loads(manifest.read_text(encoding="utf-8")).get("artifact") or name
+    model = quantized / name
+    if not model.is_file():
+        raise BoardError(
+            f"no {name} in {quantized}: run quantize_llm with quant.backend=rkllm first"
+        )
+    return model
 
 
 def parse_json_lines(stdout: str) -> list[dict[str, Any]]:
@@ -133,21 +167,68 @@ class BenchResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def bench_llm(
-    transport: Transport, model_dir: Path, bench: BenchConfig, timeout: float
-) -> BenchResult:
-    """TTFT, prefill/decode tokens/s and peak RSS of the ONNX LLM (Rockchip's methodology)."""
-    argv = transport.runner_command("ort_llm") + [
-        "--model", transport.model_path(model_dir),
+def llm_runner_argv(
+    transport: Transport,
+    model_dir: Path,
+    bench: BenchConfig,
+    *,
+    backend: str = "onnxruntime",
+    rkllm_lib: str = DEFAULT_RKLLM_LIB,
+) -> list[str]:
+    """The argv that benchmarks the quantized LLM in ``model_dir`` with ``backend``'s runner.
+
+    ``onnxruntime``: ``ort_llm --model <dir>``. ``rkllm``: ``rkllm_runner --lib <rkllm_lib>
+    --model <the .rkllm file>``; ``rkllm_lib`` is a path on the board, never pushed (it must
+    match the board's NPU driver, so it is installed there, not shipped with each model).
+    Getting the argv pushes the runner and the model to a remote board.
+
+    Raises:
+        BoardError: unknown backend, or no ``.rkllm`` file in ``model_dir``.
+    """
+    if backend not in LLM_RUNNERS:
+        raise BoardError(
+            f"no LLM runner for quant.backend={backend!r}; available: {', '.join(LLM_RUNNERS)}"
+        )
+    _, engine = LLM_RUNNERS[backend]
+    if backend == "rkllm":
+        model = rkllm_model_file(model_dir)
+        target = ["--lib", rkllm_lib, "--model", transport.model_path(model)]
+    else:
+        target = ["--model", transport.model_path(model_dir)]
+    return transport.runner_command(engine) + target + [
         "--prompt-tokens", str(bench.prompt_tokens),
         "--new-tokens", str(bench.new_tokens),
         "--warmup", str(bench.warmup),
         "--repetitions", str(bench.repetitions),
         "--threads", str(bench.threads),
     ]  # fmt: skip
-    rows = run_runner(transport, argv, timeout)
+
+
+def bench_llm(
+    transport: Transport,
+    model_dir: Path,
+    bench: BenchConfig,
+    timeout: float,
+    *,
+    backend: str = "onnxruntime",
+    rkllm_lib: str = DEFAULT_RKLLM_LIB,
+) -> BenchResult:
+    """TTFT, prefill/decode tokens/s and peak RSS of the quantized LLM (Rockchip's
+    methodology), measured by the runner of ``backend`` (see :func:`llm_runner_argv`).
+
+    The metrics have the same names for every runtime; an rkllm run adds the runtime's
+    self-reported ``rt_*`` figures. Each sample carries ``runtime`` (``onnxruntime``/``rkllm``).
+    """
+    argv = llm_runner_argv(transport, model_dir, bench, backend=backend, rkllm_lib=rkllm_lib)
+    runtime, _ = LLM_RUNNERS[backend]
+    rows = [row | {"runtime": runtime} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, LLM_KEYS)
     metrics["peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
+    if backend == "rkllm":
+        metrics |= summarize_samples(rows, RKLLM_RUNTIME_KEYS)
+        memory = [float(r["rt_memory_mb"]) for r in rows if r.get("rt_memory_mb") is not None]
+        if memory:
+            metrics["rt_memory_mb"] = max(memory)
     return BenchResult(rows, metrics)
 
 
@@ -170,7 +251,7 @@ def bench_asr(
         "--threads", str(bench.threads),
         "--max-new-tokens", str(max_new_tokens),
     ]  # fmt: skip
-    rows = run_runner(transport, argv, timeout)
+    rows = [row | {"runtime": "onnxruntime"} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, ASR_KEYS, prefix="asr_")
     metrics["asr_peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
     return BenchResult(rows, metrics)
@@ -183,18 +264,51 @@ def _testset_audio(testset_dir: Path) -> list[Path]:
     return clips
 
 
+def local_rkllm_unavailable(cfg: Any) -> str | None:
+    """Why an rkllm variant cannot be benchmarked on ``board=local``, or None when it can.
+
+    An ``.rkllm`` runs only through librkllmrt on a Rockchip NPU, so on an x86 host
+    ``board.rkllm_lib`` normally does not exist; that is a missing board, not a failure of
+    the conversion the stages before spent their time on.
+    """
+    if cfg.board.transport != "local" or cfg.quant.backend != "rkllm":
+        return None
+    if Path(cfg.board.rkllm_lib).is_file():
+        return None
+    return (
+        f"board.rkllm_lib={cfg.board.rkllm_lib} does not exist on this host, and an .rkllm "
+        "model runs only through Rockchip's runtime on an RK35xx NPU: LLM benchmark skipped "
+        "(ASR still measured). To measure it, run with a board config (e.g. board=rk3588_ssh, "
+        "see README 'Deploying to a board') or point board.rkllm_lib at a librkllmrt.so here"
+    )
+
+
 def deploy_and_bench(cfg: Any) -> BenchResult:
     """Benchmark the variant's quantized LLM and ASR model on ``cfg.board``.
 
-    Returns the raw samples (each tagged with board and model) and the summary
-    metrics (``ttft_ms``, ``decode_tok_per_s``, ``peak_rss_mb``, ``asr_rtf``, ...).
+    Returns the raw samples (each tagged with board, model and runtime) and the summary
+    metrics (``ttft_ms``, ``decode_tok_per_s``, ``peak_rss_mb``, ``asr_rtf``, ...). An rkllm
+    variant on ``board=local`` without ``board.rkllm_lib`` gets no LLM figures but
+    ``llm_bench_skipped: 1`` (see :func:`local_rkllm_unavailable`).
     Raises BoardError when a runner fails or the board cannot be reached.
     """
     transport = make_transport(cfg.board)
     facts = {} if cfg.board.transport == "local" else check_board(cfg, transport)
     models = Path(cfg.paths.models_dir)
     testset = Path(cfg.paths.data_dir) / "asr" / "testset"
-    llm = bench_llm(transport, models / "llm" / "quantized", cfg.bench, cfg.board.timeout_s)
+    skipped = local_rkllm_unavailable(cfg)
+    if skipped:
+        log.warning(skipped)
+        llm = BenchResult(metrics={LLM_SKIPPED: 1.0})
+    else:
+        llm = bench_llm(
+            transport,
+            models / "llm" / "quantized",
+            cfg.bench,
+            cfg.board.timeout_s,
+            backend=cfg.quant.backend,
+            rkllm_lib=_board_lib_path(cfg.board),
+        )
     asr = bench_asr(
         transport,
         models / "asr" / "quantized",
@@ -209,3 +323,12 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
     samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
     return BenchResult(samples, llm.metrics | asr.metrics, facts)
+
+
+def _board_lib_path(board: BoardConfig) -> str:
+    """``board.rkllm_lib``, made absolute on ``local``: ctypes hands a bare name such as
+    ``librkllmrt.so`` to the dynamic linker's search path, not to the directory where
+    :func:`local_rkllm_unavailable` found the file."""
+    if board.transport == "local":
+        return str(Path(board.rkllm_lib).resolve())
+    return board.rkllm_lib

@@ -181,7 +181,7 @@ def _version_problems(facts: dict[str, Any], toolkit: str) -> list[str]:
     if runtime is None:
         problems.append(
             f"no rkllm runtime answered at {facts['runtime_lib']}: install librkllmrt {toolkit} "
-            "(rknn-llm rkllm-runtime/Linux/librkllm_api) or point runtime_lib at it"
+            "(rknn-llm rkllm-runtime/Linux/librkllm_api) or point board.rkllm_lib at it"
         )
     elif runtime != toolkit:
         fix = (

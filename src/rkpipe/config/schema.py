@@ -259,6 +259,10 @@ class BoardConfig:
     workdir: str = "/tmp/rkpipe-board"
     platform: str | None = None
     python: str = "python3"
+    # Rockchip's runtime as the board sees it (its docs install it in /usr/lib). An .rkllm
+    # variant is benchmarked by rkllm_runner through it; on board=local a missing file means
+    # "no NPU here" and the LLM benchmark is skipped rather than failed.
+    rkllm_lib: str = "/usr/lib/librkllmrt.so"
     # Prefix for /proc and /sys reads: "" on a real board, a directory on the loopback test board.
     root: str = ""
     pin_frequency: bool = False

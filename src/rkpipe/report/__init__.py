@@ -25,6 +25,16 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+# What the LLM speed cells say when deploy_bench skipped the LLM (an .rkllm on board=local
+# with no runtime): no figure exists, and a zero or a dash would read as a measurement.
+NO_BOARD = "n/a (no board)"
+
+
+def llm_bench_skipped(metrics: Mapping[str, Any]) -> bool:
+    """Whether deploy_bench recorded ``llm_bench_skipped`` instead of LLM speed figures."""
+    return bool(metrics.get("llm_bench_skipped"))
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -46,9 +56,12 @@ def llm_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:
     """One row of the LLM table from the merged metrics of a variant."""
     memory_gb = m.get("peak_rss_mb") and m["peak_rss_mb"] / 1024
     delta = m.get("ppl_delta_pct")
+    if llm_bench_skipped(m):
+        speed = [NO_BOARD] * 3
+    else:
+        speed = [_fmt(m.get("ttft_ms"), 1), _fmt(m.get("decode_tok_per_s"), 1), _fmt(memory_gb, 3)]
     return [
-        cfg.model.name, cfg.platform.name, quant_label(cfg), cfg.board.name,
-        _fmt(m.get("ttft_ms"), 1), _fmt(m.get("decode_tok_per_s"), 1), _fmt(memory_gb, 3),
+        cfg.model.name, cfg.platform.name, quant_label(cfg), cfg.board.name, *speed,
         _fmt(m.get("size_mb"), 1), _fmt(m.get("ppl_float")), _fmt(m.get("ppl")),
         "–" if delta is None else f"{delta:+.1f} %", _fmt(m.get("kld_mean"), 4),
         _fmt(m.get("top1_agreement"), 3),
@@ -80,6 +93,14 @@ def render_report(cfg: PipelineConfig, metrics: Mapping[str, Any], variant: str)
         f"{cfg.eval.seqlen}-token windows of `{cfg.eval.text_file}`; KLD and top-1 agreement "
         "against the float model.",
     ]
+    if llm_bench_skipped(metrics):
+        lines += [
+            "",
+            f"The LLM was not benchmarked: an .rkllm model runs only through Rockchip's runtime "
+            f"on an RK35xx NPU, and board `{cfg.board.name}` has no `{cfg.board.rkllm_lib}`. "
+            "Run with a board config (e.g. `board=rk3588_ssh`) or point `board.rkllm_lib` at "
+            "a runtime to measure it.",
+        ]
     if cfg.model.float_note:
         lines += ["", f"Note: {cfg.model.float_note}."]
     lines += ["", "## ASR", "", *_table(ASR_COLUMNS, [asr_row(cfg, metrics)]), ""]

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rkpipe.report import NO_BOARD, llm_bench_skipped
+
 
 class RunLike(Protocol):
     """What a comparison reads from a run."""
@@ -61,6 +63,8 @@ COLUMNS = (
     Column("ΔWER vs fp32 (pt)", "asr_wer_delta", _metric("asr_wer_delta"), 2, "abs"),
 )
 TEXT_COLUMNS = ("run", "model", "platform", "quant type")
+# The columns deploy_bench leaves empty when it skipped the LLM (llm_bench_skipped).
+LLM_SPEED_KEYS = ("ttft_ms", "decode_tok_per_s", "memory_gb")
 
 
 def quant_label(params: Mapping[str, str]) -> str:
@@ -132,7 +136,8 @@ def gate_tags(results: Sequence[GateResult]) -> dict[str, str]:
 
 @dataclass
 class Row:
-    """One run's cells: text, numbers, deltas vs the baseline, and its gates."""
+    """One run's cells: text, numbers, deltas vs the baseline, its gates, and what an empty
+    cell should say instead of a dash (``notes``, e.g. "n/a (no board)")."""
 
     run_id: str
     text: dict[str, str]
@@ -140,6 +145,7 @@ class Row:
     deltas: dict[str, float | None] = field(default_factory=dict)
     gates: list[GateResult] = field(default_factory=list)
     baseline: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,7 +157,11 @@ class Comparison:
 
     def to_markdown(self) -> str:
         """A markdown table; non-baseline cells show ``value (delta)``."""
-        cols = [c for c in self.columns if any(r.values.get(c.key) is not None for r in self.rows)]
+        cols = [
+            c
+            for c in self.columns
+            if any(r.values.get(c.key) is not None or c.key in r.notes for r in self.rows)
+        ]
         header = [*TEXT_COLUMNS, *(c.header for c in cols), "gates"]
         lines = [_md_row(header), _md_row(["---"] * len(header))]
         for row in self.rows:
@@ -188,7 +198,7 @@ def _md_row(cells: Sequence[str]) -> str:
 def _cell(row: Row, column: Column) -> str:
     value = row.values.get(column.key)
     if value is None:
-        return "–"
+        return row.notes.get(column.key, "–")
     text = f"{value:.{column.digits}f}"
     delta = row.deltas.get(column.key)
     if row.baseline or delta is None:
@@ -236,7 +246,8 @@ def _row(run: RunLike, columns: Sequence[Column], rules: Mapping[str, Any]) -> R
         "quant type": quant_label(params),
     }
     values = {c.key: c.read(run.metrics) for c in columns}
-    return Row(run.run_id, text, values, gates=evaluate_gates(run.metrics, rules))
+    notes = {key: NO_BOARD for key in LLM_SPEED_KEYS} if llm_bench_skipped(run.metrics) else {}
+    return Row(run.run_id, text, values, gates=evaluate_gates(run.metrics, rules), notes=notes)
 
 
 def compare_runs(

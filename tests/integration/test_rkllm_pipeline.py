@@ -1,0 +1,192 @@
+"""The whole pipeline for an rkllm variant (w8a8 on rk3588) under real DVC and MLflow, in a
+temporary copy of the repository: the recording fake of rkllm-toolkit converts the model in
+its own interpreter (``quant.rkllm.python``), and deploy_bench on ``board=local`` runs
+``rkllm_runner`` against the fake ``librkllmrt.so`` the contract tests build
+(``board.rkllm_lib``), whose prefill and per-token times are injected. Then the same variant
+without a runtime on the host: only deploy_bench, report and record rerun, the LLM benchmark
+is skipped and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from board_fixture import load_fake_runtime_builder
+from test_sweep_pipeline import copy_repo, run
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+FAKE_TOOLKIT = REPO / "tests" / "contract" / "fake_rkllm"
+VARIANT = ("experiment=smoke", "quant=w8a8", "platform=rk3588")
+PREFILL_MS, DECODE_MS_PER_TOKEN = 120.0, 25.0
+STAGES = ("download_llm", "calibrate", "export_llm", "quantize_llm", "evaluate", "deploy_bench",
+          "report", "record")  # fmt: skip
+
+
+def fake_toolkit_python(directory: Path, record: Path) -> Path:
+    """An interpreter "with rkllm-toolkit installed", as quant.rkllm.python expects one: this
+    venv's python with the recording fake of ``rkllm.api`` (and nothing else) on its path."""
+    python = directory / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        f"export PYTHONPATH={shlex.quote(str(FAKE_TOOLKIT))}\n"
+        f"export FAKE_RKLLM_RECORD={shlex.quote(str(record))}\n"
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
+    return python
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", output))
+
+
+def params(repo: Path, env: dict, *overrides: str) -> None:
+    run([sys.executable, "-m", "rkpipe.cli", "params", *VARIANT, *overrides], repo, env)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """The repo copy after ``dvc repro`` of the rkllm variant, with its environment and fakes."""
+    root = tmp_path_factory.mktemp("rkllm_pipeline")
+    repo, calls = root / "repo", root / "toolkit_calls.jsonl"
+    repo.mkdir()
+    lib = load_fake_runtime_builder().build_fake_runtime(root / "runtime", "1.3")
+    python = fake_toolkit_python(root / "rkllm-venv", calls)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DVC_", "MLFLOW_", "RKPIPE_", "FAKE_"))
+    }
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(repo / "src"),  # the copy's code, as the commit records it
+        "PYTHONHASHSEED": "0",
+        "FAKE_PREFILL_MS": str(PREFILL_MS),
+        "FAKE_DECODE_MS_PER_TOKEN": str(DECODE_MS_PER_TOKEN),
+    }
+    copy_repo(repo, env)
+    params(repo, env, f"quant.rkllm.python={python}", f"board.rkllm_lib={lib}")
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "rkllm"], repo, env)
+    out = run(["dvc", "repro"], repo, env, timeout=2400)
+    return {"repo": repo, "env": env, "lib": lib, "python": python, "calls": calls,
+            "repro": out.stdout}  # fmt: skip
+
+
+def store(repo: Path):
+    from rkpipe.tracking.store import Store
+
+    return Store(root=repo)
+
+
+def test_fake_toolkit_converted_the_model_in_its_own_interpreter(pipeline):
+    repo = pipeline["repo"]
+    assert set(STAGES) <= stages_run(pipeline["repro"])
+    model = repo / "models/llm/quantized/model.rkllm"
+    assert model.read_bytes().startswith(b"FAKE-RKLLM\n")
+    calls = [json.loads(line) for line in pipeline["calls"].read_text().splitlines()]
+    assert [c["method"] for c in calls] == ["load_huggingface", "build", "export_rkllm"]
+    build = calls[1]["args"]
+    assert (build["quantized_dtype"], build["target_platform"]) == ("w8a8", "rk3588")
+    assert (build["num_npu_core"], build["max_context"]) == (3, 4096)
+    assert build["dataset"] == str((repo / "data/calib/calibration.json").resolve())
+    manifest = read_json(repo / "models/llm/quantized/quant_manifest.json")
+    assert manifest["toolkit_version"] == "1.3.0" and manifest["platform"] == "rk3588"
+    assert manifest["toolkit_python"].startswith(str(pipeline["python"]))
+
+
+def test_bench_carries_the_fake_runtime_timings(pipeline):
+    repo = pipeline["repo"]
+    bench = read_json(repo / "metrics/bench.json")
+    assert "llm_bench_skipped" not in bench
+    assert bench["ttft_ms"] == pytest.approx(PREFILL_MS, rel=0.05)
+    assert bench["decode_tok_per_s"] == pytest.approx(1e3 / DECODE_MS_PER_TOKEN, rel=0.05)
+    assert bench["rt_prefill_ms"] == pytest.approx(PREFILL_MS, rel=0.05)
+    assert bench["peak_rss_mb"] > 0 and bench["asr_rtf"] > 0
+    samples = read_json(repo / "reports/bench_llm_samples.json")
+    assert len(samples) == 3  # experiment=smoke: 1 warm-up + 2 repetitions
+    assert {(s["runtime"], s["runtime_version"], s["abi"]) for s in samples} == {
+        ("rkllm", "1.3.0", "1.3")
+    }
+    assert {(s["board"], s["platform"], s["prompt_tokens"]) for s in samples} == {
+        ("local", "rk3588", 32)
+    }
+    asr = read_json(repo / "reports/bench_asr_samples.json")
+    assert asr and {s["runtime"] for s in asr} == {"onnxruntime"}
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    row = next(line for line in report.splitlines() if line.startswith("| smollm2"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["smollm2-135m-instruct", "rk3588", "w8a8", "local"]
+    assert float(cells[4]) == pytest.approx(PREFILL_MS, rel=0.05)
+    recorded = read_json(repo / "reports/outputs.sha256.json")
+    assert "models/llm/quantized/model.rkllm" in json.dumps(recorded)
+
+
+def test_mlflow_run_has_the_structure_of_an_ort_run(pipeline):
+    repo = pipeline["repo"]
+    s = store(repo)
+    runs = s.search([s.experiment_id("rkpipe")], "")
+    assert len(runs) == 1
+    run_ = runs[0]
+    assert run_.status == "FINISHED" and "|rkllm-w8a8|rk3588|" in run_.name
+    assert (run_.tags["backend"], run_.tags["dtype"], run_.tags["platform"]) == (
+        "rkllm", "w8a8", "rk3588"
+    )  # fmt: skip
+    assert all(run_.tags[f"rkpipe.stage.{stage}"] == "finished" for stage in STAGES)
+    assert len(run_.tags["git.sha"]) == 40
+    # params: the resolved config, plus what the toolkit was and was asked to do
+    assert run_.params["quant.backend"] == "rkllm"
+    assert run_.params["board.rkllm_lib"] == str(pipeline["lib"])
+    assert run_.params["rkllm.toolkit_version"] == "1.3.0"
+    build_call = json.loads(run_.params["rkllm.build_call"])
+    assert build_call["quantized_dtype"] == "w8a8" and build_call["target_platform"] == "rk3588"
+    # metrics: an ORT run's speed, size and ASR figures under the same names (host PPL/KLD
+    # have no .rkllm runtime on the host), plus the toolkit's step times
+    bench = read_json(repo / "metrics/bench.json")
+    assert {"ttft_ms", "decode_tok_per_s", "peak_rss_mb", "size_mb", "asr_wer", "asr_rtf",
+            "quantize_s", "rkllm_build_s"} <= set(run_.metrics)  # fmt: skip
+    assert run_.metrics["ttft_ms"] == pytest.approx(bench["ttft_ms"])
+    artifacts = {a.path for a in s.client.list_artifacts(run_.run_id)}
+    expected = {"config", "dvc", "report", "bench", "calibration", "manifests", "logs"}
+    assert expected <= artifacts, artifacts
+    log = s.read_artifact(run_.run_id, "logs/rkllm_toolkit.log")
+    assert log and "Model has been saved" in log
+    manifest = json.loads(
+        s.read_artifact(run_.run_id, "manifests/quantize_llm/quant_manifest.json")
+    )
+    assert manifest["build_call"] == build_call
+    assert s.read_artifact(run_.run_id, "outputs/sha256.json")
+
+
+def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, tmp_path):
+    """Last: it changes the workspace. board.rkllm_lib is a board param, so only
+    deploy_bench and what follows rerun; the conversion is not redone."""
+    repo, env = pipeline["repo"], pipeline["env"]
+    missing = tmp_path / "no-npu-here" / "librkllmrt.so"
+    params(repo, env, f"quant.rkllm.python={pipeline['python']}", f"board.rkllm_lib={missing}")
+    out = run(["dvc", "repro"], repo, env, timeout=1200)
+    assert stages_run(out.stdout) == {"deploy_bench", "report", "record"}
+    said = " ".join((out.stdout + out.stderr).split())  # the log handler wraps long lines
+    assert "LLM benchmark skipped" in said and "board.rkllm_lib" in said
+    bench = read_json(repo / "metrics/bench.json")
+    assert bench["llm_bench_skipped"] == 1 and bench["asr_rtf"] > 0
+    assert not {"ttft_ms", "decode_tok_per_s", "peak_rss_mb"} & set(bench)
+    assert read_json(repo / "reports/bench_llm_samples.json") == []
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    row = next(line for line in report.splitlines() if line.startswith("| smollm2"))
+    assert row.count("n/a (no board)") == 3 and "The LLM was not benchmarked" in report
+    s = store(repo)
+    skipped = s.search([s.experiment_id("rkpipe")], f"params.`board.rkllm_lib` = '{missing}'")
+    assert len(skipped) == 1 and skipped[0].status == "FINISHED"
+    assert skipped[0].metrics["llm_bench_skipped"] == 1 and "ttft_ms" not in skipped[0].metrics
