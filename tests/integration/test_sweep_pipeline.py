@@ -33,20 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 SMOKE = "experiment=smoke"
 QUANTS = "quant=ort_int8,ort_int8_per_channel"
 SKIP_PREFIXES = (".venv", ".mlflow", ".dvc/cache", ".dvc/tmp", "models/", "metrics/", "reports/")
-RECORD_SCRIPT = '''"""DVC stage record: sha256 of every pipeline output, logged to the variant's run."""
-
-from rkpipe.stage import run_stage
-
-
-def body(cfg, run):
-    from rkpipe.reproduce import record_outputs
-
-    record_outputs(cfg, run)
-
-
-if __name__ == "__main__":
-    run_stage("record", body)
-'''
 
 
 def run(argv, cwd, env, timeout=1800, check=True):
@@ -56,53 +42,6 @@ def run(argv, cwd, env, timeout=1800, check=True):
             f"{argv} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
         )
     return out
-
-
-def run_cacheable(spec: dict) -> None:
-    """Move ``cache: false`` JSON outs to stage-level ``metrics``/``plots``: DVC does not
-    save a stage with a plain uncached out to its run cache (dvc/stage/__init__.py: run),
-    so queued experiments would recompute it instead of restoring it."""
-    for stage in spec["stages"].values():
-        kept = []
-        for out in stage.get("outs", []):
-            path, opts = next(iter(out.items())) if isinstance(out, dict) else (out, {})
-            if opts.get("cache") is False and path.endswith(".json"):
-                stage.setdefault("plots" if "samples" in path else "metrics", []).append(out)
-            else:
-                kept.append(out)
-        if kept:
-            stage["outs"] = kept
-        else:
-            stage.pop("outs", None)
-
-
-def add_record_stage(spec: dict) -> None:
-    """The ``record`` stage: deps are every other stage's outputs."""
-    outs = [
-        next(iter(o)) if isinstance(o, dict) else o
-        for s in spec["stages"].values()
-        for kind in ("outs", "metrics", "plots")
-        for o in s.get(kind, [])
-    ]
-    spec["stages"]["record"] = {
-        "cmd": "python stages/record.py",
-        "deps": ["stages/record.py", "src/rkpipe/reproduce.py", *outs],
-        "outs": [{"${paths.reports_dir}/outputs.sha256.json": {"cache": False}}],
-    }
-
-
-def apply_proposed_dvc_yaml(root: Path) -> None:
-    """The dvc.yaml changes proposed with issue 8, applied unless the repository has them."""
-    import yaml
-
-    spec = yaml.safe_load((root / "dvc.yaml").read_text())
-    if "record" in spec["stages"]:
-        return
-    run_cacheable(spec)
-    add_record_stage(spec)
-    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    if not (root / "stages" / "record.py").exists():
-        (root / "stages" / "record.py").write_text(RECORD_SCRIPT)
 
 
 def copy_repo(dst: Path, env: dict) -> None:
@@ -115,7 +54,6 @@ def copy_repo(dst: Path, env: dict) -> None:
             shutil.copy2(src, dst / name)
     (dst / "data" / "calib" / "calibration.json").unlink(missing_ok=True)
     shutil.rmtree(dst / "data" / "asr" / "testset", ignore_errors=True)
-    apply_proposed_dvc_yaml(dst)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run(["git", "init", "-q"], dst, env)
     run([sys.executable, "-m", "rkpipe.cli", "params", SMOKE], dst, env)

@@ -91,3 +91,64 @@ def test_sums_match_the_pure_helpers_across_chunks() -> None:
     assert metrics["eval_tokens"] == 300
     expected_delta = 100 * (metrics["ppl"] / metrics["ppl_float"] - 1)
     assert metrics["ppl_delta_pct"] == pytest.approx(expected_delta, rel=1e-12)
+
+
+# ------------------------------------------------------------------ stored reference
+
+
+def _fake_models(vocab: int = 50, seed: int = 0):
+    """Two deterministic "models": logits are a fixed function of the window's token ids."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(0, 3, (vocab, vocab)).astype(np.float32)
+    noise = rng.normal(0, 0.5, (vocab, vocab)).astype(np.float32)
+
+    def ref(ids: list[int]) -> np.ndarray:
+        return table[ids]
+
+    def cand(ids: list[int]) -> np.ndarray:
+        return table[ids] + noise[ids]
+
+    return ref, cand
+
+
+def test_stored_reference_scores_like_the_full_logits_after_a_round_trip(tmp_path) -> None:
+    from rkpipe.evaluate.llm import (
+        build_reference,
+        load_reference,
+        reference_logits,
+        save_reference,
+        score_logits,
+        score_reference,
+    )
+
+    ref_fn, cand_fn = _fake_models()
+    rng = np.random.default_rng(1)
+    windows = token_windows(rng.integers(0, 50, 700).tolist(), 300)  # rows span ROW_CHUNKs
+    path = tmp_path / "eval" / "reference_logits.npz"
+    save_reference(build_reference(ref_fn, windows), path)
+    stored = load_reference(path)
+    assert stored.windows == windows
+    assert stored.logp[0].dtype == np.float16
+    assert stored.positions == sum(len(w) - 1 for w in windows)
+    full = score_logits(reference_logits(ref_fn, windows), windows, cand_fn)
+    cached = score_reference(stored, cand_fn)
+    for key in ("ppl_float", "ppl", "ppl_delta_pct", "top1_agreement", "eval_tokens"):
+        assert cached[key] == pytest.approx(full[key], rel=1e-9), key  # exact arrays
+    assert full["kld_mean"] > 0.05
+    assert cached["kld_mean"] == pytest.approx(full["kld_mean"], rel=1e-3)  # float16 log-probs
+    assert score_reference(stored, ref_fn)["kld_mean"] == pytest.approx(0.0, abs=1e-5)
+    assert not list(path.parent.glob(".*tmp"))  # written atomically, no temporary left
+
+
+def test_stored_reference_refuses_another_model_and_a_missing_file(tmp_path) -> None:
+    from rkpipe.errors import BackendError
+    from rkpipe.evaluate.llm import build_reference, load_reference, save_reference, score_reference
+
+    ref_fn, _ = _fake_models()
+    windows = [list(range(20))]
+    save_reference(build_reference(ref_fn, windows), tmp_path / "r.npz")
+    other_vocab, _ = _fake_models(vocab=60)
+    with pytest.raises(BackendError, match="logits shapes differ"):
+        score_reference(load_reference(tmp_path / "r.npz"), other_vocab)
+    with pytest.raises(BackendError, match="run the reference_logits stage"):
+        load_reference(tmp_path / "missing.npz")

@@ -1,0 +1,19 @@
+"""DVC stage reference_logits: the float model's logits on the evaluation text, once per model
+and text, so that every variant's evaluate stage scores against the same cached reference."""
+
+from pathlib import Path
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from rkpipe.evaluate.host import write_reference_logits
+    from rkpipe.io import write_json_atomic
+
+    metrics = write_reference_logits(cfg)
+    run.log_metrics(metrics)
+    write_json_atomic(Path(cfg.paths.metrics_dir) / "reference_logits.json", metrics)
+
+
+if __name__ == "__main__":
+    run_stage("reference_logits", body)
