@@ -125,14 +125,15 @@ def test_board_over_loopback_ssh_reruns_only_deploy_and_report(repo, loopback_ss
     import dataclasses
 
     import yaml
-    from board_fixture import write_board_root
+    from board_fixture import write_board_root, write_fake_sysfs
 
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(loopback_sshd.known_hosts_line())
     board = loopback_sshd.board(known_hosts, tmp_path / "board workdir")
+    root = write_board_root(tmp_path / "board root")
+    write_fake_sysfs(root, "rk3588")
     fields = dataclasses.asdict(board) | {
-        "name": "loopback", "root": str(write_board_root(tmp_path / "board root")),
-        "python": sys.executable,
+        "name": "loopback", "root": str(root), "python": sys.executable, "pin_frequency": True,
     }  # fmt: skip
     (repo / "conf/board/loopback.yaml").write_text(yaml.safe_dump(fields))
     out = _run(["dvc", "exp", "run", "-S", SMOKE, "-S", "board=loopback"], repo, timeout=1200)
@@ -143,6 +144,9 @@ def test_board_over_loopback_ssh_reruns_only_deploy_and_report(repo, loopback_ss
     samples = json.loads((repo / "reports/bench_llm_samples.json").read_text())
     assert {s["board"] for s in samples} == {"loopback"}
     assert {s["board_soc"] for s in samples} == {"rk3588"}
+    assert {s["board_pinned_clocks"] for s in samples} == {18}  # idle states, CPUs, NPU, DDR
+    npu = root / "sys/class/devfreq/fdab0000.npu/userspace/set_freq"
+    assert npu.read_text() == "1000000000\n"  # pinned before the runs, at its maximum
     assert json.loads((repo / "metrics/bench.json").read_text())["decode_tok_per_s"] > 0
 
     from mlflow.tracking import MlflowClient

@@ -182,6 +182,16 @@ def test_local_rkllm_with_a_runtime_runs_it(default_cfg, tmp_path, transport, mo
     assert {s["platform"] for s in result.samples} == {"rk3588"}
 
 
+def test_pin_frequency_on_the_host_warns_and_pins_nothing(default_cfg, tmp_path, transport, caplog):
+    cfg = local_cfg(default_cfg, tmp_path, tmp_path / "absent.so")
+    cfg = dataclasses.replace(cfg, board=dataclasses.replace(cfg.board, pin_frequency=True))
+    with caplog.at_level(logging.WARNING, logger="rkpipe.board.deploy"):
+        result = deploy_and_bench(cfg)
+    assert result.facts["pinned_clocks"] == 0
+    assert any("no Rockchip SoC to pin" in r.getMessage() for r in caplog.records)
+    assert not any("sh" == argv[0] for argv in transport.calls)  # no sysfs writes attempted
+
+
 # ------------------------------------------------------------------ report and compare
 
 

@@ -283,6 +283,20 @@ def local_rkllm_unavailable(cfg: Any) -> str | None:
     )
 
 
+def _pin_clocks(cfg: Any, transport: Transport, facts: dict[str, Any]) -> int:
+    """Pin the board's CPU/NPU/DDR clocks at their maximum (Rockchip's fix_freq scripts) so
+    that runs are comparable; returns the number of settings written (0 on this host)."""
+    from rkpipe.board.preflight import pin_frequency
+
+    soc = facts.get("soc") or cfg.board.platform
+    if cfg.board.transport == "local" or not soc:
+        log.warning("board.pin_frequency: no Rockchip SoC to pin on %s; clocks left as they are",
+                    cfg.board.name)  # fmt: skip
+        return 0
+    timeout = min(cfg.board.timeout_s, 120.0)
+    return len(pin_frequency(transport, soc, board_root=cfg.board.root, timeout=timeout))
+
+
 def deploy_and_bench(cfg: Any) -> BenchResult:
     """Benchmark the variant's quantized LLM and ASR model on ``cfg.board``.
 
@@ -294,6 +308,8 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     """
     transport = make_transport(cfg.board)
     facts = {} if cfg.board.transport == "local" else check_board(cfg, transport)
+    if cfg.board.pin_frequency:
+        facts["pinned_clocks"] = _pin_clocks(cfg, transport, facts)
     models = Path(cfg.paths.models_dir)
     testset = Path(cfg.paths.data_dir) / "asr" / "testset"
     skipped = local_rkllm_unavailable(cfg)
