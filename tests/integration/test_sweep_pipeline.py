@@ -186,7 +186,7 @@ def test_sweep_has_one_parent_two_children_and_a_report(repo, env, swept):
         assert s.read_artifact(parent_id, name), name
     assert (repo / "reports" / "sweep" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     md = (repo / "reports" / "sweep" / "compare.md").read_text()
-    assert "ort int8 (QInt8, per-channel)" in md and "tokens/s" in md and "PPL" in md
+    assert "ort int8 dynamic (QInt8, per-channel)" in md and "tokens/s" in md and "PPL" in md
 
 
 def test_sweep_restores_upstream_stages_from_the_run_cache(repo, env, swept):

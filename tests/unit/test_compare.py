@@ -57,7 +57,7 @@ def test_markdown_has_seed_columns_accuracy_and_deltas():
                    "PPL", "ΔPPL vs float (%)", "KLD", "gates"):  # fmt: skip
         assert column in header
     assert "| WER |" not in header  # no run has it: the column is left out
-    assert "ort int8 (QInt8, per-tensor)" in base_row and "| 100.0 |" in base_row
+    assert "ort int8 dynamic (QInt8, per-tensor)" in base_row and "| 100.0 |" in base_row
     assert "80.0 (-20.0 %)" in cand_row and "25.0 (+25.0 %)" in cand_row
     assert "1.000 (+100.0 %)" in cand_row  # memory doubled
     assert "14.0 (+10.0)" in cand_row  # ΔPPL is an absolute delta, in points
@@ -97,10 +97,33 @@ def test_gates_pass_fail_and_absent_metrics():
 
 
 def test_quant_labels():
-    assert quant_label(ort_params(True)) == "ort int8 (QInt8, per-channel)"
+    assert quant_label(ort_params(True)) == "ort int8 dynamic (QInt8, per-channel)"
     assert quant_label({"quant.backend": "rkllm", "quant.dtype": "w8a8"}) == "w8a8"
-    int4 = {"quant.backend": "onnxruntime", "quant.dtype": "int4", "quant.ort.block_size": "32"}
-    assert quant_label(int4) == "ort int4 (block 32)"
+    int4 = {"quant.backend": "onnxruntime", "quant.dtype": "int4", "quant.ort.block_size": "32",
+            "quant.ort.scheme": "matmul_nbits", "quant.ort.accuracy_level": "4"}  # fmt: skip
+    assert quant_label(int4) == "ort int4 MatMulNBits (block 32, acc 4)"
+    gguf = int4 | {"quant.ort.scheme": "genai_gguf_exact", "quant.ort.accuracy_level": "0",
+                   "quant.ort.embedding_bits": "8"}  # fmt: skip
+    assert quant_label(gguf) == (
+        "ort int4 genai builder + GGUF blocks (block 32, acc 0, 8-bit embedding)"
+    )
+    static = {"quant.backend": "onnxruntime", "quant.dtype": "int8", "quant.ort.scheme":
+              "static_qdq", "quant.ort.weight_type": "QInt8", "quant.ort.per_channel": "False"}  # fmt: skip
+    assert quant_label(static) == "ort int8 static QDQ (QInt8, per-tensor)"
+
+
+def test_report_and_compare_label_a_config_alike(default_cfg):
+    import dataclasses
+
+    from rkpipe.config.loader import config_dict, flatten
+    from rkpipe.report import quant_label as report_label
+
+    ort = dataclasses.replace(default_cfg.quant.ort, scheme="matmul_nbits", block_size=64)
+    cfg = dataclasses.replace(
+        default_cfg, quant=dataclasses.replace(default_cfg.quant, dtype="int4", ort=ort)
+    )
+    params = {k: str(v) for k, v in flatten(config_dict(cfg)).items()}  # as MLflow stores them
+    assert report_label(cfg) == quant_label(params) == "ort int4 MatMulNBits (block 64, acc 0)"
 
 
 def test_pareto_front_three_objectives():

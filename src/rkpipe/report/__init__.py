@@ -44,12 +44,11 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 
 
 def quant_label(cfg: PipelineConfig) -> str:
-    """The quant type as users name it: ``w8a8`` for rkllm, ``ort int8 (QInt8, per-tensor)``."""
-    if cfg.quant.backend == "rkllm":
-        return cfg.quant.dtype
-    ort = cfg.quant.ort
-    granularity = "per-channel" if ort.per_channel else "per-tensor"
-    return f"ort {cfg.quant.dtype} {ort.scheme} ({ort.weight_type}, {granularity})"
+    """The quant type as users name it (see :func:`rkpipe.report.compare.quant_label`)."""
+    from rkpipe.config.loader import config_dict, flatten
+    from rkpipe.report.compare import quant_label as label_of_params
+
+    return label_of_params(flatten({"quant": config_dict(cfg)["quant"]}))
 
 
 def llm_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:

@@ -67,15 +67,42 @@ TEXT_COLUMNS = ("run", "model", "platform", "quant type")
 LLM_SPEED_KEYS = ("ttft_ms", "decode_tok_per_s", "memory_gb")
 
 
-def quant_label(params: Mapping[str, str]) -> str:
-    """The quant type from a run's params: ``w8a8`` for rkllm, ``ort int8 (QInt8, per-channel)``."""
-    backend, dtype = params.get("quant.backend", "?"), params.get("quant.dtype", "?")
+# How each onnxruntime scheme is named in tables; block-quantized ones also show block size
+# and accuracy level, the others weight type and granularity.
+ORT_SCHEME_NAMES = {
+    "dynamic": "dynamic",
+    "static_qdq": "static QDQ",
+    "matmul_nbits": "MatMulNBits",
+    "gguf_exact": "GGUF blocks",
+    "genai_int4": "genai builder",
+    "genai_int8": "genai builder",
+    "genai_gguf_exact": "genai builder + GGUF blocks",
+}
+BLOCK_SCHEMES = ("matmul_nbits", "gguf_exact", "genai_int4", "genai_int8", "genai_gguf_exact")
+
+
+def quant_label(params: Mapping[str, Any]) -> str:
+    """The quant type from a variant's flattened params (a run's, or a config's), e.g. ``w8a8``,
+    ``ort int8 dynamic (QInt8, per-tensor)``, ``ort int4 MatMulNBits (block 32, acc 4)``."""
+
+    def get(key: str, default: str = "?") -> str:
+        return str(params.get(key, default))
+
+    backend, dtype = get("quant.backend"), get("quant.dtype")
     if backend != "onnxruntime":
         return dtype
-    if dtype == "int4":
-        return f"ort int4 (block {params.get('quant.ort.block_size', '?')})"
-    granularity = "per-channel" if params.get("quant.ort.per_channel") == "True" else "per-tensor"
-    return f"ort {dtype} ({params.get('quant.ort.weight_type', '?')}, {granularity})"
+    scheme = get("quant.ort.scheme", "dynamic")
+    if scheme in BLOCK_SCHEMES:
+        details = [f"block {get('quant.ort.block_size')}", f"acc {get('quant.ort.accuracy_level')}"]
+        mode = get("quant.ort.q4_1_mode", "residual")
+        if scheme in ("gguf_exact", "genai_gguf_exact") and mode != "residual":
+            details.append(f"Q4_1 {mode}")
+    else:
+        per_channel = get("quant.ort.per_channel") in ("True", "true")
+        details = [get("quant.ort.weight_type"), "per-channel" if per_channel else "per-tensor"]
+    if get("quant.ort.embedding_bits", "0") not in ("0", "None"):
+        details.append(f"{get('quant.ort.embedding_bits')}-bit embedding")
+    return f"ort {dtype} {ORT_SCHEME_NAMES.get(scheme, scheme)} ({', '.join(details)})"
 
 
 @dataclass(frozen=True)
