@@ -47,8 +47,16 @@ log = logging.getLogger("asr_host")
 
 BASE = AsrInitConfig(d_model=512, encoder_layers=6, decoder_layers=6, attention_heads=8,
                      ffn_dim=2048)  # fmt: skip
-CTC_BASE = AsrInitConfig(d_model=768, encoder_layers=12, attention_heads=12, ffn_dim=3072,
-                         vocab_size=32, conv_dim=512, conv_pos_kernel=128, conv_pos_groups=16)
+CTC_BASE = AsrInitConfig(
+    d_model=768,
+    encoder_layers=12,
+    attention_heads=12,
+    ffn_dim=3072,
+    vocab_size=32,
+    conv_dim=512,
+    conv_pos_kernel=128,
+    conv_pos_groups=16,
+)
 MG = ["MatMul", "Gather"]
 VARIANTS = {
     "dynamic": AsrQuantConfig(),
@@ -95,8 +103,9 @@ def run_variant(model_dir: Path, clips: list[Path], threads: int, max_new_tokens
     return [r for r in rows if not r["warmup"]]
 
 
-def measure(dirs: dict[str, Path], clips: list[Path], rounds: int, threads: int,
-            max_new_tokens: int) -> dict[str, dict]:
+def measure(
+    dirs: dict[str, Path], clips: list[Path], rounds: int, threads: int, max_new_tokens: int
+) -> dict[str, dict]:
     """Alternate the variants ``rounds`` times; per variant the summed times and peak RSS."""
     stats = {name: {"total_ms": [], "encoder_ms": [], "rss": [], "ids": None} for name in dirs}
     audio_s = None
@@ -161,10 +170,19 @@ def wer_deltas(dirs: dict[str, Path], testset: Path, threads: int) -> dict[str, 
     for name, path in dirs.items():
         if name == "fp32":
             continue
-        m = evaluate_asr(dirs["fp32"], path, testset, dirs["fp32"], "en", "transcribe", 16,
-                         threads, warmup=0)
-        out[name] = {k: m[k] for k in ("asr_wer", "asr_wer_fp32", "asr_wer_delta",
-                                       "asr_cer_delta", "asr_token_agreement")}
+        m = evaluate_asr(
+            dirs["fp32"], path, testset, dirs["fp32"], "en", "transcribe", 16, threads, warmup=0
+        )
+        out[name] = {
+            k: m[k]
+            for k in (
+                "asr_wer",
+                "asr_wer_fp32",
+                "asr_wer_delta",
+                "asr_cer_delta",
+                "asr_token_agreement",
+            )
+        }
     return out
 
 
@@ -215,8 +233,10 @@ def whisper_tables(args: argparse.Namespace, testset: Path, clips: list[Path]) -
         tiny = build(args.work / "whisper_tiny", AsrConfig(), variants)
         wers = wer_deltas(tiny, testset, args.threads)
     stats = measure(dirs, clips, args.rounds, args.threads, args.max_new_tokens)
-    title = (f"Whisper-base-sized, random weights ({len(clips)} clips, {args.rounds} rounds, "
-             f"{args.threads} threads, {args.max_new_tokens} new tokens)")
+    title = (
+        f"Whisper-base-sized, random weights ({len(clips)} clips, {args.rounds} rounds, "
+        f"{args.threads} threads, {args.max_new_tokens} new tokens)"
+    )
     return table(title, dirs, stats, output_cosines(dirs, clips[:2]), wers), wers
 
 
@@ -241,18 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_whisper:
         out, wers = whisper_tables(args, testset, clips)
     if args.ctc:
-        ctc_cfg = replace(AsrConfig(), name="wav2vec2-base-random", architecture="wav2vec2",
-                          init=CTC_BASE)
+        ctc_cfg = replace(
+            AsrConfig(), name="wav2vec2-base-random", architecture="wav2vec2", init=CTC_BASE
+        )
         ctc_variants = [v for v in CTC_VARIANTS if v in args.variants]
         ctc_dirs = build(args.work / "wav2vec2_base", ctc_cfg, ctc_variants)
         ctc_stats = measure(ctc_dirs, clips, args.rounds, args.threads, args.max_new_tokens)
-        out += "\n" + table(f"wav2vec2-base-sized CTC, random weights ({len(clips)} clips, "
-                            f"{args.rounds} rounds)", ctc_dirs, ctc_stats,
-                            output_cosines(ctc_dirs, clips[:2]), None)
+        out += "\n" + table(
+            f"wav2vec2-base-sized CTC, random weights ({len(clips)} clips, {args.rounds} rounds)",
+            ctc_dirs,
+            ctc_stats,
+            output_cosines(ctc_dirs, clips[:2]),
+            None,
+        )
     print(out)
     if wers:
-        print("tiny-model WER (meaningless, random weights):",
-              json.dumps({k: round(v["asr_wer_delta"], 2) for k, v in wers.items()}))
+        print(
+            "tiny-model WER (meaningless, random weights):",
+            json.dumps({k: round(v["asr_wer_delta"], 2) for k, v in wers.items()}),
+        )
     if args.markdown:
         args.markdown.write_text(out, encoding="utf-8")
     return 0

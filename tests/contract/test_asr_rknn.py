@@ -27,8 +27,16 @@ pytestmark = pytest.mark.contract
 FAKE = Path(__file__).resolve().parent / "fake_rknn"
 SR = 16000
 SECONDS = 1.0
-CTC_INIT = AsrInitConfig(d_model=32, encoder_layers=1, attention_heads=2, ffn_dim=64,
-                         vocab_size=32, conv_dim=32, conv_pos_kernel=16, conv_pos_groups=4)
+CTC_INIT = AsrInitConfig(
+    d_model=32,
+    encoder_layers=1,
+    attention_heads=2,
+    ffn_dim=64,
+    vocab_size=32,
+    conv_dim=32,
+    conv_pos_kernel=16,
+    conv_pos_groups=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +67,10 @@ def fake(tmp_path, monkeypatch) -> Path:
 
 def _clips(n: int = 3) -> list:
     t = np.arange(int(SR * SECONDS * 0.8)) / SR
-    return [(f"c{i}", (0.2 * np.sin(2 * np.pi * (200 + 150 * i) * t)).astype(np.float32), "x")
-            for i in range(n)]
+    return [
+        (f"c{i}", (0.2 * np.sin(2 * np.pi * (200 + 150 * i) * t)).astype(np.float32), "x")
+        for i in range(n)
+    ]
 
 
 def _calls(record: Path) -> list[dict]:
@@ -78,19 +88,36 @@ def test_recorded_calls_artifact_and_simulator(fake, exported, tmp_path, quantiz
     metrics = convert_encoder_rknn(exported, out, cfg, clips=_clips())
 
     calls = _calls(fake)
-    assert [c["method"] for c in calls] == ["config", "load_onnx", "build", "export_rknn",
-                                            "init_runtime", "inference", "inference", "release"]
-    assert calls[0]["args"] == {"target_platform": "rk3576", "mean_values": None,
-                                "std_values": None, "quantized_dtype": "w8a8",
-                                "quantized_algorithm": "normal", "optimization_level": 3}
-    assert calls[1]["args"] == {"model": str((exported / "model.onnx").resolve()),
-                                "inputs": ["input_values"],
-                                "input_size_list": [[1, int(SR * SECONDS)]]}
+    assert [c["method"] for c in calls] == [
+        "config",
+        "load_onnx",
+        "build",
+        "export_rknn",
+        "init_runtime",
+        "inference",
+        "inference",
+        "release",
+    ]
+    assert calls[0]["args"] == {
+        "target_platform": "rk3576",
+        "mean_values": None,
+        "std_values": None,
+        "quantized_dtype": "w8a8",
+        "quantized_algorithm": "normal",
+        "optimization_level": 3,
+    }
+    assert calls[1]["args"] == {
+        "model": str((exported / "model.onnx").resolve()),
+        "inputs": ["input_values"],
+        "input_size_list": [[1, int(SR * SECONDS)]],
+    }
     build = calls[2]["args"]
     assert build["do_quantization"] is quantize and (build["dataset"] is not None) is quantize
     assert calls[4]["args"] == {}  # no target: the x86 simulator
-    assert calls[5]["args"] == {"inputs": [{"ndarray": [1, int(SR * SECONDS)]}],
-                                "data_format": "nchw"}
+    assert calls[5]["args"] == {
+        "inputs": [{"ndarray": [1, int(SR * SECONDS)]}],
+        "data_format": "nchw",
+    }
 
     assert (out / RKNN_FILE).read_bytes().startswith(b"FAKE-RKNN\n")
     manifest = json.loads((out / "rknn_manifest.json").read_text())
@@ -104,14 +131,18 @@ def test_recorded_calls_artifact_and_simulator(fake, exported, tmp_path, quantiz
 
 def test_no_simulation_stops_after_export(fake, exported, tmp_path):
     metrics = convert_encoder_rknn(exported, tmp_path / "r", _cfg(simulate=False), clips=_clips(1))
-    assert [c["method"] for c in _calls(fake)] == ["config", "load_onnx", "build", "export_rknn",
-                                                   "release"]
+    assert [c["method"] for c in _calls(fake)] == [
+        "config",
+        "load_onnx",
+        "build",
+        "export_rknn",
+        "release",
+    ]
     assert "rknn_sim_cosine_min" not in metrics
 
 
 @pytest.mark.parametrize("step", ["config", "load_onnx", "build", "export_rknn", "inference"])
-def test_a_failing_step_is_named_and_leaves_no_output(fake, exported, tmp_path, monkeypatch,
-                                                      step):
+def test_a_failing_step_is_named_and_leaves_no_output(fake, exported, tmp_path, monkeypatch, step):
     monkeypatch.setenv("FAKE_RKNN_FAIL", step)
     out = tmp_path / "r"
     with pytest.raises(BackendError, match=rf"rknn-toolkit2 {step} step failed .*full log"):
@@ -122,8 +153,9 @@ def test_a_failing_step_is_named_and_leaves_no_output(fake, exported, tmp_path, 
 
 def test_the_toolkit_rejects_what_rkpipe_lets_through(fake, exported, tmp_path):
     with pytest.raises(BackendError, match="config step failed.*target_platform rk9999"):
-        convert_encoder_rknn(exported, tmp_path / "r", _cfg(target_platform="rk9999"),
-                             clips=_clips(1))
+        convert_encoder_rknn(
+            exported, tmp_path / "r", _cfg(target_platform="rk9999"), clips=_clips(1)
+        )
 
 
 def test_a_crashing_worker_is_reported_with_its_exit_code(fake, exported, tmp_path, monkeypatch):
@@ -159,12 +191,15 @@ def test_opset_above_19_is_refused_before_the_toolkit_runs(fake, exported, tmp_p
 
 
 @pytest.mark.toolkit
-@pytest.mark.skipif(not os.environ.get("RKPIPE_RKNN_PYTHON"),
-                    reason="set RKPIPE_RKNN_PYTHON to a .venv-rknn python (scripts/setup_rknn.sh)")
+@pytest.mark.skipif(
+    not os.environ.get("RKPIPE_RKNN_PYTHON"),
+    reason="set RKPIPE_RKNN_PYTHON to a .venv-rknn python (scripts/setup_rknn.sh)",
+)
 def test_real_toolkit_converts_and_simulates(exported, tmp_path):
     for quantize in (False, True):
         out = tmp_path / f"r{int(quantize)}"
-        metrics = convert_encoder_rknn(exported, out, _cfg(do_quantization=quantize),
-                                       clips=_clips(2))
+        metrics = convert_encoder_rknn(
+            exported, out, _cfg(do_quantization=quantize), clips=_clips(2)
+        )
         assert (out / RKNN_FILE).stat().st_size > 1000
         assert metrics["rknn_sim_cosine_min"] > (0.95 if quantize else 0.999)

@@ -51,8 +51,11 @@ def write_safetensors(path: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     header, offset = {}, 0
     for name, shape in shapes.items():
         size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape),
-                        "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset))
@@ -118,12 +121,19 @@ def calibration(tmp_path: Path) -> Path:
     return path
 
 
-def make_request(model: Path, calibration: Path, platform: str, dtype: str,
-                 **quant: object) -> QuantizeRequest:
+def make_request(
+    model: Path, calibration: Path, platform: str, dtype: str, **quant: object
+) -> QuantizeRequest:
     rkllm = quant.pop("rkllm", RkllmQuantConfig())
     config = QuantConfig(backend="rkllm", dtype=dtype, rkllm=rkllm, **quant)  # type: ignore[arg-type]
-    return QuantizeRequest(float_model_dir=model, onnx_fp32_dir=None, calibration_json=calibration,
-                           quant=config, platform=platform, out_dir=model.parent / "quantized")
+    return QuantizeRequest(
+        float_model_dir=model,
+        onnx_fp32_dir=None,
+        calibration_json=calibration,
+        quant=config,
+        platform=platform,
+        out_dir=model.parent / "quantized",
+    )
 
 
 def drive_worker(tmp_path: Path, steps: list[P.Step]) -> None:
@@ -150,18 +160,40 @@ CONFIGS = [
 
 @pytest.mark.parametrize(("platform", "dtype", "algorithm", "cores"), CONFIGS)
 def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, algorithm, cores):
-    request = make_request(model, calibration, platform, dtype, algorithm=algorithm,
-                           num_npu_core=cores, hybrid_rate=0.25, max_context=8192)
+    request = make_request(
+        model,
+        calibration,
+        platform,
+        dtype,
+        algorithm=algorithm,
+        num_npu_core=cores,
+        hybrid_rate=0.25,
+        max_context=8192,
+    )
     result = RkllmBackend().quantize(request)
 
     calls = fake.calls()
     assert [c["method"] for c in calls] == ["load_huggingface", "build", "export_rkllm"]
-    assert calls[0]["args"] == {"model": str(model.resolve()), "model_lora": None, "device": "cpu",
-                                "dtype": "float32", "custom_config": None, "load_weight": True}
-    build = {"do_quantization": True, "optimization_level": 1, "quantized_dtype": dtype,
-             "quantized_algorithm": algorithm, "target_platform": platform, "num_npu_core": cores,
-             "extra_qparams": None, "dataset": str(calibration.resolve()), "hybrid_rate": 0.25,
-             "max_context": 8192}
+    assert calls[0]["args"] == {
+        "model": str(model.resolve()),
+        "model_lora": None,
+        "device": "cpu",
+        "dtype": "float32",
+        "custom_config": None,
+        "load_weight": True,
+    }
+    build = {
+        "do_quantization": True,
+        "optimization_level": 1,
+        "quantized_dtype": dtype,
+        "quantized_algorithm": algorithm,
+        "target_platform": platform,
+        "num_npu_core": cores,
+        "extra_qparams": None,
+        "dataset": str(calibration.resolve()),
+        "hybrid_rate": 0.25,
+        "max_context": 8192,
+    }
     assert calls[1]["args"] == build
     export = Path(calls[2]["args"]["export_path"])
     assert export.name == "model.rkllm" and export.parents[2] == model.parent.resolve()
@@ -169,7 +201,7 @@ def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, a
 
     data = result.artifact.read_bytes()
     assert result.artifact == request.out_dir / "model.rkllm" and data.startswith(MAGIC)
-    assert json.loads(data[len(MAGIC):]) == build
+    assert json.loads(data[len(MAGIC) :]) == build
     manifest = json.loads((request.out_dir / "quant_manifest.json").read_text())
     assert manifest["build_call"] == {**build, "dataset": str(calibration)}
     assert manifest["toolkit_version"] == "1.3.0" and manifest["load_dtype"] == "float32"
@@ -186,10 +218,14 @@ def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, a
 def test_lora_recovery_algorithm_exports_both_models(fake, model, calibration):
     request = make_request(model, calibration, "rk3576", "w4a16", algorithm="grq_r8")
     result = RkllmBackend().quantize(request)
-    assert sorted(p.name for p in result.out_dir.glob("*.rkllm")) == ["model.rkllm",
-                                                                      "model_lora.rkllm"]
+    assert sorted(p.name for p in result.out_dir.glob("*.rkllm")) == [
+        "model.rkllm",
+        "model_lora.rkllm",
+    ]
     assert set(json.loads((result.out_dir / "quant_manifest.json").read_text())["files"]) == {
-        "model.rkllm", "model_lora.rkllm"}
+        "model.rkllm",
+        "model_lora.rkllm",
+    }
 
 
 def test_gguf_source_and_extra_qparams(fake, tmp_path, calibration):
@@ -198,8 +234,14 @@ def test_gguf_source_and_extra_qparams(fake, tmp_path, calibration):
     (gguf_dir / "model-q4_0.gguf").write_bytes(b"GGUF" + bytes(64))
     qparams = tmp_path / "grq.qparams"
     qparams.write_bytes(b"cache")
-    request = make_request(gguf_dir, calibration, "rk3576", "w4a16_g32", algorithm="grq",
-                           rkllm=RkllmQuantConfig(extra_qparams={"path": str(qparams)}))
+    request = make_request(
+        gguf_dir,
+        calibration,
+        "rk3576",
+        "w4a16_g32",
+        algorithm="grq",
+        rkllm=RkllmQuantConfig(extra_qparams={"path": str(qparams)}),
+    )
     result = RkllmBackend().quantize(request)
     load, build, _ = fake.calls()
     assert load == {"method": "load_gguf", "args": {"model": str(gguf_dir / "model-q4_0.gguf")}}
@@ -208,8 +250,9 @@ def test_gguf_source_and_extra_qparams(fake, tmp_path, calibration):
     assert manifest["load_call"]["method"] == "load_gguf" and manifest["load_dtype"] is None
     missing = RkllmQuantConfig(extra_qparams={"path": str(tmp_path / "nope.qparams")})
     with pytest.raises(ConfigError, match="extra_qparams: .*nope.qparams not found"):
-        RkllmBackend().quantize(make_request(gguf_dir, calibration, "rk3576", "w4a16_g32",
-                                             rkllm=missing))
+        RkllmBackend().quantize(
+            make_request(gguf_dir, calibration, "rk3576", "w4a16_g32", rkllm=missing)
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,8 +367,13 @@ def test_missing_toolkit_and_bad_interpreter(fake, model, calibration, tmp_path,
 
 def test_worker_rejects_other_protocol_version(fake):
     worker = Path(P.__file__).with_name("worker.py")
-    proc = subprocess.run([sys.executable, str(worker)], input='{"protocol": 99, "steps": []}',
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(worker)],
+        input='{"protocol": 99, "steps": []}',
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "protocol version 99, expected 1" in proc.stderr
 
 
@@ -345,15 +393,34 @@ LOAD_1_2 = {"dtype": "float16", "custom_config": None, "load_weight": True}
         ("1.3.0", True, "gdq", "grq", True, LOAD_1_2),
     ],
 )
-def test_version_adaptation(fake, model, calibration, version, dist_info, algorithm,
-                            sent_algorithm, has_max_context, load_extra):
+def test_version_adaptation(
+    fake,
+    model,
+    calibration,
+    version,
+    dist_info,
+    algorithm,
+    sent_algorithm,
+    has_max_context,
+    load_extra,
+):
     fake.set_version(version, dist_info=dist_info)
-    request = make_request(model, calibration, "rk3576", "w4a16_g64", algorithm=algorithm,
-                           rkllm=RkllmQuantConfig(load_dtype="float16"))
+    request = make_request(
+        model,
+        calibration,
+        "rk3576",
+        "w4a16_g64",
+        algorithm=algorithm,
+        rkllm=RkllmQuantConfig(load_dtype="float16"),
+    )
     result = RkllmBackend().quantize(request)
     load, build, export = (c["args"] for c in fake.calls())
-    assert load == {"model": str(model.resolve()), "model_lora": None, "device": "cpu",
-                    **load_extra}
+    assert load == {
+        "model": str(model.resolve()),
+        "model_lora": None,
+        "device": "cpu",
+        **load_extra,
+    }
     assert build["quantized_algorithm"] == sent_algorithm
     assert ("max_context" in build) is has_max_context
     assert list(export) == ["export_path"]
@@ -394,8 +461,13 @@ def test_version_limits(fake, model, calibration, version, platform, dtype, algo
 
 
 def test_group_size_must_divide_linear_dims(fake, tmp_path, calibration):
-    smol = make_model(tmp_path / "smol", hidden_size=576, intermediate_size=1536,
-                      num_attention_heads=9, head_dim=64)
+    smol = make_model(
+        tmp_path / "smol",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        head_dim=64,
+    )
     with pytest.raises(ConfigError) as err:
         RkllmBackend().quantize(make_request(smol, calibration, "rk3576", "w4a16_g128"))
     message = str(err.value)
@@ -456,8 +528,10 @@ def test_simulated_perplexity(fake, model, calibration, monkeypatch):
 def test_real_toolkit_converts_a_tiny_llama(tmp_path, calibration):
     python = os.environ.get("RKPIPE_RKLLM_PYTHON")
     if not python:
-        pytest.skip("RKPIPE_RKLLM_PYTHON is not set: point it at the python of a venv with "
-                    "Rockchip's rkllm-toolkit wheel to run the real toolkit")
+        pytest.skip(
+            "RKPIPE_RKLLM_PYTHON is not set: point it at the python of a venv with "
+            "Rockchip's rkllm-toolkit wheel to run the real toolkit"
+        )
     probe = subprocess.run([python, "-c", "import rkllm.api"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"`import rkllm.api` fails in {python}: {probe.stderr.strip()[-300:]}")
@@ -465,8 +539,14 @@ def test_real_toolkit_converts_a_tiny_llama(tmp_path, calibration):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4,
-                         num_key_value_heads=2, num_hidden_layers=2, vocab_size=VOCAB)
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+        vocab_size=VOCAB,
+    )
     model_dir = tmp_path / "models" / "llm" / "float"
     LlamaForCausalLM(config).save_pretrained(model_dir)
     add_tokenizer(model_dir)

@@ -35,8 +35,11 @@ pytestmark = pytest.mark.integration
 
 SR = 16000
 HAVE_TTS = shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
-NEEDS_TTS = pytest.mark.skipif(not HAVE_TTS, reason="espeak-ng/sox missing (apt-get install -y "
-                               "espeak-ng sox); static_qdq calibrates on synthesized speech")
+NEEDS_TTS = pytest.mark.skipif(
+    not HAVE_TTS,
+    reason="espeak-ng/sox missing (apt-get install -y "
+    "espeak-ng sox); static_qdq calibrates on synthesized speech",
+)
 MG = ["MatMul", "Gather"]
 SCHEMES = {
     "dynamic": AsrQuantConfig(),
@@ -50,23 +53,38 @@ SCHEMES = {
 MARK = {"dynamic": "MatMulInteger", "static_qdq": "matmul_qdq", "matmul_nbits4": "MatMulNBits"}
 # weight MatMuls per file: 12 in the encoder, 20 + LM head in the first-step decoder, 16 + LM head
 # with past (cross-attention K/V come from the cache), both branches in the merged file
-WHISPER_MATMULS = {"encoder_model.onnx": 12, "decoder_model.onnx": 21,
-                   "decoder_with_past_model.onnx": 17, "decoder_model_merged.onnx": 38}
+WHISPER_MATMULS = {
+    "encoder_model.onnx": 12,
+    "decoder_model.onnx": 21,
+    "decoder_with_past_model.onnx": 17,
+    "decoder_model_merged.onnx": 38,
+}
 CTC_MATMULS = {"model.onnx": 14}  # 2 x (q, k, v, out, ffn in, ffn out) + feature proj + lm_head
-CTC_INIT = AsrInitConfig(d_model=64, encoder_layers=2, attention_heads=2, ffn_dim=256,
-                         vocab_size=32, conv_dim=64, conv_pos_kernel=16, conv_pos_groups=4)
+CTC_INIT = AsrInitConfig(
+    d_model=64,
+    encoder_layers=2,
+    attention_heads=2,
+    ffn_dim=256,
+    vocab_size=32,
+    conv_dim=64,
+    conv_pos_kernel=16,
+    conv_pos_groups=4,
+)
 
 
 def _params(schemes: dict) -> list:
-    return [pytest.param(k, marks=NEEDS_TTS) if v.scheme == "static_qdq" else k
-            for k, v in schemes.items()]
+    return [
+        pytest.param(k, marks=NEEDS_TTS) if v.scheme == "static_qdq" else k
+        for k, v in schemes.items()
+    ]
 
 
 def _clip(seed: int, seconds: float = 2.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(SR * seconds)) / SR
-    tone = sum(rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * rng.uniform(100, 3000) * t)
-               for _ in range(3))
+    tone = sum(
+        rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * rng.uniform(100, 3000) * t) for _ in range(3)
+    )
     return (tone + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
 
 
@@ -175,8 +193,10 @@ def test_whisper_quantized_merged_decoder_matches_split(whisper, name):
     from rkpipe.engines.ort_whisper import OrtWhisper
 
     root, _ = whisper
-    ids = [OrtWhisper(str(root / name), decoder=m).transcribe_ids(_clip(3), 8)["ids"]
-           for m in ("split", "merged")]
+    ids = [
+        OrtWhisper(str(root / name), decoder=m).transcribe_ids(_clip(3), 8)["ids"]
+        for m in ("split", "merged")
+    ]
     assert ids[0] == ids[1] and len(ids[0]) > 0
 
 
@@ -208,8 +228,9 @@ def test_ctc_engine_decode_equals_torch_argmax_decode(ctc):
         assert got["ids"] == collapsed and len(collapsed) > 0
         # the same ids through the HF tokenizer (HF's own grouping drops specials before
         # collapsing, so "B <s> B" differs there; trained models do not emit <s>)
-        expected = processor.tokenizer.decode(collapsed, group_tokens=False,
-                                              skip_special_tokens=True)
+        expected = processor.tokenizer.decode(
+            collapsed, group_tokens=False, skip_special_tokens=True
+        )
         assert engine.text(got["ids"]) == " ".join(expected.split())
 
 
@@ -222,13 +243,38 @@ def test_ctc_engine_cli_prints_json_rows_like_whisper(ctc, tmp_path):
         handle.setframerate(22050)
         handle.writeframes((_clip(7)[:22050] * 20000).astype("<i2").tobytes())
     script = shutil.copy(ort_ctc.__file__, tmp_path / "ort_ctc.py")  # pushed alone
-    cmd = [sys.executable, str(script), "--model", str(root / "dynamic"), "--audio", str(wav),
-           "--warmup", "1", "--repetitions", "2", "--threads", "2", "--max-new-tokens", "4"]
+    cmd = [
+        sys.executable,
+        str(script),
+        "--model",
+        str(root / "dynamic"),
+        "--audio",
+        str(wav),
+        "--warmup",
+        "1",
+        "--repetitions",
+        "2",
+        "--threads",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path)
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(r["rep"], r["warmup"]) for r in rows] == [(0, True), (0, False), (1, False)]
-    keys = {"kind", "clip", "rep", "warmup", "encoder_ms", "decoder_ms", "total_ms", "audio_s",
-            "rtf", "ids", "peak_rss_mb"}
+    keys = {
+        "kind",
+        "clip",
+        "rep",
+        "warmup",
+        "encoder_ms",
+        "decoder_ms",
+        "total_ms",
+        "audio_s",
+        "rtf",
+        "ids",
+        "peak_rss_mb",
+    }
     assert all(keys <= set(r) and r["kind"] == "asr" and r["decoder_ms"] == 0.0 for r in rows)
     assert all(r["rtf"] > 0 and r["peak_rss_mb"] > 0 and r["audio_s"] == 1.0 for r in rows)
 
@@ -245,8 +291,17 @@ def test_ctc_evaluate_compares_fp32_and_quantized(ctc, tmp_path):
             handle.writeframes((_clip(10 + i) * 20000).astype("<i2").tobytes())
     rows = [{"audio": f"c{i}.wav", "text": f"tone number {i}"} for i in range(2)]
     (tmp_path / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics = evaluate_asr(root / "fp32", root / "dynamic", tmp_path, root / "model", None,
-                           "transcribe", 8, 2, warmup=0)
+    metrics = evaluate_asr(
+        root / "fp32",
+        root / "dynamic",
+        tmp_path,
+        root / "model",
+        None,
+        "transcribe",
+        8,
+        2,
+        warmup=0,
+    )
     assert metrics["asr_random_weights"] is True and metrics["asr_clips"] == 2
     assert metrics["asr_decoder_ms_mean"] == 0.0 and metrics["asr_rtf"] > 0
     assert 0.0 <= metrics["asr_token_agreement"] <= 1.0
@@ -256,12 +311,20 @@ def test_local_ctc_checkpoint_is_acquired_and_architecture_checked(ctc, tmp_path
     from rkpipe.errors import AsrError
 
     root, _ = ctc
-    cfg = AsrConfig(name="w2v-local", architecture="wav2vec2", source="local",
-                    path=str(root / "model"), random_weights=False)
+    cfg = AsrConfig(
+        name="w2v-local",
+        architecture="wav2vec2",
+        source="local",
+        path=str(root / "model"),
+        random_weights=False,
+    )
     manifest = acquire_asr(cfg, tmp_path / "local")
     assert manifest["architecture"] == "wav2vec2" and manifest["dims"]["hidden_size"] == 64
-    assert {f["path"] for f in manifest["files"]} >= {"model.safetensors", "vocab.json",
-                                                      "preprocessor_config.json"}
+    assert {f["path"] for f in manifest["files"]} >= {
+        "model.safetensors",
+        "vocab.json",
+        "preprocessor_config.json",
+    }
     whisper_cfg = AsrConfig(source="local", path=str(root / "model"))
     with pytest.raises(AsrError, match="holds a 'wav2vec2' model.*asr.architecture=wav2vec2"):
         acquire_asr(whisper_cfg, tmp_path / "wrong")

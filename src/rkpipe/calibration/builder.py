@@ -23,8 +23,9 @@ from rkpipe.io import sha256_file, write_text_atomic
 log = logging.getLogger(__name__)
 
 
-def build_records(model_dir: Path, inputs: list[dict], cfg: CalibConfig,
-                  max_context: int) -> list[dict]:
+def build_records(
+    model_dir: Path, inputs: list[dict], cfg: CalibConfig, max_context: int
+) -> list[dict]:
     """Turn ``inputs`` (``{"input", "target"|None}``) into calibration records.
 
     Drops duplicate inputs (first kept), keeps at most ``cfg.num_samples``, applies the chat
@@ -39,14 +40,23 @@ def build_records(model_dir: Path, inputs: list[dict], cfg: CalibConfig,
     prepared = [prepare_record(tokenizer, item, cfg, max_context, templated) for item in selected]
     records = [r for r in prepared if r is not None]
     if len(records) < len(prepared):
-        log.warning("dropped %d input(s) that do not fit in %d tokens with the chat template",
-                    len(prepared) - len(records), cfg.max_input_tokens)
+        log.warning(
+            "dropped %d input(s) that do not fit in %d tokens with the chat template",
+            len(prepared) - len(records),
+            cfg.max_input_tokens,
+        )
     _fill_targets(model_dir, tokenizer, records, cfg, max_context, templated)
     return [{"input": r["input"], "target": r["target"]} for r in records]
 
 
-def _fill_targets(model_dir: Path, tokenizer: Any, records: list[dict], cfg: CalibConfig,
-                  max_context: int, templated: bool) -> None:
+def _fill_targets(
+    model_dir: Path,
+    tokenizer: Any,
+    records: list[dict],
+    cfg: CalibConfig,
+    max_context: int,
+    templated: bool,
+) -> None:
     missing = [i for i, r in enumerate(records) if r["target"] is None]
     if not missing:
         return
@@ -78,8 +88,9 @@ def load_tokenizer(model_dir: Path) -> Any:
     """Load the checkpoint's tokenizer (fast), with a pad token for batched generation."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir,
-                                              trust_remote_code=trusts_remote_code(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_dir, trust_remote_code=trusts_remote_code(model_dir)
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -99,8 +110,10 @@ def render(tokenizer: Any, content: str, templated: bool) -> str:
     if not templated:
         return content
     if not getattr(tokenizer, "chat_template", None):
-        raise CalibrationError("calib.apply_chat_template is true but the tokenizer has no chat "
-                               "template; set calib.apply_chat_template=false")
+        raise CalibrationError(
+            "calib.apply_chat_template is true but the tokenizer has no chat "
+            "template; set calib.apply_chat_template=false"
+        )
     messages = [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -110,8 +123,9 @@ def count_tokens(tokenizer: Any, text: str, templated: bool) -> int:
     return len(tokenizer(text, add_special_tokens=not templated)["input_ids"])
 
 
-def prepare_record(tokenizer: Any, item: dict, cfg: CalibConfig, max_context: int,
-                   templated: bool) -> dict | None:
+def prepare_record(
+    tokenizer: Any, item: dict, cfg: CalibConfig, max_context: int, templated: bool
+) -> dict | None:
     """Render and truncate one input (and a given target) to the token budgets.
 
     Returns ``{"input", "target", "input_tokens"}``, or None when the template alone exceeds
@@ -120,8 +134,10 @@ def prepare_record(tokenizer: Any, item: dict, cfg: CalibConfig, max_context: in
     reserve = cfg.max_new_tokens if item.get("target") is None else 1
     budget = min(cfg.max_input_tokens, max_context - reserve)
     if budget < 1:
-        raise CalibrationError(f"quant.max_context={max_context} leaves no room for an input "
-                               f"after {reserve} target tokens; raise max_context")
+        raise CalibrationError(
+            f"quant.max_context={max_context} leaves no room for an input "
+            f"after {reserve} target tokens; raise max_context"
+        )
     fitted = fit_input(tokenizer, item["input"], budget, templated)
     if fitted is None:
         return None
@@ -169,8 +185,9 @@ def _decode_prefix(tokenizer: Any, ids: list[int], keep: int) -> str:
     return tokenizer.decode(ids[:keep], skip_special_tokens=False).rstrip("\ufffd")
 
 
-def generate_targets(model_dir: Path, tokenizer: Any, prompts: list[str], cfg: CalibConfig,
-                     *, templated: bool = True) -> list[str]:
+def generate_targets(
+    model_dir: Path, tokenizer: Any, prompts: list[str], cfg: CalibConfig, *, templated: bool = True
+) -> list[str]:
     """Greedy answers of the float model to ``prompts``, batched with left padding.
 
     ``torch.manual_seed(cfg.seed)``, ``cfg.max_new_tokens`` new tokens, batches of
@@ -183,17 +200,23 @@ def generate_targets(model_dir: Path, tokenizer: Any, prompts: list[str], cfg: C
     tokenizer.padding_side = "left"
     lengths = [count_tokens(tokenizer, p, templated) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (lengths[i], i))
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    batches = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     torch.manual_seed(cfg.seed)
     targets: list[str] = [""] * len(prompts)
     started = time.perf_counter()
     for number, batch in enumerate(tqdm(batches, desc="calibration targets", unit="batch"), 1):
-        texts = _generate_batch(model, generation, tokenizer, [prompts[i] for i in batch],
-                                templated)
+        texts = _generate_batch(
+            model, generation, tokenizer, [prompts[i] for i in batch], templated
+        )
         for i, text in zip(batch, texts, strict=True):
             targets[i] = text
-        log.info("batch %d/%d: %d prompt(s), %.1f s elapsed", number, len(batches), len(batch),
-                 time.perf_counter() - started)
+        log.info(
+            "batch %d/%d: %d prompt(s), %.1f s elapsed",
+            number,
+            len(batches),
+            len(batch),
+            time.perf_counter() - started,
+        )
     _warn_empty(targets)
     return targets
 
@@ -202,29 +225,40 @@ def _load_float_model(model_dir: Path, tokenizer: Any, cfg: CalibConfig) -> tupl
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    log.info("loading the float model from %s to generate %d-token targets", model_dir,
-             cfg.max_new_tokens)
+    log.info(
+        "loading the float model from %s to generate %d-token targets",
+        model_dir,
+        cfg.max_new_tokens,
+    )
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, trust_remote_code=trusts_remote_code(model_dir)).eval()
+        model_dir, dtype=torch.float32, trust_remote_code=trusts_remote_code(model_dir)
+    ).eval()
     # A fresh config: pure greedy, none of the checkpoint's sampling or repetition settings.
     generation = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=False, num_beams=1,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=False,
+        num_beams=1,
         eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=model.generation_config.bos_token_id)
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=model.generation_config.bos_token_id,
+    )
     return model, generation
 
 
-def _generate_batch(model: Any, generation: Any, tokenizer: Any, prompts: list[str],
-                    templated: bool) -> list[str]:
+def _generate_batch(
+    model: Any, generation: Any, tokenizer: Any, prompts: list[str], templated: bool
+) -> list[str]:
     import torch
 
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True,
-                        add_special_tokens=not templated)
+    encoded = tokenizer(
+        prompts, return_tensors="pt", padding=True, add_special_tokens=not templated
+    )
     ids = encoded["input_ids"]  # token_type_ids, which some tokenizers add, break generate()
     with torch.inference_mode():
-        output = model.generate(input_ids=ids, attention_mask=encoded["attention_mask"],
-                                generation_config=generation)
-    new_tokens = output[:, ids.shape[1]:]
+        output = model.generate(
+            input_ids=ids, attention_mask=encoded["attention_mask"], generation_config=generation
+        )
+    new_tokens = output[:, ids.shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     # a character cut by max_new_tokens decodes to U+FFFD at the end: drop it
     return [t.strip().rstrip("\ufffd").strip() for t in texts]
@@ -252,17 +286,25 @@ def summarize(records: list[dict], tokenizer: Any) -> dict[str, float | int]:
     metrics: dict[str, float | int] = {"calib_records": len(records)}
     for key in ("input", "target"):
         lengths = [len(tokenizer.encode(r[key], add_special_tokens=False)) for r in records]
-        metrics.update({f"calib_{key}_tokens_min": min(lengths, default=0),
-                        f"calib_{key}_tokens_mean": round(mean(lengths), 2) if lengths else 0.0,
-                        f"calib_{key}_tokens_max": max(lengths, default=0)})
-    totals = [len(tokenizer.encode(r["input"], add_special_tokens=False))
-              + len(tokenizer.encode(r["target"], add_special_tokens=False)) for r in records]
+        metrics.update(
+            {
+                f"calib_{key}_tokens_min": min(lengths, default=0),
+                f"calib_{key}_tokens_mean": round(mean(lengths), 2) if lengths else 0.0,
+                f"calib_{key}_tokens_max": max(lengths, default=0),
+            }
+        )
+    totals = [
+        len(tokenizer.encode(r["input"], add_special_tokens=False))
+        + len(tokenizer.encode(r["target"], add_special_tokens=False))
+        for r in records
+    ]
     metrics["calib_total_tokens_max"] = max(totals, default=0)
     return metrics
 
 
-def build_calibration_file(model_dir: Path, cfg: CalibConfig, max_context: int,
-                           out_path: Path) -> dict[str, Any]:
+def build_calibration_file(
+    model_dir: Path, cfg: CalibConfig, max_context: int, out_path: Path
+) -> dict[str, Any]:
     """Load the inputs of ``cfg``, build the records, write ``out_path``; return metrics + sha256.
 
     The stage-level convenience: :func:`~rkpipe.calibration.sources.load_inputs`, then

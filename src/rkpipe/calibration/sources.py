@@ -18,8 +18,16 @@ from rkpipe.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 # Local data file suffix -> `datasets` builder name.
-DATASET_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv",
-                    ".parquet": "parquet", ".txt": "text", ".text": "text", ".arrow": "arrow"}
+DATASET_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+    ".text": "text",
+    ".arrow": "arrow",
+}
 # Rows read from a dataset at most, as a multiple of num_samples (duplicates are dropped later).
 ROWS_PER_SAMPLE = 10
 
@@ -33,8 +41,9 @@ def load_inputs(cfg: CalibConfig) -> list[dict[str, Any]]:
     loaders = {"prompts": _from_prompts, "dataset": _from_dataset, "json": _from_json}
     loader = loaders.get(cfg.source)
     if loader is None:
-        raise CalibrationError(f"unknown calib.source {cfg.source!r}; expected one of "
-                               f"{sorted(loaders)}")
+        raise CalibrationError(
+            f"unknown calib.source {cfg.source!r}; expected one of {sorted(loaders)}"
+        )
     inputs = loader(cfg)
     if not inputs:
         raise CalibrationError(f"calib.source={cfg.source} gave no inputs; check the source")
@@ -50,8 +59,9 @@ def read_prompts(path: Path | str) -> list[str]:
     except FileNotFoundError:
         raise CalibrationError(f"{path}: prompts file not found (calib.prompts_file)") from None
     except UnicodeDecodeError as exc:
-        raise CalibrationError(f"{path}: not valid UTF-8 at byte offset {exc.start}; save it "
-                               "as UTF-8") from None
+        raise CalibrationError(
+            f"{path}: not valid UTF-8 at byte offset {exc.start}; save it as UTF-8"
+        ) from None
     stripped = (line.strip() for line in lines)
     return [line for line in stripped if line and not line.startswith("#")]
 
@@ -69,14 +79,18 @@ def _from_json(cfg: CalibConfig) -> list[dict[str, Any]]:
 
 def _from_dataset(cfg: CalibConfig) -> list[dict[str, Any]]:
     if not cfg.dataset:
-        raise CalibrationError("calib.source=dataset needs calib.dataset (a hub dataset name or "
-                               "local json/jsonl/csv/parquet/txt file(s))")
+        raise CalibrationError(
+            "calib.source=dataset needs calib.dataset (a hub dataset name or "
+            "local json/jsonl/csv/parquet/txt file(s))"
+        )
     dataset = open_dataset(cfg)
     columns = list(dataset.column_names)
     for column in filter(None, (cfg.input_column, cfg.target_column)):
         if column not in columns:
-            raise CalibrationError(f"{cfg.dataset}: no column {column!r} (calib.input_column / "
-                                   f"target_column); columns: {columns}")
+            raise CalibrationError(
+                f"{cfg.dataset}: no column {column!r} (calib.input_column / "
+                f"target_column); columns: {columns}"
+            )
     return _rows_to_inputs(dataset, cfg)
 
 
@@ -98,15 +112,18 @@ def open_dataset(cfg: CalibConfig) -> Any:
             f"{cfg.dataset}: cannot load the dataset (split {cfg.split!r}): {type(exc).__name__}: "
             f"{detail}; for a hub dataset check the name and network (HF_ENDPOINT), for local "
             "files use .json/.jsonl/.csv/.parquet/.txt (local files have only the split "
-            "'train')") from None
+            "'train')"
+        ) from None
 
 
 def _builder_for(files: list[str]) -> tuple[str, dict[str, Any]]:
     suffixes = {Path(f).suffix.lower() for f in files}
     builders = {DATASET_BUILDERS.get(s) for s in suffixes}
     if len(builders) != 1 or None in builders:
-        raise CalibrationError(f"{files[0]}: cannot tell the format from the suffix(es) "
-                               f"{sorted(suffixes)}; use one of {sorted(DATASET_BUILDERS)}")
+        raise CalibrationError(
+            f"{files[0]}: cannot tell the format from the suffix(es) "
+            f"{sorted(suffixes)}; use one of {sorted(DATASET_BUILDERS)}"
+        )
     kwargs = {"delimiter": "\t"} if suffixes == {".tsv"} else {}
     return builders.pop() or "", kwargs
 
@@ -121,8 +138,12 @@ def _rows_to_inputs(dataset: Any, cfg: CalibConfig) -> list[dict[str, Any]]:
         target = row[cfg.target_column] if cfg.target_column else None
         inputs.append({"input": text, "target": None if target is None else str(target)})
         if len(inputs) >= limit:
-            log.info("read the first %d non-empty rows of %s (%d x num_samples)", limit,
-                     cfg.dataset, ROWS_PER_SAMPLE)
+            log.info(
+                "read the first %d non-empty rows of %s (%d x num_samples)",
+                limit,
+                cfg.dataset,
+                ROWS_PER_SAMPLE,
+            )
             break
     if skipped:
         log.info("skipped %d empty row(s) of %s", skipped, cfg.dataset)
@@ -139,6 +160,8 @@ def _as_text(value: Any, index: int, cfg: CalibConfig) -> str:
         user = [m.get("content") for m in value if m.get("role") == "user"]
         if user and isinstance(user[0], str):
             return user[0].strip()
-    raise CalibrationError(f"{cfg.dataset}: row {index}: column {cfg.input_column!r} holds a "
-                           f"JSON {json_type(value)}, expected text; pick a text column with "
-                           "calib.input_column")
+    raise CalibrationError(
+        f"{cfg.dataset}: row {index}: column {cfg.input_column!r} holds a "
+        f"JSON {json_type(value)}, expected text; pick a text column with "
+        "calib.input_column"
+    )

@@ -31,8 +31,9 @@ def json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
 
 
-def validate_calibration_file(path: Path, max_context: int | None,
-                              tokenizer: Any = None) -> list[dict]:
+def validate_calibration_file(
+    path: Path, max_context: int | None, tokenizer: Any = None
+) -> list[dict]:
     """Read and check a calibration file; return its records.
 
     Raises CalibrationError (message ``"<path>: <what is wrong>"``) for a missing file, bytes that
@@ -62,8 +63,10 @@ def _decode(path: Path) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         byte = raw[exc.start]
-        raise CalibrationError(f"{path}: not valid UTF-8 at byte offset {exc.start} (byte "
-                               f"0x{byte:02x}){_gbk_hint(raw)}; save it as UTF-8") from None
+        raise CalibrationError(
+            f"{path}: not valid UTF-8 at byte offset {exc.start} (byte "
+            f"0x{byte:02x}){_gbk_hint(raw)}; save it as UTF-8"
+        ) from None
     if text.startswith("\ufeff"):
         log.warning("%s: starts with a UTF-8 byte order mark; ignoring it", path)
         text = text[1:]
@@ -82,18 +85,22 @@ def _parse(path: Path, text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
-                               f"{exc.msg}") from None
+        raise CalibrationError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
 
 
 def check_records(records: Any, path: Path | str) -> None:
     """Raise CalibrationError unless ``records`` is a non-empty list of valid records."""
     if not isinstance(records, list):
-        raise CalibrationError(f"{path}: expected a JSON list of records like {_EXAMPLE}, got "
-                               f"a JSON {json_type(records)}")
+        raise CalibrationError(
+            f"{path}: expected a JSON list of records like {_EXAMPLE}, got "
+            f"a JSON {json_type(records)}"
+        )
     if not records:
-        raise CalibrationError(f"{path}: the list is empty; expected at least one record like "
-                               f"{_EXAMPLE}")
+        raise CalibrationError(
+            f"{path}: the list is empty; expected at least one record like {_EXAMPLE}"
+        )
     for index, record in enumerate(records):
         problem = record_problem(record)
         if problem:
@@ -103,14 +110,15 @@ def check_records(records: Any, path: Path | str) -> None:
 def record_problem(record: Any) -> str | None:
     """Describe what is wrong with one record, or return None if it is valid."""
     if not isinstance(record, dict):
-        return f"expected an object with string \"input\" and \"target\", got a JSON " \
-               f"{json_type(record)}"
+        return (
+            f'expected an object with string "input" and "target", got a JSON {json_type(record)}'
+        )
     for key in REQUIRED_KEYS:
         if key not in record:
             keys = ", ".join(repr(k) for k in list(record)[:6]) or "none"
-            return f"missing key \"{key}\" (keys present: {keys})"
+            return f'missing key "{key}" (keys present: {keys})'
         if not isinstance(record[key], str):
-            return f"\"{key}\" must be a string, got a JSON {json_type(record[key])}"
+            return f'"{key}" must be a string, got a JSON {json_type(record[key])}'
     return None
 
 
@@ -118,20 +126,32 @@ def _warn_extra_keys(records: list[dict], path: Path) -> None:
     extra = sorted({k for r in records for k in r if k not in REQUIRED_KEYS})
     if extra:
         count = sum(1 for r in records if set(r) - set(REQUIRED_KEYS))
-        log.warning("%s: %d record(s) have extra keys %s; rkllm-toolkit reads only \"input\" "
-                    "and \"target\"", path, count, extra)
+        log.warning(
+            '%s: %d record(s) have extra keys %s; rkllm-toolkit reads only "input" and "target"',
+            path,
+            count,
+            extra,
+        )
 
 
-def warn_long_records(records: list[dict], path: Path | str, max_context: int,
-                      tokenizer: Any = None) -> list[int]:
+def warn_long_records(
+    records: list[dict], path: Path | str, max_context: int, tokenizer: Any = None
+) -> list[int]:
     """Log a warning for records whose input+target exceed ``max_context``; return their indices."""
     lengths = [record_tokens(r, tokenizer) for r in records]
     long = [i for i, n in enumerate(lengths) if n > max_context]
     if long:
         unit = "tokens" if tokenizer is not None else "tokens (estimated, no tokenizer)"
         first = ", ".join(f"record {i}: {lengths[i]}" for i in long[:5])
-        log.warning("%s: %d record(s) longer than max_context=%d %s (%s); the toolkit will "
-                    "truncate or reject them", path, len(long), max_context, unit, first)
+        log.warning(
+            "%s: %d record(s) longer than max_context=%d %s (%s); the toolkit will "
+            "truncate or reject them",
+            path,
+            len(long),
+            max_context,
+            unit,
+            first,
+        )
     return long
 
 

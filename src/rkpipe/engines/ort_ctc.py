@@ -144,8 +144,13 @@ class OrtCtc:
         info = self.info
         return ids_to_text(ids, info["id_to_token"], info["word_delimiter"], self.specials)
 
-    def transcribe_ids(self, audio: np.ndarray, max_new_tokens: int | None = None,
-                       language: str | None = None, task: str | None = None) -> dict:
+    def transcribe_ids(
+        self,
+        audio: np.ndarray,
+        max_new_tokens: int | None = None,
+        language: str | None = None,
+        task: str | None = None,
+    ) -> dict:
         """Greedy-CTC-decode one float32 mono 16 kHz clip (the extra arguments are ignored).
 
         Returns ``{"ids", "prompt": [], "stopped": "ctc", "features_ms", "encoder_ms",

@@ -79,8 +79,12 @@ class RkllmBackend:
 
     name = "rkllm"
 
-    def __init__(self, perplexity_text: Path | None = None, perplexity_seqlen: int = 512,
-                 perplexity_max_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        perplexity_text: Path | None = None,
+        perplexity_seqlen: int = 512,
+        perplexity_max_samples: int | None = None,
+    ) -> None:
         self.perplexity_text = perplexity_text
         self.perplexity_seqlen = perplexity_seqlen
         self.perplexity_max_samples = perplexity_max_samples
@@ -108,15 +112,22 @@ class RkllmBackend:
             with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
                 steps += self._ppl_steps(request, Path(scratch))
                 steps.append(P.Export(export_path=str(export)))
-                run = self.run(P.WorkerRequest(steps, new_marker()), python, log_path,
-                               cwd=tmp.parent)
+                run = self.run(
+                    P.WorkerRequest(steps, new_marker()), python, log_path, cwd=tmp.parent
+                )
             self._finish(tmp, tmp.parent, log_path)
             manifest = build_manifest(request, spec, run, python, tmp)
             write_json_atomic(tmp / MANIFEST_FILE, manifest)
         return _result(request, run, manifest)
 
-    def simulate_perplexity(self, request: QuantizeRequest, text_file: Path, *,
-                            seqlen: int = 512, max_samples: int | None = None) -> dict[str, float]:
+    def simulate_perplexity(
+        self,
+        request: QuantizeRequest,
+        text_file: Path,
+        *,
+        seqlen: int = 512,
+        max_samples: int | None = None,
+    ) -> dict[str, float]:
         """Simulated perplexity of the quantized model on ``text_file`` (Rockchip's recipe).
 
         Loads and builds like :meth:`quantize` (without exporting), tokenizes ``text_file``
@@ -134,14 +145,16 @@ class RkllmBackend:
         out_parent = Path(request.out_dir).parent
         out_parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_parent) as scratch:
-            ppl = perplexity_step(request.float_model_dir, text_file, Path(scratch), seqlen,
-                                  max_samples)
+            ppl = perplexity_step(
+                request.float_model_dir, text_file, Path(scratch), seqlen, max_samples
+            )
             request_doc = P.WorkerRequest([spec.load, spec.build, ppl], new_marker())
             run = self.run(request_doc, python, out_parent / PPL_LOG, cwd=Path(scratch))
         return _ppl_metrics(run)
 
-    def run(self, worker_request: P.WorkerRequest, python: str, log_path: Path,
-            cwd: Path | None = None) -> WorkerRun:
+    def run(
+        self, worker_request: P.WorkerRequest, python: str, log_path: Path, cwd: Path | None = None
+    ) -> WorkerRun:
         """Run ``worker.py`` with ``python`` on ``worker_request``, streaming its output.
 
         No validation happens here: the toolkit is the judge (tests use this to check what
@@ -167,14 +180,22 @@ class RkllmBackend:
     def _ppl_steps(self, request: QuantizeRequest, scratch: Path) -> list[P.Step]:
         if self.perplexity_text is None:
             return []
-        return [perplexity_step(request.float_model_dir, Path(self.perplexity_text), scratch,
-                                self.perplexity_seqlen, self.perplexity_max_samples)]
+        return [
+            perplexity_step(
+                request.float_model_dir,
+                Path(self.perplexity_text),
+                scratch,
+                self.perplexity_seqlen,
+                self.perplexity_max_samples,
+            )
+        ]
 
     @staticmethod
     def _finish(out: Path, cwd: Path, log_path: Path) -> None:
         if not any(out.glob("*.rkllm")):
-            raise BackendError(f"rkllm-toolkit export returned 0 but wrote no .rkllm file in "
-                               f"{out}; see {log_path}")
+            raise BackendError(
+                f"rkllm-toolkit export returned 0 but wrote no .rkllm file in {out}; see {log_path}"
+            )
         for qparams in cwd.glob("*.qparams"):  # gdq/grq weight cache, reusable via extra_qparams
             shutil.move(str(qparams), out / qparams.name)
         shutil.copyfile(log_path, out / TOOLKIT_LOG)
@@ -214,10 +235,15 @@ def build_spec(request: QuantizeRequest) -> ConversionSpec:
     if not calibration.is_file():
         raise BackendError(f"calibration file {calibration} not found; run the calibrate stage")
     build = P.Build(
-        quantized_dtype=dtype, target_platform=platform, num_npu_core=cores,
-        dataset=str(calibration.resolve()), optimization_level=quant.optimization_level,
-        quantized_algorithm=algorithm, extra_qparams=extra_qparams_path(quant),
-        hybrid_rate=float(quant.hybrid_rate), max_context=int(quant.max_context),
+        quantized_dtype=dtype,
+        target_platform=platform,
+        num_npu_core=cores,
+        dataset=str(calibration.resolve()),
+        optimization_level=quant.optimization_level,
+        quantized_algorithm=algorithm,
+        extra_qparams=extra_qparams_path(quant),
+        hybrid_rate=float(quant.hybrid_rate),
+        max_context=int(quant.max_context),
     )
     return ConversionSpec(load, build, platform, dtype)
 
@@ -230,17 +256,22 @@ def check_matrix(platform: str, dtype: str, algorithm: str, cores: int | None) -
     spec = PLATFORMS.get(platform)
     if spec is None or not spec.rkllm_dtypes:
         targets = [p for p, s in PLATFORMS.items() if s.rkllm_dtypes]
-        raise ConfigError(f"platform.name={platform!r} is not an rkllm target; "
-                          f"allowed: {', '.join(targets)}")
+        raise ConfigError(
+            f"platform.name={platform!r} is not an rkllm target; allowed: {', '.join(targets)}"
+        )
     if dtype not in spec.rkllm_dtypes:
-        raise ConfigError(f"quant.dtype={dtype!r} is not supported on {platform}; "
-                          f"allowed: {', '.join(spec.rkllm_dtypes)}")
+        raise ConfigError(
+            f"quant.dtype={dtype!r} is not supported on {platform}; "
+            f"allowed: {', '.join(spec.rkllm_dtypes)}"
+        )
     if not algorithm_allowed(algorithm, dtype):
         raise ConfigError(f"quant.algorithm={algorithm!r} does not apply to quant.dtype={dtype!r}")
     cores = spec.max_npu_cores if cores is None else cores
     if cores not in spec.npu_cores:
-        raise ConfigError(f"quant.num_npu_core={cores} is not valid for {platform}; "
-                          f"allowed: {', '.join(map(str, spec.npu_cores))}")
+        raise ConfigError(
+            f"quant.num_npu_core={cores} is not valid for {platform}; "
+            f"allowed: {', '.join(map(str, spec.npu_cores))}"
+        )
     return cores
 
 
@@ -248,13 +279,16 @@ def load_step(model: Path, quant: QuantConfig) -> P.LoadHuggingface | P.LoadGguf
     """``load_huggingface`` for a directory with ``config.json``, else ``load_gguf`` for a
     ``.gguf`` file (or a directory holding exactly one). Raises BackendError otherwise."""
     if model.is_dir() and (model / "config.json").is_file():
-        return P.LoadHuggingface(model=str(model.resolve()), device=quant.rkllm.device,
-                                 dtype=quant.rkllm.load_dtype)
+        return P.LoadHuggingface(
+            model=str(model.resolve()), device=quant.rkllm.device, dtype=quant.rkllm.load_dtype
+        )
     ggufs = [model] if model.suffix == ".gguf" and model.is_file() else sorted(model.glob("*.gguf"))
     if len(ggufs) == 1:
         return P.LoadGguf(model=str(ggufs[0].resolve()))
-    raise BackendError(f"{model}: expected a Hugging Face model directory (config.json) or one "
-                       f".gguf file; run the download_llm stage")
+    raise BackendError(
+        f"{model}: expected a Hugging Face model directory (config.json) or one "
+        f".gguf file; run the download_llm stage"
+    )
 
 
 def linear_dims(config: dict[str, Any]) -> dict[str, int]:
@@ -294,8 +328,11 @@ def check_group_size(config_json: Path, dtype: str, platform: str) -> None:
     bad = [(name, value) for name, value in dims.items() if value % size]
     if not bad:
         return
-    fits = [d for d in PLATFORMS[platform].rkllm_dtypes
-            if group_size(d) is None or all(v % group_size(d) == 0 for v in dims.values())]
+    fits = [
+        d
+        for d in PLATFORMS[platform].rkllm_dtypes
+        if group_size(d) is None or all(v % group_size(d) == 0 for v in dims.values())
+    ]
     name, value = bad[0]
     raise ConfigError(
         f"quant.dtype={dtype!r} quantizes in groups of {size}, but the model's {name}={value} "
@@ -316,8 +353,10 @@ def extra_qparams_path(quant: QuantConfig) -> str | None:
     elif hasattr(value, "keys") and set(value.keys()) == {"path"}:
         path = str(value["path"])
     else:
-        raise ConfigError("quant.rkllm.extra_qparams must be null or {path: <file.qparams>} "
-                          f"(a gdq/grq weight cache from a previous run), got {value!r}")
+        raise ConfigError(
+            "quant.rkllm.extra_qparams must be null or {path: <file.qparams>} "
+            f"(a gdq/grq weight cache from a previous run), got {value!r}"
+        )
     if not Path(path).is_file():
         raise ConfigError(f"quant.rkllm.extra_qparams: {path} not found")
     return str(Path(path).resolve())
@@ -336,8 +375,10 @@ def resolve_python(configured: str | None) -> str:
         if found and os.path.isfile(found) and os.access(found, os.X_OK):
             return os.path.abspath(found)
         source = ENV_PYTHON if os.environ.get(ENV_PYTHON) else "quant.rkllm.python"
-        raise BackendError(f"{source}={candidate!r} is not an executable interpreter; point it "
-                           "at the python of the venv holding Rockchip's rkllm-toolkit wheel")
+        raise BackendError(
+            f"{source}={candidate!r} is not an executable interpreter; point it "
+            "at the python of the venv holding Rockchip's rkllm-toolkit wheel"
+        )
     if _importable("rkllm.api"):
         return sys.executable
     raise BackendError(
@@ -359,8 +400,9 @@ def new_marker() -> str:
     return f"{P.MARKER_PREFIX}{uuid.uuid4().hex}@@"
 
 
-def perplexity_step(model_dir: Path, text_file: Path, scratch: Path, seqlen: int,
-                    max_samples: int | None) -> P.Perplexity:
+def perplexity_step(
+    model_dir: Path, text_file: Path, scratch: Path, seqlen: int, max_samples: int | None
+) -> P.Perplexity:
     """Tokenize ``text_file`` with the float model's tokenizer into ``scratch`` and return
     the worker step. Raises BackendError if the tokenizer or text cannot be read."""
     try:
@@ -374,8 +416,9 @@ def perplexity_step(model_dir: Path, text_file: Path, scratch: Path, seqlen: int
         ) from exc
     ids_file = scratch / "ppl_token_ids.json"
     ids_file.write_text(json.dumps([int(i) for i in ids]), encoding="utf-8")
-    return P.Perplexity(token_ids_file=str(ids_file.resolve()), seqlen=seqlen,
-                        max_samples=max_samples)
+    return P.Perplexity(
+        token_ids_file=str(ids_file.resolve()), seqlen=seqlen, max_samples=max_samples
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,8 +491,9 @@ def _push(tail: collections.deque[str], text: str) -> None:
     tail.append(text)
 
 
-def _run_process(python: str, request: P.WorkerRequest, stream: _Stream,
-                 cwd: Path | None) -> tuple[int, float, float]:
+def _run_process(
+    python: str, request: P.WorkerRequest, stream: _Stream, cwd: Path | None
+) -> tuple[int, float, float]:
     """Start the worker, feed the request, pump its output; returns (exit code, s, peak MB)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
     if env.get("PYTHONPATH"):  # the worker runs in a scratch cwd: keep relative entries valid
@@ -457,8 +501,14 @@ def _run_process(python: str, request: P.WorkerRequest, stream: _Stream,
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in entries if p)
     start = time.monotonic()
     try:
-        proc = subprocess.Popen([python, "-u", str(WORKER)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+        proc = subprocess.Popen(
+            [python, "-u", str(WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+        )
     except OSError as exc:
         raise BackendError(f"cannot start the rkllm interpreter {python}: {exc}") from exc
     try:
@@ -522,15 +572,19 @@ def _failure_message(response: P.WorkerResponse, stream: _Stream, log_path: Path
     op = response.failed_step or "unknown"
     kind = P.STEP_KIND.get(op, op)
     if op == P.OP_IMPORT:
-        return (f"cannot import rkllm.api in the rkllm interpreter: {response.error}; install "
-                f"Rockchip's rkllm-toolkit wheel there or set {ENV_PYTHON} / quant.rkllm.python "
-                f"(log: {log_path})")
+        return (
+            f"cannot import rkllm.api in the rkllm interpreter: {response.error}; install "
+            f"Rockchip's rkllm-toolkit wheel there or set {ENV_PYTHON} / quant.rkllm.python "
+            f"(log: {log_path})"
+        )
     step = response.step(op)
     ret = step.ret if step else None
     output = " | ".join(stream.step_tail) or "(no output)"
-    return (f"rkllm-toolkit {kind} step failed ({op} ret={ret}, rkllm-toolkit "
-            f"{response.toolkit_version}): {response.error}; toolkit output: {output}; "
-            f"full log: {log_path}")
+    return (
+        f"rkllm-toolkit {kind} step failed ({op} ret={ret}, rkllm-toolkit "
+        f"{response.toolkit_version}): {response.error}; toolkit output: {output}; "
+        f"full log: {log_path}"
+    )
 
 
 def _crash_message(returncode: int, stream: _Stream, peak_mb: float, log_path: Path) -> str:
@@ -545,8 +599,10 @@ def _crash_message(returncode: int, stream: _Stream, peak_mb: float, log_path: P
             f"or swap (see {OOM_ISSUES}); log: {log_path}"
         )
     output = " | ".join(stream.step_tail or stream.tail) or "(no output)"
-    return (f"rkllm worker crashed during the {kind} step: exited with code {returncode} "
-            f"without a response; last log lines: {output}; full log: {log_path}")
+    return (
+        f"rkllm worker crashed during the {kind} step: exited with code {returncode} "
+        f"without a response; last log lines: {output}; full log: {log_path}"
+    )
 
 
 def host_ram_gb() -> float:
@@ -562,8 +618,9 @@ def host_ram_gb() -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_manifest(request: QuantizeRequest, spec: ConversionSpec, run: WorkerRun,
-                   python: str, out: Path) -> dict[str, Any]:
+def build_manifest(
+    request: QuantizeRequest, spec: ConversionSpec, run: WorkerRun, python: str, out: Path
+) -> dict[str, Any]:
     """``quant_manifest.json``: backend, toolkit version, the calls as passed (paths as the
     request gave them), load dtype, platform, every step's ret/seconds, file hashes."""
     response = run.response
@@ -581,8 +638,9 @@ def build_manifest(request: QuantizeRequest, spec: ConversionSpec, run: WorkerRu
         "load_dtype": getattr(spec.load, "dtype", None),
         "build_call": public_kwargs(build.kwargs, request),
         "adaptations": run.adaptations,
-        "steps": [{"op": s.op, "ret": s.ret, "seconds": s.seconds, **s.extra}
-                  for s in response.steps],
+        "steps": [
+            {"op": s.op, "ret": s.ret, "seconds": s.seconds, **s.extra} for s in response.steps
+        ],
         "artifact": ARTIFACT_NAME,
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files},
         "toolkit_log": TOOLKIT_LOG,
@@ -591,8 +649,10 @@ def build_manifest(request: QuantizeRequest, spec: ConversionSpec, run: WorkerRu
 
 def public_kwargs(kwargs: dict[str, Any], request: QuantizeRequest) -> dict[str, Any]:
     """``kwargs`` with the absolute paths we passed replaced by the request's own spelling."""
-    given = {str(Path(request.calibration_json).resolve()): str(request.calibration_json),
-             str(Path(request.float_model_dir).resolve()): str(request.float_model_dir)}
+    given = {
+        str(Path(request.calibration_json).resolve()): str(request.calibration_json),
+        str(Path(request.float_model_dir).resolve()): str(request.float_model_dir),
+    }
     out = {}
     for key, value in kwargs.items():
         if key == "export_path":
@@ -604,14 +664,18 @@ def public_kwargs(kwargs: dict[str, Any], request: QuantizeRequest) -> dict[str,
 def _result(request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any]) -> QuantizeResult:
     out = Path(request.out_dir)
     size_mb = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
-    metrics = {"size_mb": round(size_mb, 3), "quantize_s": round(run.seconds, 3),
-               "quantize_peak_rss_mb": round(run.peak_rss_mb, 1)}
+    metrics = {
+        "size_mb": round(size_mb, 3),
+        "quantize_s": round(run.seconds, 3),
+        "quantize_peak_rss_mb": round(run.peak_rss_mb, 1),
+    }
     for step in run.response.steps:
         metrics[f"rkllm_{step.op}_s"] = round(step.seconds, 3)
     ppl = run.response.step(P.OP_PERPLEXITY)
     if ppl is not None:
-        metrics.update({"sim_ppl": round(ppl.extra["ppl"], 4),
-                        "sim_ppl_windows": float(ppl.extra["nsamples"])})
+        metrics.update(
+            {"sim_ppl": round(ppl.extra["ppl"], 4), "sim_ppl_windows": float(ppl.extra["nsamples"])}
+        )
     params = {
         "rkllm.toolkit_version": run.response.toolkit_version,
         "rkllm.build_call": json.dumps(manifest["build_call"], sort_keys=True),
@@ -623,12 +687,13 @@ def _result(request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any]) 
 
 def _ppl_metrics(run: WorkerRun) -> dict[str, float]:
     step = run.response.step(P.OP_PERPLEXITY)
-    return {"sim_ppl": round(step.extra["ppl"], 4),
-            "sim_ppl_windows": float(step.extra["nsamples"]),
-            "sim_ppl_seqlen": float(step.extra["seqlen"]), "sim_ppl_s": round(step.seconds, 3)}
+    return {
+        "sim_ppl": round(step.extra["ppl"], 4),
+        "sim_ppl_windows": float(step.extra["nsamples"]),
+        "sim_ppl_seqlen": float(step.extra["seqlen"]),
+        "sim_ppl_s": round(step.seconds, 3),
+    }
 
 
 def _first(cfg: dict[str, Any], *keys: str) -> Any:
     return next((cfg[k] for k in keys if cfg.get(k) is not None), None)
-
-

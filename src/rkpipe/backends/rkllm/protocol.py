@@ -214,7 +214,7 @@ def decode_event(marker: str, line: str) -> dict[str, Any] | None:
     if index < 0:
         return None
     try:
-        data = json.loads(line[index + len(marker):])
+        data = json.loads(line[index + len(marker) :])
     except ValueError as exc:
         raise ProtocolError(f"malformed worker event {line[:200]!r}: {exc}") from exc
     if not isinstance(data, dict) or "event" not in data:

@@ -132,8 +132,10 @@ def _adapt_build(kwargs: dict, version: tuple, notes: list) -> None:
         notes.append(f"dropped max_context={value}: build has no max_context before 1.2.0")
     algorithm = _adapt_algorithm(str(kwargs["quantized_algorithm"]).lower(), version)
     if algorithm != kwargs["quantized_algorithm"]:
-        notes.append(f"quantized_algorithm {kwargs['quantized_algorithm']!r} -> {algorithm!r} "
-                     f"for rkllm-toolkit {'.'.join(map(str, version))}")
+        notes.append(
+            f"quantized_algorithm {kwargs['quantized_algorithm']!r} -> {algorithm!r} "
+            f"for rkllm-toolkit {'.'.join(map(str, version))}"
+        )
     kwargs["quantized_algorithm"] = algorithm
 
 
@@ -142,8 +144,9 @@ def _adapt_algorithm(algorithm: str, version: tuple) -> str:
     base, rank = (match.group(1), int(match.group(2))) if match else (algorithm, None)
     if rank is not None:
         if version < (1, 2, 1):
-            raise AdaptError(f"quantized_algorithm={algorithm!r} (LoRA recovery) needs "
-                             "rkllm-toolkit >= 1.2.1")
+            raise AdaptError(
+                f"quantized_algorithm={algorithm!r} (LoRA recovery) needs rkllm-toolkit >= 1.2.1"
+            )
         if not 1 <= rank <= 64:
             raise AdaptError(f"quantized_algorithm={algorithm!r}: the rank must be in 1..64")
     if base == "grq" and version < (1, 2, 0):
@@ -186,7 +189,7 @@ def perplexity(llm, token_ids_file: str, seqlen: int = 512, max_samples=None) ->
     torch = _optional_torch()
     total = 0.0
     for i in range(nsamples):
-        batch = ids[i * seqlen:(i + 1) * seqlen]
+        batch = ids[i * seqlen : (i + 1) * seqlen]
         logits = llm.get_logits({"input_ids": torch.tensor([batch]) if torch else [batch]})
         if logits is None:
             return -1, {}, "get logits failed!"
@@ -251,8 +254,15 @@ def run_step(llm, step, version: tuple, emit: Emitter):
         ret, extra, message = None, {}, f"{type(exc).__name__}: {exc}"
     if ret != 0 and not message:
         message = f"{step.op} returned {ret}"
-    result = P.StepResult(op=step.op, ret=ret, seconds=round(time.perf_counter() - start, 3),
-                          kwargs=kwargs, adaptations=notes, message=message, extra=extra)
+    result = P.StepResult(
+        op=step.op,
+        ret=ret,
+        seconds=round(time.perf_counter() - start, 3),
+        kwargs=kwargs,
+        adaptations=notes,
+        message=message,
+        extra=extra,
+    )
     emit("step_end", asdict(result))
     return result
 
@@ -277,8 +287,13 @@ def run(request, emit: Emitter):
         llm = RKLLM()
     except (Exception, SystemExit) as exc:
         traceback.print_exc()
-        return P.WorkerResponse(ok=False, toolkit_version="unknown", python=python,
-                                failed_step=P.OP_IMPORT, error=f"{type(exc).__name__}: {exc}")
+        return P.WorkerResponse(
+            ok=False,
+            toolkit_version="unknown",
+            python=python,
+            failed_step=P.OP_IMPORT,
+            error=f"{type(exc).__name__}: {exc}",
+        )
     version = parse_version(version_text)
     emit("start", {"toolkit_version": version_text, "python": python})
     results = []
@@ -287,9 +302,14 @@ def run(request, emit: Emitter):
         if not results[-1].ok:
             break
     failed = next((r for r in results if not r.ok), None)
-    return P.WorkerResponse(ok=failed is None, toolkit_version=version_text, python=python,
-                            steps=results, failed_step=failed.op if failed else None,
-                            error=failed.message if failed else "")
+    return P.WorkerResponse(
+        ok=failed is None,
+        toolkit_version=version_text,
+        python=python,
+        steps=results,
+        failed_step=failed.op if failed else None,
+        error=failed.message if failed else "",
+    )
 
 
 def main() -> int:

@@ -199,9 +199,15 @@ class _RKLLMBase:
                 records = json.load(handle)
             except ValueError as exc:
                 return f"dataset: {dataset} is not JSON: {exc}"
-        valid = isinstance(records, list) and records and all(
-            isinstance(r, dict) and isinstance(r.get("input"), str)
-            and isinstance(r.get("target"), str) for r in records
+        valid = (
+            isinstance(records, list)
+            and records
+            and all(
+                isinstance(r, dict)
+                and isinstance(r.get("input"), str)
+                and isinstance(r.get("target"), str)
+                for r in records
+            )
         )
         return None if valid else f'dataset: {dataset} must be a list of {{"input", "target"}}!'
 
@@ -212,9 +218,11 @@ class _RKLLMBase:
         group, cfg = int(match.group(1)), self._config
         heads = cfg.get("num_attention_heads")
         head_dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads else None)
-        dims = {"hidden_size": cfg.get("hidden_size"),
-                "intermediate_size": cfg.get("intermediate_size"),
-                "num_attention_heads*head_dim": heads * head_dim if heads else None}
+        dims = {
+            "hidden_size": cfg.get("hidden_size"),
+            "intermediate_size": cfg.get("intermediate_size"),
+            "num_attention_heads*head_dim": heads * head_dim if heads else None,
+        }
         for name, value in dims.items():
             if value and value % group:
                 return f"group size {group} must divide the linear layer dimension {name}={value}!"
@@ -240,7 +248,7 @@ class _RKLLMBase:
         size = max(1, len(payload) // chunks + 1)
         with open(path, "wb") as handle:
             for i in range(0, len(payload), size):
-                handle.write(payload[i:i + size])
+                handle.write(payload[i : i + size])
                 handle.flush()
                 if i:
                     _crash_if_asked("export")  # a partial file is on disk now
@@ -257,8 +265,10 @@ class _RKLLMBase:
             print("ERROR: Please build model first!")
             return None
         vocab = int(self._config.get("vocab_size", 32))
-        logits = [[[2.0 if v == (t + 1) % vocab else 0.0 for v in range(vocab)] for t in row]
-                  for row in rows]
+        logits = [
+            [[2.0 if v == (t + 1) % vocab else 0.0 for v in range(vocab)] for t in row]
+            for row in rows
+        ]
         if as_tensor:
             import torch
 
@@ -282,9 +292,18 @@ class RKLLM_1_1(_RKLLMBase):
         return self._load_gguf(model)
 
     @recorded("build")
-    def build(self, do_quantization=True, optimization_level=1, quantized_dtype="w8a8",
-              quantized_algorithm="normal", target_platform="rk3588", num_npu_core=3,
-              extra_qparams=None, dataset=None, hybrid_rate=0):
+    def build(
+        self,
+        do_quantization=True,
+        optimization_level=1,
+        quantized_dtype="w8a8",
+        quantized_algorithm="normal",
+        target_platform="rk3588",
+        num_npu_core=3,
+        extra_qparams=None,
+        dataset=None,
+        hybrid_rate=0,
+    ):
         return self._build_checked(_args(locals()))
 
     @recorded("export")
@@ -296,14 +315,31 @@ class RKLLM_1_2(RKLLM_1_1):
     """rkllm-toolkit 1.2.x: load dtype/custom_config/load_weight, build max_context."""
 
     @recorded("load")
-    def load_huggingface(self, model, model_lora=None, device="cpu", dtype="float32",
-                         custom_config=None, load_weight=True):
+    def load_huggingface(
+        self,
+        model,
+        model_lora=None,
+        device="cpu",
+        dtype="float32",
+        custom_config=None,
+        load_weight=True,
+    ):
         return self._load_hf(model, model_lora, device, dtype, custom_config)
 
     @recorded("build")
-    def build(self, do_quantization=True, optimization_level=1, quantized_dtype="w8a8",
-              quantized_algorithm="normal", target_platform="rk3588", num_npu_core=3,
-              extra_qparams=None, dataset=None, hybrid_rate=0, max_context=4096):
+    def build(
+        self,
+        do_quantization=True,
+        optimization_level=1,
+        quantized_dtype="w8a8",
+        quantized_algorithm="normal",
+        target_platform="rk3588",
+        num_npu_core=3,
+        extra_qparams=None,
+        dataset=None,
+        hybrid_rate=0,
+        max_context=4096,
+    ):
         return self._build_checked(_args(locals()))
 
 

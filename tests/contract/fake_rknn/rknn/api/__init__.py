@@ -60,20 +60,48 @@ class RKNN:
     """The subset of rknn-toolkit2's ``RKNN`` that rkpipe uses, with the real signatures."""
 
     def __init__(self, verbose=False, verbose_file=None):
-        self._config, self._model, self._inputs, self._built, self._runtime = None, None, None, None, False
+        self._config, self._model, self._inputs, self._built, self._runtime = (
+            None,
+            None,
+            None,
+            None,
+            False,
+        )
         print("I rknn-toolkit2 version: 2.5.0 (fake)", flush=True)
 
     @recorded
-    def config(self, mean_values=None, std_values=None, quantized_dtype="w8a8",
-               quantized_algorithm="normal", quantized_method="channel", quantized_hybrid_level=0,
-               target_platform=None, quant_img_RGB2BGR=False, float_dtype="float16",
-               optimization_level=3, custom_string=None, remove_weight=False,
-               compress_weight=False, inputs_yuv_fmt=None, single_core_mode=False,
-               dynamic_input=None, model_pruning=False, op_target=None, quantize_weight=False,
-               remove_reshape=False, sparse_infer=False, mini_rknn=False,
-               enable_flash_attention=False, auto_hybrid_cos_thresh=0.98,
-               auto_hybrid_euc_thresh=None, memory_plan_strategy="BestFit",
-               compute_order="WidthFirst", compiler_control_file=None, **kwargs):
+    def config(
+        self,
+        mean_values=None,
+        std_values=None,
+        quantized_dtype="w8a8",
+        quantized_algorithm="normal",
+        quantized_method="channel",
+        quantized_hybrid_level=0,
+        target_platform=None,
+        quant_img_RGB2BGR=False,
+        float_dtype="float16",
+        optimization_level=3,
+        custom_string=None,
+        remove_weight=False,
+        compress_weight=False,
+        inputs_yuv_fmt=None,
+        single_core_mode=False,
+        dynamic_input=None,
+        model_pruning=False,
+        op_target=None,
+        quantize_weight=False,
+        remove_reshape=False,
+        sparse_infer=False,
+        mini_rknn=False,
+        enable_flash_attention=False,
+        auto_hybrid_cos_thresh=0.98,
+        auto_hybrid_euc_thresh=None,
+        memory_plan_strategy="BestFit",
+        compute_order="WidthFirst",
+        compiler_control_file=None,
+        **kwargs,
+    ):
         if target_platform is None or str(target_platform).lower() not in PLATFORMS:
             return _error(f"config: target_platform {target_platform} not support! {PLATFORMS}")
         if quantized_dtype not in DTYPES:
@@ -86,8 +114,9 @@ class RKNN:
         return 0
 
     @recorded
-    def load_onnx(self, model, inputs=None, input_size_list=None, input_initial_val=None,
-                  outputs=None):
+    def load_onnx(
+        self, model, inputs=None, input_size_list=None, input_initial_val=None, outputs=None
+    ):
         import onnx
 
         if self._config is None:
@@ -137,8 +166,16 @@ class RKNN:
         return 0
 
     @recorded
-    def init_runtime(self, target=None, device_id=None, perf_debug=False, eval_mem=False,
-                     async_mode=False, core_mask=0, fallback_prior_device="cpu"):
+    def init_runtime(
+        self,
+        target=None,
+        device_id=None,
+        perf_debug=False,
+        eval_mem=False,
+        async_mode=False,
+        core_mask=0,
+        fallback_prior_device="cpu",
+    ):
         if self._built is None:
             return _error("init_runtime: please build or load rknn model first!")
         if target is not None:
@@ -148,8 +185,7 @@ class RKNN:
         return 0
 
     @recorded
-    def inference(self, inputs, data_format=None, inputs_pass_through=None,
-                  get_frame_id=False):
+    def inference(self, inputs, data_format=None, inputs_pass_through=None, get_frame_id=False):
         import numpy as np
         import onnxruntime as ort
 
