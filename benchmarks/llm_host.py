@@ -90,6 +90,27 @@ VARIANTS = [
     Variant("genai_gguf_exact_acc4", "genai builder + GGUF Q4_1 exact (int8 activations)",
             scheme="genai_gguf_exact", dtype="int4",
             options={"accuracy_level": 4, "accuracy_level_8bit": 4}),
+    Variant("genai_gguf_folded", "genai builder + GGUF Q4_1, residual folded as 4-bit K blocks "
+            "(4-bit fp32 compute)", scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 0, "accuracy_level_8bit": 4, "q4_1_mode": "folded"}),
+    Variant("genai_gguf_folded_acc4", "genai builder + GGUF Q4_1, residual folded as 4-bit K "
+            "blocks (int8 activations)", scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "folded"}),
+    Variant("genai_gguf_folded_split", "genai builder + GGUF Q4_1 folded, prefill fp32 compute / "
+            "decode int8 activations (If branch)", scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 0, "accuracy_level_8bit": 4, "q4_1_mode": "folded",
+                     "decode_accuracy_level": 4}),
+    Variant("genai_gguf_exact_split", "genai builder + GGUF Q4_1 exact, prefill fp32 compute / "
+            "decode int8 activations (If branch)", scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 0, "accuracy_level_8bit": 4,
+                     "decode_accuracy_level": 4}),
+    Variant("genai_gguf_mse", "genai builder + GGUF Q4_1 re-encoded without residual (MSE)",
+            scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "mse"}),
+    Variant("genai_gguf_folded_emb4", "genai builder + GGUF Q4_1 folded + 4-bit MSE embedding",
+            scheme="genai_gguf_exact", dtype="int4",
+            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "folded",
+                     "embedding_bits": 4}),
     Variant("llama_cpp", "llama.cpp on the GGUF (llama-cpp-python)", kind="llama"),
 ]
 
@@ -495,7 +516,11 @@ def run(args: argparse.Namespace, command: str) -> int:
 def _node_count(path: Path) -> int:
     import onnx
 
-    return len(onnx.load(str(path / "model.onnx"), load_external_data=False).graph.node)
+    sys.path.insert(0, str(ROOT / "src"))
+    from rkpipe.backends.ort.nbits import branch_nodes
+
+    # a decode/prefill split graph: the nodes of one branch (the prefill one)
+    return len(branch_nodes(onnx.load(str(path / "model.onnx"), load_external_data=False).graph))
 
 
 if __name__ == "__main__":

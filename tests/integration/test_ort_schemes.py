@@ -202,3 +202,49 @@ def test_genai_builder_graph_runs_under_plain_onnxruntime(work, scheme, dtype) -
     if exact:
         assert result.metrics["gguf_gathers"] == 1 and result.metrics["gguf_unused_tensors"] == 0
         np.testing.assert_allclose(logits, work["fp32"].logits(PROMPT), rtol=0, atol=1e-3)
+
+
+def _decode_logits(model: OrtCausalLM, ids: list[int]) -> np.ndarray:
+    """Logits of every position computed one token at a time (the decode path)."""
+    feed_past = dict(model.empty_past)
+    rows = []
+    for pos, token in enumerate(ids):
+        feed = model._feed(np.array([[token]], dtype=np.int64), pos)
+        feed.update(feed_past)
+        logits, *present = model.session.run(model._output_names, feed)
+        feed_past = dict(zip(model.past_names, present, strict=True))
+        rows.append(logits[0, -1])
+    return np.stack(rows).astype(np.float32)
+
+
+@pytest.mark.parametrize("genai_scheme", [False, True])
+def test_gguf_folded_with_decode_branch_generates(work, genai_scheme: bool) -> None:
+    """q4_1_mode=folded (no residual side branches) + decode_accuracy_level=4 (an If branch
+    for one-token steps): prefill runs the fp32-compute branch, decode the int8-activation one,
+    both close to the exact model."""
+    scheme = "genai_gguf_exact" if genai_scheme else "gguf_exact"
+    if genai_scheme and _genai_python() is None:
+        pytest.skip("no .venv-genai: bash scripts/setup_genai.sh")
+    extra = {"genai_python": _genai_python()} if genai_scheme else {}
+    result = _quantize(work, f"{scheme}_folded_split", "int4", scheme=scheme, accuracy_level=0,
+                       accuracy_level_8bit=4, q4_1_mode="folded", decode_accuracy_level=4,
+                       **extra)
+    metrics = result.metrics
+    projections = (5 if genai_scheme else 7) * LAYERS  # the builder fuses q/k/v
+    assert metrics["gguf_matmuls"] == projections + 1 and metrics["gguf_unused_tensors"] == 0
+    assert metrics["decode_branch_matmuls"] == projections  # 4-bit ones (lm_head is 8-bit)
+    assert metrics["float_weight_matmul_count"] == 0
+    manifest = json.loads((result.out_dir / "quant_manifest.json").read_text())
+    assert manifest["q4_1_mode"] == "folded" and manifest["decode_accuracy_level"] == 4
+    import onnx
+
+    graph = onnx.load(str(result.out_dir / "model.onnx"), load_external_data=False).graph
+    assert [n.op_type for n in graph.node] == ["Shape", "Equal", "If"]
+    logits = _generates(result)  # prefill branch (12 tokens)
+    ref = work["fp32"].logits(PROMPT)
+    assert not np.allclose(logits, ref, rtol=0, atol=1e-6)  # folded: lossy ...
+    np.testing.assert_allclose(logits, ref, rtol=0, atol=0.05 * np.abs(ref).max())  # ... slightly
+    model = OrtCausalLM(str(result.out_dir), threads=1)
+    decoded = _decode_logits(model, PROMPT)  # decode branch, token by token
+    assert np.corrcoef(decoded.ravel(), ref.ravel())[0, 1] > 0.99
+    assert (decoded.argmax(-1) == ref.argmax(-1)).mean() >= 0.75

@@ -58,6 +58,7 @@ INT8_SCHEMES = ("dynamic", "matmul_nbits", "static_qdq", "genai_int8")
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; larger models need external data
 INT4_SYMMETRIC = True
 RESIDUAL_SUFFIXES = ("_Residual", "_BlockSum")
+Q4_1_MODES = ("residual", "folded", "mse")  # as rkpipe.backends.ort.gguf_exact.Q4_1_MODES
 
 
 @register("onnxruntime")
@@ -137,6 +138,12 @@ def _check_config(quant: QuantConfig) -> None:
         raise ConfigError(
             f"quant.ort.embedding_bits={ort_cfg.embedding_bits!r} is not allowed; allowed: 0, 4, 8"
         )
+    if ort_cfg.decode_accuracy_level not in (None, 0, 1, 2, 3, 4):
+        raise ConfigError(f"quant.ort.decode_accuracy_level={ort_cfg.decode_accuracy_level!r} is "
+                          "not allowed; allowed: null, 0, 1, 2, 3, 4")
+    if ort_cfg.q4_1_mode not in Q4_1_MODES:
+        raise ConfigError(f"quant.ort.q4_1_mode={ort_cfg.q4_1_mode!r} is not allowed; "
+                          f"allowed: {', '.join(Q4_1_MODES)}")
     if not ort_cfg.op_types:
         raise ConfigError("quant.ort.op_types is empty; expected e.g. [MatMul]")
 
@@ -238,10 +245,12 @@ def _gguf_exact(request: QuantizeRequest, src: Path, dst: Path) -> dict:
     weights = load_gguf_weights(path)
     model = onnx.load(str(src), load_external_data=True)
     cfg = request.quant.ort
-    report = apply_gguf_exact(model, weights, cfg.accuracy_level, cfg.accuracy_level_8bit)
+    report = apply_gguf_exact(model, weights, cfg.accuracy_level, cfg.accuracy_level_8bit,
+                              cfg.q4_1_mode, cfg.embedding_bits)
     del weights
+    facts = {**report.as_dict(), "gguf_file": path.name, **_split_decode(model, cfg)}
     _save(model, dst)
-    return {**report.as_dict(), "gguf_file": path.name}
+    return facts
 
 
 def _genai(scheme: str, request: QuantizeRequest, tmp: Path) -> dict:
@@ -266,8 +275,9 @@ def _genai(scheme: str, request: QuantizeRequest, tmp: Path) -> dict:
         from rkpipe.backends.ort.gguf_exact import apply_gguf_exact, load_gguf_weights
 
         report = apply_gguf_exact(model, load_gguf_weights(gguf_path), cfg.accuracy_level,
-                                  cfg.accuracy_level_8bit)
+                                  cfg.accuracy_level_8bit, cfg.q4_1_mode, cfg.embedding_bits)
         facts.update(report.as_dict(), gguf_file=gguf_path.name)
+    facts.update(_split_decode(model, cfg))
     _save(model, tmp / ONNX_MODEL_FILE)
     for name in ("genai_config.json",):
         if (built / name).is_file():
@@ -275,6 +285,15 @@ def _genai(scheme: str, request: QuantizeRequest, tmp: Path) -> dict:
     shutil.move(str(work / genai.BUILDER_LOG), str(tmp / genai.BUILDER_LOG))
     shutil.rmtree(work, ignore_errors=True)
     return facts
+
+
+def _split_decode(model: Any, cfg: OrtQuantConfig) -> dict[str, int]:
+    """Give one-token steps their own 4-bit accuracy level (``decode_accuracy_level``)."""
+    if cfg.decode_accuracy_level is None:
+        return {}
+    from rkpipe.backends.ort.nbits import split_decode_branch
+
+    return {"decode_branch_matmuls": split_decode_branch(model, cfg.decode_accuracy_level)}
 
 
 def _save(model: Any, dst: Path) -> None:
@@ -375,22 +394,25 @@ def count_ops(model_path: Path) -> dict[str, int]:
     """
     import onnx
 
+    from rkpipe.backends.ort.nbits import branch_nodes
+
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    ops = Counter(n.op_type for n in graph.node)
+    nodes = branch_nodes(graph)  # a decode/prefill split: the prefill branch
+    ops = Counter(n.op_type for n in nodes)
     weights = {t.name for t in graph.initializer}
     weights |= {
         o
-        for n in graph.node
+        for n in nodes
         if n.op_type == "Transpose" and n.input[0] in weights
         for o in n.output
     }
     dequantized = {
-        o for n in graph.node
+        o for n in nodes
         if n.op_type == "DequantizeLinear" and n.input[0] in weights for o in n.output
     }
-    weight_mms = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    weight_mms = [n for n in nodes if n.op_type == "MatMul" and n.input[1] in weights]
     residual = sum(1 for n in weight_mms if n.name.endswith(RESIDUAL_SUFFIXES))
-    qdq = sum(1 for n in graph.node if n.op_type == "MatMul" and n.input[1] in dequantized)
+    qdq = sum(1 for n in nodes if n.op_type == "MatMul" and n.input[1] in dequantized)
     return {
         "quantized_matmul_count": ops["MatMulInteger"] + ops["MatMulNBits"] + qdq,
         "matmul_integer_count": ops["MatMulInteger"],
@@ -402,7 +424,7 @@ def count_ops(model_path: Path) -> dict[str, int]:
         "float_weight_matmul_count": len(weight_mms) - residual,
         "residual_matmul_count": residual,
         "attention_fused_count": ops["GroupQueryAttention"],
-        "node_count": len(graph.node),
+        "node_count": len(nodes),
     }
 
 
@@ -428,11 +450,14 @@ def _params(request: QuantizeRequest, scheme: str, facts: dict[str, Any]) -> dic
         params.update(bits="8" if q.dtype == "int8" else "4", block_size=str(cfg.block_size),
                       symmetric=str(INT4_SYMMETRIC))
     if scheme in ("gguf_exact", "genai_gguf_exact"):
-        params.update(gguf_file=str(facts.get("gguf_file", "")), block_size="32")
+        params.update(gguf_file=str(facts.get("gguf_file", "")), block_size="32",
+                      q4_1_mode=cfg.q4_1_mode)
     if scheme not in ("dynamic", "static_qdq"):
         params["accuracy_level"] = str(cfg.accuracy_level)
     if scheme in ("gguf_exact", "genai_gguf_exact") or cfg.embedding_bits == 8:
         params["accuracy_level_8bit"] = str(cfg.accuracy_level_8bit)
+    if cfg.decode_accuracy_level is not None and "decode_branch_matmuls" in facts:
+        params["decode_accuracy_level"] = str(cfg.decode_accuracy_level)
     return params
 
 
@@ -445,7 +470,8 @@ def _manifest(quant: QuantConfig, params: dict[str, str], counts: dict[str, int]
     for key in ("per_channel", "symmetric"):
         if key in params:
             manifest[key] = params[key] == "True"
-    for key in ("bits", "block_size", "accuracy_level", "accuracy_level_8bit", "calib_records",
+    for key in ("bits", "block_size", "accuracy_level", "accuracy_level_8bit",
+                "decode_accuracy_level", "calib_records",
                 "calib_max_tokens"):
         if key in params:
             manifest[key] = int(params[key])

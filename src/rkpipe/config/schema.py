@@ -190,7 +190,10 @@ class OrtQuantConfig:
     ``embedding_bits`` 4 or 8 block-quantizes the token embedding and the tied lm_head into one
     shared table (0 leaves them to the scheme). ``accuracy_level`` applies to 4-bit MatMulNBits
     (0/1: fp32 compute, lossless; 4: int8 activations, faster), ``accuracy_level_8bit`` to the
-    8-bit ones this backend writes itself.
+    8-bit ones this backend writes itself. ``q4_1_mode`` (GGUF schemes): ``residual`` (exact),
+    ``folded`` or ``mse`` (see :mod:`rkpipe.backends.ort.gguf_exact`). ``decode_accuracy_level``
+    (GGUF and genai schemes) gives one-token steps their own level (see
+    :func:`rkpipe.backends.ort.nbits.split_decode_branch`).
     """
 
     scheme: str = "dynamic"
@@ -207,6 +210,12 @@ class OrtQuantConfig:
     calib_records: int = 8
     calib_max_tokens: int = 256
     genai_python: str | None = None
+    # GGUF schemes: how Q4_1 offsets are carried (residual: exact side branch; folded: 4-bit
+    # extra K blocks of the same MatMulNBits; mse: none, re-encoded blocks)
+    q4_1_mode: str = "residual"
+    # genai_* / gguf_exact: 4-bit MatMulNBits accuracy level of one-token (decode) steps, in an
+    # If branch beside the prefill graph (None: one graph for both)
+    decode_accuracy_level: int | None = None
 
 
 @dataclass

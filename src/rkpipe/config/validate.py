@@ -46,6 +46,7 @@ GGUF_SCHEMES = ("gguf_exact", "genai_gguf_exact")
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ORT_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 ORT_EMBEDDING_BITS = (0, 4, 8)
+ORT_Q4_1_MODES = ("residual", "folded", "mse")
 BOARD_TRANSPORTS = ("local", "ssh", "adb")
 BACKENDS = ("onnxruntime", "rkllm")
 
@@ -135,6 +136,9 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     _check_choice(problems, "quant.ort.accuracy_level_8bit", ort.accuracy_level_8bit,
                   ORT_ACCURACY_LEVELS)
     _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, ORT_EMBEDDING_BITS)
+    _check_choice(problems, "quant.ort.q4_1_mode", ort.q4_1_mode, ORT_Q4_1_MODES)
+    _check_choice(problems, "quant.ort.decode_accuracy_level", ort.decode_accuracy_level,
+                  (None, *ORT_ACCURACY_LEVELS))
     allowed = ORT_SCHEME_DTYPES.get(ort.scheme, ())
     if allowed and q.dtype in ORT_DTYPES and q.dtype not in allowed:
         problems.append(f"quant.dtype={q.dtype!r} does not apply to quant.ort.scheme="

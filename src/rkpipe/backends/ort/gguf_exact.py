@@ -9,6 +9,15 @@ only adds error. Instead each quantized GGUF tensor is re-encoded block for bloc
 * ``Q4_0`` (``x = d*(q - 8)``): codes and scale, default zero point 8;
 * ``Q8_0`` (``x = d*q``, int8): codes ``q + 128`` as 8-bit MatMulNBits, default zero point 128.
 
+Variants (``q4_1_mode``, ``embedding_bits``; not lossless, for speed):
+
+* ``folded``: the Q4_1 residual folded into the MatMulNBits as extra 4-bit K blocks
+  (:func:`~rkpipe.backends.ort.nbits.fold_residual`): no side branch per projection;
+* ``mse``: no residual at all: per block the scale, integer zero point and codes minimising the
+  squared error against ``d*q + m`` (:func:`residual_free`);
+* ``embedding_bits=4``: the Q8_0 embedding / lm_head re-quantized to 4 bits with a per-block
+  MSE-optimal scale (:func:`~rkpipe.backends.ort.nbits.quantize_mse`).
+
 llama.cpp stores the q/k projections with rows permuted per head; both orders are offered and
 the graph's own weights decide. Tensors are matched to the graph by value (never by name):
 each weight ``MatMul`` B (or ``Transpose`` of one) and embedding ``Gather`` table must equal a
@@ -31,6 +40,7 @@ from rkpipe.backends.ort.nbits import (
     NBitsRewriter,
     concat_rows,
     pack_codes,
+    quantize_mse,
     weight_nodes,
     weight_value,
 )
@@ -42,6 +52,7 @@ BLOCK = 32
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
 SUPPORTED_TYPES = (Q4_0, Q4_1, Q8_0)
 PERMUTED_TENSORS = ("attn_q.weight", "attn_k.weight")
+Q4_1_MODES = ("residual", "folded", "mse")
 
 
 def encode_blocks(raw: np.ndarray, ggml_type: str, source: str = "") -> BlockWeight:
@@ -82,6 +93,43 @@ def _encode_q4_1(blocks: np.ndarray, source: str) -> BlockWeight:
     codes = _ggml_nibbles(blocks[..., 4:])
     return BlockWeight(pack_codes(codes, 4), d, 4, BLOCK, zero_points=zp, residual=residual,
                        source=source)
+
+
+def residual_free(w: BlockWeight, steps: int = 25, spread: float = 0.12) -> BlockWeight:
+    """A 4-bit weight with a residual re-encoded without one: per block the scale (from
+    ``steps`` candidates within ``+-spread`` of the original, each then least-squares refit),
+    integer zero point and re-rounded codes minimising the squared error against
+    ``w.dequantize()``. Lossy (a Q4_1 grid offset by a fraction of a step is not on any
+    integer-zero-point grid); the error is at most the residual-dropping one (``|r|``).
+    """
+    if w.residual is None:
+        return w
+    x = w.dequantize().reshape(w.n, w.k_blocks, w.block_size)
+    zp0 = w.zero_point_codes().astype(np.float32)
+    best_s, best_zp = w.scales.copy(), zp0.copy()
+    best_q = w.codes().astype(np.float32)
+    best_err = ((w.scales[..., None] * (best_q - zp0[..., None]) - x) ** 2).sum(-1)
+    top = float((1 << w.bits) - 1)
+    for ratio in np.linspace(1 - spread, 1 + spread, steps):
+        s = w.scales * np.float32(ratio)
+        safe = np.where(s == 0, 1.0, s)
+        centre = np.rint(-x.min(-1) / safe)
+        for shift in (-1.0, 0.0, 1.0):
+            zp = np.clip(centre + shift, 0, top)
+            q = np.clip(np.rint(x / safe[..., None]) + zp[..., None], 0, top)
+            c = q - zp[..., None]
+            den = (c * c).sum(-1)
+            fit = np.where(den > 0, (x * c).sum(-1) / np.maximum(den, 1e-30), s)
+            for cand in (s, fit.astype(np.float32)):
+                err = ((cand[..., None] * c - x) ** 2).sum(-1)
+                better = err < best_err
+                best_err = np.where(better, err, best_err)
+                best_s = np.where(better, cand, best_s)
+                best_zp = np.where(better, zp, best_zp)
+                best_q = np.where(better[..., None], q, best_q)
+    return BlockWeight(pack_codes(best_q.astype(np.uint8), w.bits), best_s.astype(np.float32),
+                       w.bits, w.block_size, zero_points=best_zp.astype(np.uint8),
+                       source=w.source)
 
 
 def unpermute_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -202,7 +250,8 @@ class MatchReport:
 
 
 def apply_gguf_exact(
-    model: Any, gguf: GgufWeights, accuracy_level: int = 0, accuracy_level_8bit: int = 4
+    model: Any, gguf: GgufWeights, accuracy_level: int = 0, accuracy_level_8bit: int = 4,
+    q4_1_mode: str = "residual", embedding_bits: int = 0,
 ) -> MatchReport:
     """Replace every weight MatMul / embedding Gather of ``model`` whose constant equals GGUF
     tensors (concatenated along N for fused projections) by their exact block form.
@@ -210,34 +259,58 @@ def apply_gguf_exact(
     ``model`` (an ``onnx.ModelProto`` with its data loaded) is changed in place. A tensor used
     by several nodes (a tied embedding and lm_head) is stored once. ``accuracy_level`` is that
     of the 4-bit MatMulNBits (0: fp32 compute, exact), ``accuracy_level_8bit`` of the 8-bit
-    ones (Q8_0).
+    ones (Q8_0). ``q4_1_mode`` and ``embedding_bits`` (0 or 4) select the lossy variants of
+    the module docstring.
 
     Raises:
+        ValueError: unknown ``q4_1_mode`` or ``embedding_bits``.
         BackendError: no node matched, or a quantized GGUF tensor matched no node (the float
             model was not made from this GGUF).
     """
+    if q4_1_mode not in Q4_1_MODES or embedding_bits not in (0, 4, 8):
+        raise ValueError(f"apply_gguf_exact: q4_1_mode={q4_1_mode!r} (allowed: "
+                         f"{', '.join(Q4_1_MODES)}), embedding_bits={embedding_bits} (0, 4, 8)")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     table = gguf.index()
     report = MatchReport()
-    rewriter = NBitsRewriter(model, accuracy_level, accuracy_level_8bit)
+    rewriter = NBitsRewriter(model, accuracy_level, accuracy_level_8bit,
+                             residual_mode="folded" if q4_1_mode == "folded" else "branch")
+    recoded: dict[int, BlockWeight] = {}
+
+    def recode(w: BlockWeight) -> BlockWeight:
+        if id(w) not in recoded:
+            if q4_1_mode == "mse" and w.residual is not None:
+                recoded[id(w)] = residual_free(w)
+            elif embedding_bits == 4 and w.bits == 8 and id(w) in embedding_ids:
+                recoded[id(w)] = quantize_mse(w.dequantize(), 4, w.block_size, source=w.source)
+            else:
+                recoded[id(w)] = w
+        return recoded[id(w)]
+
+    embedding_ids: set[int] = set()
     used: set[str] = set()
     matmuls, gathers = weight_nodes(graph)
+    gather_parts = []
+    for node in gathers:
+        parts = _match_columns(weight_value(graph, node.input[0], inits).T, gguf, table)
+        if parts is None or len(parts) != 1 or parts[0].residual is not None:
+            report.unmatched_gathers.append(node.name)
+            continue
+        gather_parts.append((node, parts[0]))
+        embedding_ids.add(id(parts[0]))
     for node in matmuls:
         value = weight_value(graph, node.input[1], inits)
         parts = _match_columns(value, gguf, table)
         if parts is None:
             report.unmatched_matmuls.append(node.name)
             continue
+        parts = [recode(p) for p in parts]
         rewriter.matmul(node, parts[0] if len(parts) == 1 else concat_rows(parts))
         used |= {p.source for p in parts}
-    for node in gathers:
-        parts = _match_columns(weight_value(graph, node.input[0], inits).T, gguf, table)
-        if parts is None or len(parts) != 1 or parts[0].residual is not None:
-            report.unmatched_gathers.append(node.name)
-            continue
-        rewriter.gather(node, parts[0])
-        used.add(parts[0].source)
+    for node, part in gather_parts:
+        rewriter.gather(node, recode(part))
+        used.add(part.source)
     counts = rewriter.apply()
     report.matmuls, report.gathers = counts["matmul"], counts["gather"]
     report.unused_tensors = sorted(set(gguf.weights) - used)

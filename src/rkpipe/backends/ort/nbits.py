@@ -8,7 +8,11 @@ zero points (default ``2**(bits-1)`` as in onnxruntime) and an optional per-bloc
 
 The residual is what lets a GGUF Q4_1 block (``d*q + m``) be carried exactly: onnxruntime only
 has integer zero points, so ``m`` is split into ``-d*zp`` and ``r = m + d*zp``. It is added by a
-side branch, ``(x @ E) @ R``, where ``E`` sums the activations over each block.
+side branch, ``(x @ E) @ R``, where ``E`` sums the activations over each block, or (residual
+mode ``folded``) folded into the MatMulNBits itself: the block sums are appended to ``x`` as
+extra K columns and ``R`` becomes extra 4-bit blocks of the weight (:func:`fold_residual`), which
+costs one ``Concat`` per distinct input instead of a ``MatMul`` + ``Add`` per projection and
+reads ``R`` at 4 instead of 32 bits, at a small error (``|R_q - R|``, see :func:`quantize_mse`).
 
 :class:`NBitsRewriter` swaps weight ``MatMul`` nodes for ``MatMulNBits`` (+ residual branch)
 and embedding ``Gather`` nodes for ``GatherBlockQuantized`` reading the *same* initializers,
@@ -175,6 +179,92 @@ def quantize_rtn(w: np.ndarray, bits: int, block_size: int, source: str = "") ->
                        source=source)
 
 
+def quantize_mse(w: np.ndarray, bits: int, block_size: int, source: str = "",
+                 steps: int = 41) -> BlockWeight:
+    """Like :func:`quantize_rtn` (symmetric, default zero point) but each block's scale is the
+    one of ``steps`` candidates that minimises the block's squared error, and the codes use the
+    whole unsigned range (``-2**(bits-1) .. 2**(bits-1)-1`` around the zero point). Scales range
+    over ``absmax / (2**(bits-1) + 0.5) .. absmax / (2**(bits-1) - 1.5)``: a value is off by at
+    most half a scale unless clipped (then by at most ``absmax - (2**(bits-1) - 1) * scale``).
+
+    Raises:
+        ValueError: K is not a multiple of ``block_size`` or ``bits`` is not 4 or 8.
+    """
+    if bits not in (4, 8):
+        raise ValueError(f"quantize_mse: bits={bits}; expected 4 or 8")
+    n, k = w.shape
+    if k % block_size:
+        raise ValueError(f"quantize_mse: K={k} is not a multiple of block_size={block_size}")
+    blocks = np.asarray(w, dtype=np.float32).reshape(n, k // block_size, block_size)
+    half = 1 << (bits - 1)
+    absmax = np.abs(blocks).max(axis=-1)
+    best_err = np.full(absmax.shape, np.inf, dtype=np.float32)
+    best_scale = absmax / (half - 1)
+    for ratio in np.linspace(half - 1.5, half + 0.5, steps):  # absmax / ratio
+        scale = absmax / np.float32(ratio)
+        safe = np.where(scale == 0, 1.0, scale)[..., None]
+        q = np.clip(np.rint(blocks / safe), -half, half - 1)
+        err = ((q * safe - blocks) ** 2).sum(axis=-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+    best_scale = best_scale.astype(np.float32)
+    safe = np.where(best_scale == 0, 1.0, best_scale)[..., None]
+    codes = np.clip(np.rint(blocks / safe), -half, half - 1) + half
+    return BlockWeight(pack_codes(codes.astype(np.uint8), bits), best_scale, bits, block_size,
+                       source=source)
+
+
+def fold_residual(w: BlockWeight) -> BlockWeight:
+    """``w`` with its per-block residual carried as extra 4-bit blocks along K.
+
+    The input must then be ``x_ext = [x, x @ E]`` (:func:`block_sum_matrix`: the block sums of
+    ``x``, zero-padded to a whole number of blocks), so ``x_ext @ fold_residual(w).dequantize().T
+    ~= x @ w.dequantize().T``. The residual ``R [N, k_blocks]`` is quantized with
+    :func:`quantize_mse` (4 bits, blocks of ``block_size`` along k_blocks); the error of the
+    effective weight is ``|R_q - R|`` per block: at most half a residual scale, or under 18 % of
+    the largest ``|R|`` of its residual block where MSE-optimal clipping applies.
+
+    Raises:
+        ValueError: ``w`` has no residual or is not 4-bit.
+    """
+    if w.residual is None or w.bits != 4:
+        raise ValueError("fold_residual: needs a 4-bit weight with a residual")
+    padded = _padded_blocks(w)
+    res = np.zeros((w.n, padded), dtype=np.float32)
+    res[:, : w.k_blocks] = w.residual
+    extra = quantize_mse(res, 4, w.block_size, source=w.source)
+    return BlockWeight(
+        packed=np.concatenate([w.packed, extra.packed], axis=1),
+        scales=np.concatenate([w.scales, extra.scales], axis=1),
+        bits=4,
+        block_size=w.block_size,
+        zero_points=np.concatenate([w.zero_point_codes(), extra.zero_point_codes()], axis=1),
+        source=w.source,
+    )
+
+
+def folded_weight(w: BlockWeight, folded: BlockWeight) -> np.ndarray:
+    """The ``[N, K]`` weight a folded MatMulNBits computes with on the original input:
+    ``w`` without residual, plus the 4-bit residual each block's sum is multiplied by."""
+    main = replace(w, residual=None).dequantize()
+    extra = folded.dequantize()[:, w.k:w.k + w.k_blocks]  # R_q [N, k_blocks]
+    return main + np.repeat(extra, w.block_size, axis=1)
+
+
+def block_sum_matrix(k: int, block_size: int, padded_blocks: int) -> np.ndarray:
+    """``E [K, padded_blocks]``: ``(x @ E)[b]`` sums ``x`` over block ``b`` (0 past K)."""
+    k_blocks = k // block_size
+    ones = np.kron(np.eye(k_blocks, dtype=np.float32), np.ones((block_size, 1), dtype=np.float32))
+    out = np.zeros((k, padded_blocks), dtype=np.float32)
+    out[:, :k_blocks] = ones
+    return out
+
+
+def _padded_blocks(w: BlockWeight) -> int:
+    return -(-w.k_blocks // w.block_size) * w.block_size
+
+
 @dataclass
 class _Shared:
     """Initializer names of one BlockWeight once written into the graph."""
@@ -198,9 +288,11 @@ class NBitsRewriter:
     model: Any
     accuracy_level: int = 0  # of 4-bit (and 2-bit) MatMulNBits
     accuracy_level_8bit: int = 4  # of 8-bit ones: level 0 is a slow fp32 path in ORT 1.32
+    residual_mode: str = "branch"  # branch: exact side branch; folded: see fold_residual
     _plans: dict[int, tuple[str, BlockWeight]] = field(default_factory=dict)
     _shared: dict[int, _Shared] = field(default_factory=dict)
     _block_sums: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    _folded: dict[int, BlockWeight] = field(default_factory=dict)
     _new_inits: list[Any] = field(default_factory=list)
     _names: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: {"matmul": 0, "gather": 0})
@@ -267,22 +359,51 @@ class NBitsRewriter:
         from onnx import helper
 
         base = _base_name(node)
+        x = node.input[0]
+        nodes: list[Any] = []
+        if w.residual is not None and self.residual_mode == "folded":
+            nodes, x = self._folded_input(x, w, base)
+            if id(w) not in self._folded:
+                self._folded[id(w)] = fold_residual(w)
+            w = self._folded[id(w)]
         names = self._shared_names(w, base)
         out = node.output[0]
         main_out = self._fresh(f"{base}.nbits_out") if w.residual is not None else out
-        inputs = [node.input[0], names.packed, names.scales]
+        inputs = [x, names.packed, names.scales]
         if names.zero_points:
             inputs.append(names.zero_points)
         attrs = {"K": w.k, "N": w.n, "bits": w.bits, "block_size": w.block_size}
         level = self.accuracy_level_8bit if w.bits == 8 else self.accuracy_level
         if level:
             attrs["accuracy_level"] = level
-        nodes = [helper.make_node("MatMulNBits", inputs, [main_out], name=self._fresh(
-            f"{base}_Q{w.bits}"), domain=MS_DOMAIN, **attrs)]
+        nodes.append(helper.make_node("MatMulNBits", inputs, [main_out], name=self._fresh(
+            f"{base}_Q{w.bits}"), domain=MS_DOMAIN, **attrs))
         if w.residual is not None:
             nodes += self._residual_nodes(node.input[0], w, names.residual, main_out, out, base)
         self.counts["matmul"] += 1
         return nodes
+
+    def _folded_input(self, x: str, w: BlockWeight, base: str) -> tuple[list[Any], str]:
+        """``[x, x @ E]`` (block sums appended along K), made once per distinct ``x``."""
+        from onnx import helper
+
+        key = ("__folded__" + x, w.k, w.block_size)
+        if key in self._block_sums:
+            return [], self._block_sums[key]
+        padded = _padded_blocks(w)
+        e_key = ("__E_folded__", w.k, w.block_size)
+        if e_key not in self._block_sums:
+            self._block_sums[e_key] = self._init(
+                f"block_sum_{w.k}x{padded}", block_sum_matrix(w.k, w.block_size, padded))
+        sums, ext = self._fresh(f"{base}.block_sums"), self._fresh(f"{base}.x_ext")
+        nodes = [
+            helper.make_node("MatMul", [x, self._block_sums[e_key]], [sums],
+                             name=self._fresh(f"{base}_BlockSum")),
+            helper.make_node("Concat", [x, sums], [ext], axis=-1,
+                             name=self._fresh(f"{base}_FoldResidual")),
+        ]
+        self._block_sums[key] = ext
+        return nodes, ext
 
     def _residual_nodes(
         self, x: str, w: BlockWeight, residual: str | None, main_out: str, out: str, base: str
@@ -458,3 +579,82 @@ def _transposed_pair(graph: Any, gather_data: str, matmul_b: str) -> bool:
     """Whether exactly one of the two reads goes through a Transpose (B == table.T)."""
     return (source_initializer(graph, gather_data) != gather_data) != (
         source_initializer(graph, matmul_b) != matmul_b)
+
+
+def split_decode_branch(model: Any, decode_level: int, input_name: str = "input_ids") -> int:
+    """Run one-token steps (decode) with 4-bit MatMulNBits at ``decode_level``, longer inputs
+    (prefill) with the levels the graph has.
+
+    onnxruntime's int8-activation kernels (level 4) are ~4x faster than fp32 compute at M=1
+    but slower at M=128 on this host, and one graph serves both. The whole graph becomes the
+    two branches of one ``If(sequence length == 1)``; both read the outer graph's initializers
+    (the file stays the same size; onnxruntime pre-packs the weights once per branch, so the
+    resident memory grows). Values inside the branches are renamed with a ``decode/`` /
+    ``prefill/`` prefix. Returns the number of 4-bit MatMulNBits set to ``decode_level``.
+
+    Raises:
+        ValueError: the graph has no input ``input_name`` or already holds subgraphs.
+    """
+    import copy
+
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if input_name not in {i.name for i in graph.input}:
+        raise ValueError(f"split_decode_branch: the graph has no input {input_name!r}")
+    if any(a.HasField("g") or len(a.graphs) for n in graph.node for a in n.attribute):
+        raise ValueError("split_decode_branch: the graph already holds subgraphs")
+    outer = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    changed = 0
+
+    def branch(prefix: str, level: int | None) -> Any:
+        nonlocal changed
+        nodes = []
+        for node in graph.node:
+            new = copy.deepcopy(node)
+            new.name = prefix + node.name
+            del new.input[:]
+            new.input.extend(i if i in outer or not i else prefix + i for i in node.input)
+            del new.output[:]
+            new.output.extend(prefix + o if o else o for o in node.output)
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 0)
+            if level is not None and node.op_type == "MatMulNBits" and bits == 4:
+                for attr in [a for a in new.attribute if a.name == "accuracy_level"]:
+                    new.attribute.remove(attr)
+                if level:
+                    new.attribute.append(helper.make_attribute("accuracy_level", level))
+                changed += 1
+            nodes.append(new)
+        outputs = []
+        for out in graph.output:
+            value = copy.deepcopy(out)
+            value.name = prefix + out.name
+            outputs.append(value)
+        return helper.make_graph(nodes, prefix.strip("/") + "_branch", [], outputs)
+
+    then_branch, else_branch = branch("decode/", decode_level), branch("prefill/", None)
+    one = "decode_branch.one"
+    graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), one))
+    nodes = [
+        helper.make_node("Shape", [input_name], ["decode_branch.seq_len"], start=-1,
+                         name="DecodeBranch_Shape"),
+        helper.make_node("Equal", ["decode_branch.seq_len", one], ["decode_branch.is_decode"],
+                         name="DecodeBranch_Equal"),
+        helper.make_node("If", ["decode_branch.is_decode"], [o.name for o in graph.output],
+                         then_branch=then_branch, else_branch=else_branch,
+                         name="DecodeBranch_If"),
+    ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return changed
+
+
+def branch_nodes(graph: Any, branch: str = "else_branch") -> list[Any]:
+    """The nodes one run executes: those of ``graph``, or for a graph made by
+    :func:`split_decode_branch` those of its prefill (``else_branch``) or decode
+    (``then_branch``) branch."""
+    split = [n for n in graph.node if n.op_type == "If" and n.name == "DecodeBranch_If"]
+    if not split:
+        return list(graph.node)
+    return list(next(a.g for a in split[0].attribute if a.name == branch).node)
