@@ -61,56 +61,146 @@ class Variant:
 VARIANTS = [
     Variant("fp32", "fp32 ONNX (optimum export)"),
     Variant("int8_dynamic", "int8 dynamic QInt8 per-tensor (seed)", scheme="dynamic"),
-    Variant("int8_dynamic_emb8", "int8 dynamic per-channel + 8-bit shared embedding",
-            scheme="dynamic", options={"per_channel": True, "embedding_bits": 8,
-                                       "accuracy_level": 4}),
-    Variant("int8_static_qdq", "int8 static QDQ U8S8 (8 calib records) + 8-bit embedding",
-            scheme="static_qdq", options={"per_channel": True, "embedding_bits": 8,
-                                          "accuracy_level": 4, "activation_type": "QUInt8"}),
-    Variant("int8_nbits", "8-bit MatMulNBits b32 + 8-bit embedding", scheme="matmul_nbits",
-            options={"embedding_bits": 8, "accuracy_level": 4}),
-    Variant("int4_b32", "int4 MatMulNBits b32", scheme="matmul_nbits", dtype="int4",
-            options={"block_size": 32, "accuracy_level": 4}),
-    Variant("int4_b64", "int4 MatMulNBits b64", scheme="matmul_nbits", dtype="int4",
-            options={"block_size": 64, "accuracy_level": 4}),
-    Variant("int4_b128", "int4 MatMulNBits b128", scheme="matmul_nbits", dtype="int4",
-            options={"block_size": 128, "accuracy_level": 4}),
-    Variant("int4_b32_emb4", "int4 MatMulNBits b32 + 4-bit shared embedding",
-            scheme="matmul_nbits", dtype="int4",
-            options={"block_size": 32, "accuracy_level": 4, "embedding_bits": 4}),
-    Variant("gguf_exact", "GGUF Q4_1 blocks exact, optimum graph", scheme="gguf_exact",
-            dtype="int4", options={"accuracy_level": 0, "accuracy_level_8bit": 4}),
-    Variant("genai_int4", "genai builder int4 (re-quantized)", scheme="genai_int4", dtype="int4",
-            options={"accuracy_level": 4}),
-    Variant("genai_int8", "genai builder int8", scheme="genai_int8", dtype="int8",
-            options={"accuracy_level": 4}),
-    Variant("genai_gguf_exact", "genai builder + GGUF Q4_1 exact (4-bit fp32 compute)",
-            scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 0, "accuracy_level_8bit": 4}),
-    Variant("genai_gguf_exact_acc4", "genai builder + GGUF Q4_1 exact (int8 activations)",
-            scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 4, "accuracy_level_8bit": 4}),
-    Variant("genai_gguf_folded", "genai builder + GGUF Q4_1, residual folded as 4-bit K blocks "
-            "(4-bit fp32 compute)", scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 0, "accuracy_level_8bit": 4, "q4_1_mode": "folded"}),
-    Variant("genai_gguf_folded_acc4", "genai builder + GGUF Q4_1, residual folded as 4-bit K "
-            "blocks (int8 activations)", scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "folded"}),
-    Variant("genai_gguf_folded_split", "genai builder + GGUF Q4_1 folded, prefill fp32 compute / "
-            "decode int8 activations (If branch)", scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 0, "accuracy_level_8bit": 4, "q4_1_mode": "folded",
-                     "decode_accuracy_level": 4}),
-    Variant("genai_gguf_exact_split", "genai builder + GGUF Q4_1 exact, prefill fp32 compute / "
-            "decode int8 activations (If branch)", scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 0, "accuracy_level_8bit": 4,
-                     "decode_accuracy_level": 4}),
-    Variant("genai_gguf_mse", "genai builder + GGUF Q4_1 re-encoded without residual (MSE)",
-            scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "mse"}),
-    Variant("genai_gguf_folded_emb4", "genai builder + GGUF Q4_1 folded + 4-bit MSE embedding",
-            scheme="genai_gguf_exact", dtype="int4",
-            options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "folded",
-                     "embedding_bits": 4}),
+    Variant(
+        "int8_dynamic_emb8",
+        "int8 dynamic per-channel + 8-bit shared embedding",
+        scheme="dynamic",
+        options={"per_channel": True, "embedding_bits": 8, "accuracy_level": 4},
+    ),
+    Variant(
+        "int8_static_qdq",
+        "int8 static QDQ U8S8 (8 calib records) + 8-bit embedding",
+        scheme="static_qdq",
+        options={
+            "per_channel": True,
+            "embedding_bits": 8,
+            "accuracy_level": 4,
+            "activation_type": "QUInt8",
+        },
+    ),
+    Variant(
+        "int8_nbits",
+        "8-bit MatMulNBits b32 + 8-bit embedding",
+        scheme="matmul_nbits",
+        options={"embedding_bits": 8, "accuracy_level": 4},
+    ),
+    Variant(
+        "int4_b32",
+        "int4 MatMulNBits b32",
+        scheme="matmul_nbits",
+        dtype="int4",
+        options={"block_size": 32, "accuracy_level": 4},
+    ),
+    Variant(
+        "int4_b64",
+        "int4 MatMulNBits b64",
+        scheme="matmul_nbits",
+        dtype="int4",
+        options={"block_size": 64, "accuracy_level": 4},
+    ),
+    Variant(
+        "int4_b128",
+        "int4 MatMulNBits b128",
+        scheme="matmul_nbits",
+        dtype="int4",
+        options={"block_size": 128, "accuracy_level": 4},
+    ),
+    Variant(
+        "int4_b32_emb4",
+        "int4 MatMulNBits b32 + 4-bit shared embedding",
+        scheme="matmul_nbits",
+        dtype="int4",
+        options={"block_size": 32, "accuracy_level": 4, "embedding_bits": 4},
+    ),
+    Variant(
+        "gguf_exact",
+        "GGUF Q4_1 blocks exact, optimum graph",
+        scheme="gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 0, "accuracy_level_8bit": 4},
+    ),
+    Variant(
+        "genai_int4",
+        "genai builder int4 (re-quantized)",
+        scheme="genai_int4",
+        dtype="int4",
+        options={"accuracy_level": 4},
+    ),
+    Variant(
+        "genai_int8",
+        "genai builder int8",
+        scheme="genai_int8",
+        dtype="int8",
+        options={"accuracy_level": 4},
+    ),
+    Variant(
+        "genai_gguf_exact",
+        "genai builder + GGUF Q4_1 exact (4-bit fp32 compute)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 0, "accuracy_level_8bit": 4},
+    ),
+    Variant(
+        "genai_gguf_exact_acc4",
+        "genai builder + GGUF Q4_1 exact (int8 activations)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 4, "accuracy_level_8bit": 4},
+    ),
+    Variant(
+        "genai_gguf_folded",
+        "genai builder + GGUF Q4_1, residual folded as 4-bit K blocks (4-bit fp32 compute)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 0, "accuracy_level_8bit": 4, "q4_1_mode": "folded"},
+    ),
+    Variant(
+        "genai_gguf_folded_acc4",
+        "genai builder + GGUF Q4_1, residual folded as 4-bit K blocks (int8 activations)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "folded"},
+    ),
+    Variant(
+        "genai_gguf_folded_split",
+        "genai builder + GGUF Q4_1 folded, prefill fp32 compute / "
+        "decode int8 activations (If branch)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={
+            "accuracy_level": 0,
+            "accuracy_level_8bit": 4,
+            "q4_1_mode": "folded",
+            "decode_accuracy_level": 4,
+        },
+    ),
+    Variant(
+        "genai_gguf_exact_split",
+        "genai builder + GGUF Q4_1 exact, prefill fp32 compute / "
+        "decode int8 activations (If branch)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 0, "accuracy_level_8bit": 4, "decode_accuracy_level": 4},
+    ),
+    Variant(
+        "genai_gguf_mse",
+        "genai builder + GGUF Q4_1 re-encoded without residual (MSE)",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={"accuracy_level": 4, "accuracy_level_8bit": 4, "q4_1_mode": "mse"},
+    ),
+    Variant(
+        "genai_gguf_folded_emb4",
+        "genai builder + GGUF Q4_1 folded + 4-bit MSE embedding",
+        scheme="genai_gguf_exact",
+        dtype="int4",
+        options={
+            "accuracy_level": 4,
+            "accuracy_level_8bit": 4,
+            "q4_1_mode": "folded",
+            "embedding_bits": 4,
+        },
+    ),
     Variant("llama_cpp", "llama.cpp on the GGUF (llama-cpp-python)", kind="llama"),
 ]
 
@@ -134,8 +224,15 @@ class _LlamaRunner:
     def __init__(self, path: str, threads: int, n_ctx: int = 512, logits_all: bool = False):
         from llama_cpp import Llama
 
-        self.llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=512, n_threads=threads,
-                         n_threads_batch=threads, logits_all=logits_all, verbose=False)
+        self.llm = Llama(
+            model_path=path,
+            n_ctx=n_ctx,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            verbose=False,
+        )
 
     def generate(self, prompt: list[int], new_tokens: int) -> dict[str, float]:
         import numpy as np
@@ -150,8 +247,10 @@ class _LlamaRunner:
             llm.eval([token])
             token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
         end = time.perf_counter()
-        return {"ttft_ms": (first - start) * 1e3,
-                "decode_tok_per_s": (new_tokens - 1) / (end - first)}
+        return {
+            "ttft_ms": (first - start) * 1e3,
+            "decode_tok_per_s": (new_tokens - 1) / (end - first),
+        }
 
     def logits(self, ids: list[int]) -> Any:
         import numpy as np
@@ -173,8 +272,7 @@ def worker(kind: str, path: str, threads: int) -> None:
 
         model = OrtCausalLM(path, threads=threads)
         generate = model.generate
-    print(json.dumps({"ready": True, "load_ms": (time.perf_counter() - start) * 1e3}),
-          flush=True)
+    print(json.dumps({"ready": True, "load_ms": (time.perf_counter() - start) * 1e3}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         if request.get("quit"):
@@ -190,10 +288,23 @@ class WorkerProcess:
 
     def __init__(self, variant: Variant, path: Path, threads: int) -> None:
         self.variant = variant
-        cmd = [sys.executable, __file__, "--worker", variant.kind, str(path),
-               "--threads", str(threads)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            variant.kind,
+            str(path),
+            "--threads",
+            str(threads),
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
         self.load_ms = self._read()["load_ms"]
 
     def _read(self) -> dict[str, Any]:
@@ -232,8 +343,7 @@ def model_size_mb(variant: Variant, path: Path) -> float:
     """Bytes of the model itself (graph + weights, not the tokenizer) in MB."""
     if variant.kind == "llama":
         return path.stat().st_size / 1e6
-    return sum(p.stat().st_size for p in path.iterdir()
-               if p.name.startswith("model.onnx")) / 1e6
+    return sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx")) / 1e6
 
 
 def build(variant: Variant, work: Path, rebuild: bool) -> tuple[Path, dict[str, Any]]:
@@ -290,6 +400,7 @@ def available(variant: Variant) -> str | None:
 
 def cpu_busy(interval: float = 1.0) -> float:
     """Fraction of all CPUs busy over ``interval`` seconds (from /proc/stat)."""
+
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         idle = fields[3] + fields[4]
@@ -313,22 +424,32 @@ def wait_quiet(max_busy: float, max_wait_s: float) -> float:
     return busy
 
 
-def measure_speed(workers: list[WorkerProcess], prompt: list[int], new_tokens: int,
-                  warmup: int, rounds: int, max_busy: float = 1.0,
-                  max_wait_s: float = 0.0) -> dict[str, dict[str, float]]:
+def measure_speed(
+    workers: list[WorkerProcess],
+    prompt: list[int],
+    new_tokens: int,
+    warmup: int,
+    rounds: int,
+    max_busy: float = 1.0,
+    max_wait_s: float = 0.0,
+) -> dict[str, dict[str, float]]:
     """Medians per variant over ``rounds`` rounds, each round in a rotated order."""
     samples: dict[str, list[dict[str, float]]] = {w.variant.name: [] for w in workers}
     for r in range(warmup + rounds):
         busy_seen: list[float] = []
-        order = workers[r % len(workers):] + workers[: r % len(workers)]
+        order = workers[r % len(workers) :] + workers[: r % len(workers)]
         for w in order:
             if max_wait_s:  # every run starts on idle CPUs (as far as other jobs allow)
                 busy_seen.append(wait_quiet(max_busy, max_wait_s))
             out = w.run(prompt, new_tokens)
             if r >= warmup:
                 samples[w.variant.name].append(out)
-        log.info("speed round %d/%d done (CPU busy before runs: max %.0f %%)", r + 1,
-                 warmup + rounds, 100 * max(busy_seen or [0.0]))
+        log.info(
+            "speed round %d/%d done (CPU busy before runs: max %.0f %%)",
+            r + 1,
+            warmup + rounds,
+            100 * max(busy_seen or [0.0]),
+        )
     result = {}
     for name, runs in samples.items():
         result[name] = {
@@ -341,8 +462,9 @@ def measure_speed(workers: list[WorkerProcess], prompt: list[int], new_tokens: i
     return result
 
 
-def measure_accuracy(variants: list[tuple[Variant, Path]], threads: int,
-                     seqlen: int) -> dict[str, dict[str, float]]:
+def measure_accuracy(
+    variants: list[tuple[Variant, Path]], threads: int, seqlen: int
+) -> dict[str, dict[str, float]]:
     """PPL / KLD / top-1 of each variant against the fp32 ONNX logits (computed once)."""
     sys.path.insert(0, str(ROOT / "src"))
     from rkpipe.evaluate.llm import eval_windows, load_onnx_llm, reference_logits, score_logits
@@ -360,8 +482,12 @@ def measure_accuracy(variants: list[tuple[Variant, Path]], threads: int,
         else:
             logits_fn = load_onnx_llm(path, threads).logits
         results[variant.name] = score_logits(reference, windows, logits_fn, variant.name)
-        log.info("accuracy %s: ppl %.3f (%.1f s)", variant.name, results[variant.name]["ppl"],
-                 time.perf_counter() - start)
+        log.info(
+            "accuracy %s: ppl %.3f (%.1f s)",
+            variant.name,
+            results[variant.name]["ppl"],
+            time.perf_counter() - start,
+        )
         del logits_fn
     return results
 
@@ -371,8 +497,21 @@ def measure_accuracy(variants: list[tuple[Variant, Path]], threads: int,
 # ---------------------------------------------------------------------------------------------
 
 
-COLUMNS = ("variant", "size MB", "x fp32 size", "TTFT ms", "TTFT x llama.cpp", "decode tok/s",
-           "decode x llama.cpp", "peak RSS MB", "PPL", "dPPL %", "KLD", "top-1", "nodes")
+COLUMNS = (
+    "variant",
+    "size MB",
+    "x fp32 size",
+    "TTFT ms",
+    "TTFT x llama.cpp",
+    "decode tok/s",
+    "decode x llama.cpp",
+    "peak RSS MB",
+    "PPL",
+    "dPPL %",
+    "KLD",
+    "top-1",
+    "nodes",
+)
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -382,6 +521,7 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     fp32_size = by_name.get("fp32", {}).get("size_mb")
     out = []
     for r in rows:
+
         def ratio(key: str, base: dict | float | None, r: dict = r) -> str:
             value = r.get(key)
             ref = base.get(key) if isinstance(base, dict) else base
@@ -390,11 +530,23 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         def num(key: str, fmt: str, r: dict = r) -> str:
             return format(r[key], fmt) if r.get(key) is not None else "-"
 
-        out.append([r["label"], num("size_mb", ".1f"), ratio("size_mb", fp32_size),
-                    num("ttft_ms", ".0f"), ratio("ttft_ms", llama), num("decode_tok_per_s", ".0f"),
-                    ratio("decode_tok_per_s", llama), num("peak_rss_mb", ".0f"), num("ppl", ".3f"),
-                    num("ppl_delta_pct", "+.2f"), num("kld_mean", ".4f"),
-                    num("top1_agreement", ".3f"), num("node_count", ".0f")])
+        out.append(
+            [
+                r["label"],
+                num("size_mb", ".1f"),
+                ratio("size_mb", fp32_size),
+                num("ttft_ms", ".0f"),
+                ratio("ttft_ms", llama),
+                num("decode_tok_per_s", ".0f"),
+                ratio("decode_tok_per_s", llama),
+                num("peak_rss_mb", ".0f"),
+                num("ppl", ".3f"),
+                num("ppl_delta_pct", "+.2f"),
+                num("kld_mean", ".4f"),
+                num("top1_agreement", ".3f"),
+                num("node_count", ".0f"),
+            ]
+        )
     return out
 
 
@@ -406,15 +558,25 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def docs_section(table: str, command: str, meta: dict[str, Any]) -> str:
-    return "\n".join([
-        HEADING, "",
-        f"Measured {meta['date']} on this host ({meta['cpu']}, {meta['threads']} threads, "
-        f"load average {meta['load']:.1f} at start, shared with other jobs). "
-        f"TTFT: {meta['prompt_tokens']}-token prompt; decode: {meta['new_tokens']} greedy "
-        f"tokens; medians of {meta['rounds']} alternating rounds. PPL/KLD/top-1 vs the fp32 "
-        f"ONNX logits on data/eval/eval.txt ({meta['eval_tokens']} predicted tokens, "
-        "512-token windows). Ratios: vs llama.cpp in the same run, vs the fp32 ONNX size.", "",
-        "```", command, "```", "", table, ""])
+    return "\n".join(
+        [
+            HEADING,
+            "",
+            f"Measured {meta['date']} on this host ({meta['cpu']}, {meta['threads']} threads, "
+            f"load average {meta['load']:.1f} at start, shared with other jobs). "
+            f"TTFT: {meta['prompt_tokens']}-token prompt; decode: {meta['new_tokens']} greedy "
+            f"tokens; medians of {meta['rounds']} alternating rounds. PPL/KLD/top-1 vs the fp32 "
+            f"ONNX logits on data/eval/eval.txt ({meta['eval_tokens']} predicted tokens, "
+            "512-token windows). Ratios: vs llama.cpp in the same run, vs the fp32 ONNX size.",
+            "",
+            "```",
+            command,
+            "```",
+            "",
+            table,
+            "",
+        ]
+    )
 
 
 def _cpu_name() -> str:
@@ -440,9 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--no-eval", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
-    parser.add_argument("--quiet-wait", type=float, default=300.0,
-                        help="before each speed round wait up to this many seconds for the "
-                        "CPUs to be at most --max-busy busy (0: do not wait)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each speed round wait up to this many seconds for the "
+        "CPUs to be at most --max-busy busy (0: do not wait)",
+    )
     parser.add_argument("--max-busy", type=float, default=0.15)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--docs", type=Path, help="append the table to this markdown file")
@@ -452,8 +618,9 @@ def main(argv: list[str] | None = None) -> int:
         worker(args.worker[0], args.worker[1], args.threads)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    command = "python benchmarks/llm_host.py " + " ".join(argv if argv is not None else
-                                                         sys.argv[1:])
+    command = "python benchmarks/llm_host.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     return run(args, command.strip())
 
 
@@ -474,8 +641,12 @@ def run(args: argparse.Namespace, command: str) -> int:
             continue
         path, build_metrics = build(variant, args.work, args.rebuild)
         built.append((variant, path))
-        rows[variant.name] = {"name": variant.name, "label": variant.label,
-                              "size_mb": model_size_mb(variant, path), **build_metrics}
+        rows[variant.name] = {
+            "name": variant.name,
+            "label": variant.label,
+            "size_mb": model_size_mb(variant, path),
+            **build_metrics,
+        }
         if variant.kind == "ort":
             rows[variant.name]["node_count"] = _node_count(path)
     sys.path.insert(0, str(ROOT / "src"))
@@ -485,8 +656,15 @@ def run(args: argparse.Namespace, command: str) -> int:
     if not args.no_speed:
         workers = [WorkerProcess(v, p, args.threads) for v, p in built]
         try:
-            speed = measure_speed(workers, prompt, args.new_tokens, args.warmup, args.rounds,
-                                  args.max_busy, args.quiet_wait)
+            speed = measure_speed(
+                workers,
+                prompt,
+                args.new_tokens,
+                args.warmup,
+                args.rounds,
+                args.max_busy,
+                args.quiet_wait,
+            )
         finally:
             for w in workers:
                 w.close()
@@ -500,16 +678,24 @@ def run(args: argparse.Namespace, command: str) -> int:
     ordered = [rows[v.name] for v, _ in built]
     table = markdown(ordered)
     print(table)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": _cpu_name(), "threads": args.threads,
-            "load": load, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-            "rounds": args.rounds, "eval_tokens": eval_tokens}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu": _cpu_name(),
+        "threads": args.threads,
+        "load": load,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "rounds": args.rounds,
+        "eval_tokens": eval_tokens,
+    }
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": ordered}, indent=1))
     if args.docs:
         new_file = not args.docs.exists()
         with open(args.docs, "a", encoding="utf-8") as handle:
-            handle.write(("# Benchmarks\n" if new_file else "") + "\n"
-                         + docs_section(table, command, meta))
+            handle.write(
+                ("# Benchmarks\n" if new_file else "") + "\n" + docs_section(table, command, meta)
+            )
     return 0
 
 

@@ -32,8 +32,15 @@ VOCAB, HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 512, 64, 128, 2, 4, 2
 LAYER_MATMULS = 7 * LAYERS  # q, k, v, o, gate, up, down
 PROMPT = [17, 200, 33, 401, 5, 98, 77, 300, 12, 150, 260, 41]
 Q = gguf.GGMLQuantizationType
-GGUF_NAMES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+GGUF_NAMES = {
+    "q_proj": "attn_q",
+    "k_proj": "attn_k",
+    "v_proj": "attn_v",
+    "o_proj": "attn_output",
+    "gate_proj": "ffn_gate",
+    "up_proj": "ffn_up",
+    "down_proj": "ffn_down",
+}
 
 
 def _tokenizer():
@@ -45,24 +52,36 @@ def _tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
     return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="</s>")
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
 
 
 def _llama():
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256,
-        initializer_range=0.2, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-        pad_token_id=2)
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=256,
+        initializer_range=0.2,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's q/k row permutation (convert_hf_to_gguf)."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _to_gguf(model, path: Path) -> None:
@@ -76,8 +95,9 @@ def _to_gguf(model, path: Path) -> None:
         emb = state["model.embed_tokens.weight"].numpy()
         raw = gguf.quants.quantize(emb, Q.Q8_0)
         writer.add_tensor("token_embd.weight", raw, raw_dtype=Q.Q8_0)
-        state["model.embed_tokens.weight"].copy_(torch.from_numpy(
-            gguf.quants.dequantize(raw, Q.Q8_0).reshape(emb.shape)))
+        state["model.embed_tokens.weight"].copy_(
+            torch.from_numpy(gguf.quants.dequantize(raw, Q.Q8_0).reshape(emb.shape))
+        )
         for layer in range(LAYERS):
             for hf_name, gguf_name in GGUF_NAMES.items():
                 kind = "self_attn" if "proj" in hf_name and hf_name[0] in "qkvo" else "mlp"
@@ -103,12 +123,21 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict:
     _to_gguf(model, root / "tiny.gguf")
     model.save_pretrained(root / "float")
     tokenizer.save_pretrained(root / "float")
-    (root / "float" / "manifest.json").write_text(json.dumps({
-        "source": "gguf", "path": str(root / "tiny.gguf"), "gguf_file": "tiny.gguf",
-        "gguf_sha256": sha256_file(root / "tiny.gguf")}))
+    (root / "float" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "source": "gguf",
+                "path": str(root / "tiny.gguf"),
+                "gguf_file": "tiny.gguf",
+                "gguf_sha256": sha256_file(root / "tiny.gguf"),
+            }
+        )
+    )
     export_fp32_onnx(root / "float", root / "onnx")
-    calib = [{"input": "Hello there, tiny model. ", "target": "A short answer."},
-             {"input": "Count: one two three ", "target": "four five six."}]
+    calib = [
+        {"input": "Hello there, tiny model. ", "target": "A short answer."},
+        {"input": "Count: one two three ", "target": "four five six."},
+    ]
     (root / "calib.json").write_text(json.dumps(calib))
     fp32 = OrtCausalLM(str(root / "onnx"), threads=1)
     return {"root": root, "fp32": fp32}
@@ -119,9 +148,13 @@ def _quantize(work: dict, name: str, dtype: str, **ort_options: object):
     for key, value in ort_options.items():
         setattr(quant.ort, key, value)
     request = QuantizeRequest(
-        float_model_dir=work["root"] / "float", onnx_fp32_dir=work["root"] / "onnx",
-        calibration_json=work["root"] / "calib.json", quant=quant, platform="host",
-        out_dir=work["root"] / name)
+        float_model_dir=work["root"] / "float",
+        onnx_fp32_dir=work["root"] / "onnx",
+        calibration_json=work["root"] / "calib.json",
+        quant=quant,
+        platform="host",
+        out_dir=work["root"] / name,
+    )
     return get_backend("onnxruntime").quantize(request)
 
 
@@ -137,17 +170,40 @@ def _generates(result) -> np.ndarray:
 @pytest.mark.parametrize(
     ("name", "dtype", "options", "expect"),
     [
-        ("dyn_emb8", "int8", {"scheme": "dynamic", "embedding_bits": 8},
-         {"matmul_integer_count": LAYER_MATMULS, "matmul_nbits_count": 1,
-          "gather_quantized_count": 1}),
-        ("nbits4_b64", "int4", {"scheme": "matmul_nbits", "block_size": 64, "accuracy_level": 4},
-         {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 0}),
-        ("nbits4_emb4", "int4", {"scheme": "matmul_nbits", "embedding_bits": 4},
-         {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 1}),
-        ("nbits8", "int8", {"scheme": "matmul_nbits", "embedding_bits": 8},
-         {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 1}),
-        ("static", "int8", {"scheme": "static_qdq", "per_channel": True, "calib_records": 2},
-         {"qdq_matmul_count": LAYER_MATMULS + 1}),
+        (
+            "dyn_emb8",
+            "int8",
+            {"scheme": "dynamic", "embedding_bits": 8},
+            {
+                "matmul_integer_count": LAYER_MATMULS,
+                "matmul_nbits_count": 1,
+                "gather_quantized_count": 1,
+            },
+        ),
+        (
+            "nbits4_b64",
+            "int4",
+            {"scheme": "matmul_nbits", "block_size": 64, "accuracy_level": 4},
+            {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 0},
+        ),
+        (
+            "nbits4_emb4",
+            "int4",
+            {"scheme": "matmul_nbits", "embedding_bits": 4},
+            {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 1},
+        ),
+        (
+            "nbits8",
+            "int8",
+            {"scheme": "matmul_nbits", "embedding_bits": 8},
+            {"matmul_nbits_count": LAYER_MATMULS + 1, "gather_quantized_count": 1},
+        ),
+        (
+            "static",
+            "int8",
+            {"scheme": "static_qdq", "per_channel": True, "calib_records": 2},
+            {"qdq_matmul_count": LAYER_MATMULS + 1},
+        ),
     ],
 )
 def test_scheme_quantizes_every_weight_and_generates(work, name, dtype, options, expect) -> None:
@@ -166,8 +222,9 @@ def test_scheme_quantizes_every_weight_and_generates(work, name, dtype, options,
 
 
 def test_gguf_exact_is_lossless(work) -> None:
-    result = _quantize(work, "gguf_exact", "int4", scheme="gguf_exact", accuracy_level=0,
-                       accuracy_level_8bit=0)  # fp32 compute everywhere: exact up to sum order
+    result = _quantize(
+        work, "gguf_exact", "int4", scheme="gguf_exact", accuracy_level=0, accuracy_level_8bit=0
+    )  # fp32 compute everywhere: exact up to sum order
     metrics = result.metrics
     assert metrics["gguf_matmuls"] == LAYER_MATMULS + 1 and metrics["gguf_gathers"] == 1
     assert metrics["matmul_nbits_count"] == LAYER_MATMULS + 1
@@ -188,12 +245,20 @@ def _genai_python() -> str | None:
 
 
 @pytest.mark.skipif(_genai_python() is None, reason="no .venv-genai: bash scripts/setup_genai.sh")
-@pytest.mark.parametrize(("scheme", "dtype"), [("genai_int4", "int4"),
-                                                ("genai_gguf_exact", "int4")])
+@pytest.mark.parametrize(
+    ("scheme", "dtype"), [("genai_int4", "int4"), ("genai_gguf_exact", "int4")]
+)
 def test_genai_builder_graph_runs_under_plain_onnxruntime(work, scheme, dtype) -> None:
     exact = scheme == "genai_gguf_exact"
-    result = _quantize(work, scheme, dtype, scheme=scheme, genai_python=_genai_python(),
-                       accuracy_level=0 if exact else 4, accuracy_level_8bit=0 if exact else 4)
+    result = _quantize(
+        work,
+        scheme,
+        dtype,
+        scheme=scheme,
+        genai_python=_genai_python(),
+        accuracy_level=0 if exact else 4,
+        accuracy_level_8bit=0 if exact else 4,
+    )
     assert result.metrics["attention_fused_count"] == LAYERS
     assert result.metrics["float_weight_matmul_count"] == 0
     assert (result.out_dir / "genai_builder.log").is_file()
@@ -226,9 +291,17 @@ def test_gguf_folded_with_decode_branch_generates(work, genai_scheme: bool) -> N
     if genai_scheme and _genai_python() is None:
         pytest.skip("no .venv-genai: bash scripts/setup_genai.sh")
     extra = {"genai_python": _genai_python()} if genai_scheme else {}
-    result = _quantize(work, f"{scheme}_folded_split", "int4", scheme=scheme, accuracy_level=0,
-                       accuracy_level_8bit=4, q4_1_mode="folded", decode_accuracy_level=4,
-                       **extra)
+    result = _quantize(
+        work,
+        f"{scheme}_folded_split",
+        "int4",
+        scheme=scheme,
+        accuracy_level=0,
+        accuracy_level_8bit=4,
+        q4_1_mode="folded",
+        decode_accuracy_level=4,
+        **extra,
+    )
     metrics = result.metrics
     projections = (5 if genai_scheme else 7) * LAYERS  # the builder fuses q/k/v
     assert metrics["gguf_matmuls"] == projections + 1 and metrics["gguf_unused_tensors"] == 0

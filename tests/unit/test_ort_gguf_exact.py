@@ -30,8 +30,11 @@ N_HEAD, N_KV, HIDDEN, VOCAB, FFN = 4, 2, 64, 96, 96
 
 def llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf permutation of q/k rows."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _raw(w: np.ndarray, qtype) -> np.ndarray:
@@ -47,11 +50,13 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
     float weights (the GGUF de-quantized, q/k un-permuted) keyed by role."""
     rng = np.random.default_rng(seed)
     head_dim = HIDDEN // N_HEAD
-    shapes = {"token_embd.weight": ((VOCAB, HIDDEN), Q.Q8_0),
-              "blk.0.attn_q.weight": ((HIDDEN, HIDDEN), Q.Q4_1),
-              "blk.0.attn_k.weight": ((N_KV * head_dim, HIDDEN), Q.Q4_1),
-              "blk.0.attn_v.weight": ((N_KV * head_dim, HIDDEN), Q.Q4_0),
-              "blk.0.ffn_up.weight": ((FFN, HIDDEN), Q.Q4_1)}
+    shapes = {
+        "token_embd.weight": ((VOCAB, HIDDEN), Q.Q8_0),
+        "blk.0.attn_q.weight": ((HIDDEN, HIDDEN), Q.Q4_1),
+        "blk.0.attn_k.weight": ((N_KV * head_dim, HIDDEN), Q.Q4_1),
+        "blk.0.attn_v.weight": ((N_KV * head_dim, HIDDEN), Q.Q4_0),
+        "blk.0.ffn_up.weight": ((FFN, HIDDEN), Q.Q4_1),
+    }
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_uint32("llama.attention.head_count", N_HEAD)
     writer.add_uint32("llama.attention.head_count_kv", N_KV)
@@ -106,13 +111,20 @@ def _toy_graph(hf: dict[str, np.ndarray]):
     for role in ("attn_q", "attn_k", "attn_v", "ffn_up"):
         w = hf[f"blk.0.{role}.weight"]
         inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"{role}_wT"))
-        nodes.append(helper.make_node("MatMul", ["h", f"{role}_wT"], [role], name=f"/{role}/MatMul"))
+        nodes.append(
+            helper.make_node("MatMul", ["h", f"{role}_wT"], [role], name=f"/{role}/MatMul")
+        )
         outputs.append(helper.make_tensor_value_info(role, TensorProto.FLOAT, None))
     nodes.append(helper.make_node("Transpose", ["embed"], ["embed_T"], perm=[1, 0], name="T"))
     nodes.append(helper.make_node("MatMul", ["h", "embed_T"], ["logits"], name="/lm_head/MatMul"))
     outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "toy", [helper.make_tensor_value_info(
-        "ids", TensorProto.INT64, ["b", "s"])], outputs, inits)
+    graph = helper.make_graph(
+        nodes,
+        "toy",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        outputs,
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -136,8 +148,9 @@ def test_apply_gguf_exact_replaces_every_weight_losslessly(tmp_path: Path) -> No
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulNBits") == 5 and ops.count("GatherBlockQuantized") == 1
     assert "Gather" not in ops and "Transpose" not in ops
-    assert not any(t.data_type == TensorProto.FLOAT and t.name.endswith("_wT")
-                   for t in model.graph.initializer)
+    assert not any(
+        t.data_type == TensorProto.FLOAT and t.name.endswith("_wT") for t in model.graph.initializer
+    )
     qweights = [t.name for t in model.graph.initializer if t.name.endswith(".qweight")]
     assert len(qweights) == 5  # embedding and lm_head share one table
     for got, want in zip(_run(model, ids), expected, strict=True):
@@ -159,8 +172,12 @@ def test_gguf_path_from_manifest(tmp_path: Path) -> None:
     write_tiny_gguf(path)
     float_dir = tmp_path / "float"
     float_dir.mkdir()
-    manifest = {"source": "gguf", "path": str(path), "gguf_file": path.name,
-                "gguf_sha256": sha256_file(path)}
+    manifest = {
+        "source": "gguf",
+        "path": str(path),
+        "gguf_file": path.name,
+        "gguf_sha256": sha256_file(path),
+    }
     (float_dir / "manifest.json").write_text(json.dumps(manifest))
     assert gguf_path_from_manifest(float_dir) == path
 
@@ -216,10 +233,12 @@ def test_folded_matmulnbits_computes_x_times_effective_weight() -> None:
     weight, exact = _q4_1_weight(seed=5, shape=(24, 576))
     x = np.random.default_rng(0).standard_normal((1, 3, 576)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "wT"], ["y"], name="/proj/MatMul")], "g",
+        [helper.make_node("MatMul", ["x", "wT"], ["y"], name="/proj/MatMul")],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 576])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.ascontiguousarray(exact.T), "wT")])
+        [numpy_helper.from_array(np.ascontiguousarray(exact.T), "wT")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     rewriter = NBitsRewriter(model, accuracy_level=0, residual_mode="folded")
     node = model.graph.node[0]  # planned by identity: keep the wrapper alive
@@ -244,7 +263,7 @@ def test_residual_free_never_worse_than_dropping_the_residual() -> None:
     assert free.residual is None and free.zero_points is not None
     blocks = (weight.n, weight.k_blocks, 32)
     sse = ((free.dequantize() - exact) ** 2).reshape(blocks).sum(-1)
-    sse_dropped = 32 * weight.residual ** 2
+    sse_dropped = 32 * weight.residual**2
     assert (sse <= sse_dropped * (1 + 1e-5) + 1e-12).all()
     assert sse.sum() < 0.9 * sse_dropped.sum()
 
@@ -270,8 +289,11 @@ def test_apply_gguf_exact_lossy_modes_stay_close(tmp_path: Path, mode: str) -> N
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("MatMulNBits") == 5 and "Add" not in ops  # no residual side branches
     assert ops.count("Concat") == (1 if mode == "folded" else 0) + 1  # + the Gather's shape
-    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits")
-            for n in model.graph.node if n.domain == "com.microsoft"}
+    bits = {
+        n.name: next(a.i for a in n.attribute if a.name == "bits")
+        for n in model.graph.node
+        if n.domain == "com.microsoft"
+    }
     assert set(bits.values()) == {4}  # the Q8_0 embedding / lm_head re-quantized to 4 bits
     for got, want in zip(_run(model, ids), expected, strict=True):
         assert not np.allclose(got, want, rtol=0, atol=1e-6)
@@ -297,10 +319,12 @@ def test_split_decode_branch_gives_one_token_steps_their_own_level(tmp_path: Pat
     assert sum(t.ByteSize() for t in model.graph.initializer) < size + 100  # weights shared
 
     def levels(branch: str) -> set[int]:
-        return {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
-                for n in branch_nodes(model.graph, branch)
-                if n.op_type == "MatMulNBits" and
-                next(a.i for a in n.attribute if a.name == "bits") == 4}
+        return {
+            next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)
+            for n in branch_nodes(model.graph, branch)
+            if n.op_type == "MatMulNBits"
+            and next(a.i for a in n.attribute if a.name == "bits") == 4
+        }
 
     assert levels("then_branch") == {4} and levels("else_branch") == {0}
     assert len(branch_nodes(model.graph)) == n_nodes

@@ -62,8 +62,14 @@ def test_quantize_rtn_error_is_bounded(bits: int, tol: float) -> None:
 
 def test_concat_rows_stacks_along_n() -> None:
     a = quantize_rtn(np.ones((2, 32), dtype=np.float32), 4, 32)
-    b = BlockWeight(a.packed.copy(), a.scales * 2, 4, 32, zero_points=np.full((2, 1), 3, np.uint8),
-                    residual=np.full((2, 1), 0.5, np.float32))
+    b = BlockWeight(
+        a.packed.copy(),
+        a.scales * 2,
+        4,
+        32,
+        zero_points=np.full((2, 1), 3, np.uint8),
+        residual=np.full((2, 1), 0.5, np.float32),
+    )
     both = concat_rows([a, b])
     assert both.n == 4
     np.testing.assert_array_equal(both.dequantize(), np.vstack([a.dequantize(), b.dequantize()]))
@@ -71,13 +77,18 @@ def test_concat_rows_stacks_along_n() -> None:
 
 def _tied_model(vocab: int = 80, hidden: int = 64) -> tuple:
     emb = np.random.default_rng(2).standard_normal((vocab, hidden)).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["E", "ids"], ["h"], name="/embed/Gather"),
-             helper.make_node("Transpose", ["E"], ["ET"], perm=[1, 0], name="/T"),
-             helper.make_node("MatMul", ["h", "ET"], ["logits"], name="/lm_head/MatMul")]
+    nodes = [
+        helper.make_node("Gather", ["E", "ids"], ["h"], name="/embed/Gather"),
+        helper.make_node("Transpose", ["E"], ["ET"], perm=[1, 0], name="/T"),
+        helper.make_node("MatMul", ["h", "ET"], ["logits"], name="/lm_head/MatMul"),
+    ]
     graph = helper.make_graph(
-        nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(emb, "E")])
+        [numpy_helper.from_array(emb, "E")],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), emb
 
 
@@ -90,7 +101,8 @@ def test_tied_embedding_shares_one_quantized_table(bits: int) -> None:
     assert ops.count("GatherBlockQuantized") == 1 and ops.count("MatMulNBits") == 1
     assert "Gather" not in ops and "Transpose" not in ops
     assert [t.name for t in model.graph.initializer if t.data_type == TensorProto.UINT8] == [
-        "embed.Gather.qweight"]
+        "embed.Gather.qweight"
+    ]
     ids = np.array([[1, 7, 79]], dtype=np.int64)
     got = ort.InferenceSession(model.SerializeToString()).run(None, {"ids": ids})[0]
     table = quantize_rtn(emb, bits, 32).dequantize()
@@ -98,11 +110,14 @@ def test_tied_embedding_shares_one_quantized_table(bits: int) -> None:
 
 
 def _past_model() -> object:
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"]),
-              helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"]),
-              helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT,
-                                            ["b", 2, "p", "d"])]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"]),
+        helper.make_tensor_value_info(
+            "past_key_values.0.key", TensorProto.FLOAT, ["b", 2, "p", "d"]
+        ),
+    ]
     graph = helper.make_graph([], "io", inputs, [])
     return helper.make_model(graph)
 
@@ -124,8 +139,15 @@ def test_calibration_feeds_match_the_export_inputs(tmp_path: Path) -> None:
 
 def test_read_records_joins_input_and_target(tmp_path: Path) -> None:
     path = tmp_path / "calib.json"
-    path.write_text(json.dumps([{"input": "a ", "target": "b"}, {"input": "c", "target": ""},
-                                {"input": "d", "target": "e"}]))
+    path.write_text(
+        json.dumps(
+            [
+                {"input": "a ", "target": "b"},
+                {"input": "c", "target": ""},
+                {"input": "d", "target": "e"},
+            ]
+        )
+    )
     assert read_records(path, 2) == ["a b", "c"]
     path.write_text("{}")
     with pytest.raises(BackendError, match="not a JSON list"):
@@ -134,7 +156,9 @@ def test_read_records_joins_input_and_target(tmp_path: Path) -> None:
         read_records(tmp_path / "missing.json", 2)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf" / "quant").glob("ort_*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (REPO / "conf" / "quant").glob("ort_*.yaml"))
+)
 def test_every_ort_quant_conf_composes_and_validates(name: str) -> None:
     from rkpipe.config import compose
 

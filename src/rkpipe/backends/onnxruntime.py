@@ -139,11 +139,15 @@ def _check_config(quant: QuantConfig) -> None:
             f"quant.ort.embedding_bits={ort_cfg.embedding_bits!r} is not allowed; allowed: 0, 4, 8"
         )
     if ort_cfg.decode_accuracy_level not in (None, 0, 1, 2, 3, 4):
-        raise ConfigError(f"quant.ort.decode_accuracy_level={ort_cfg.decode_accuracy_level!r} is "
-                          "not allowed; allowed: null, 0, 1, 2, 3, 4")
+        raise ConfigError(
+            f"quant.ort.decode_accuracy_level={ort_cfg.decode_accuracy_level!r} is "
+            "not allowed; allowed: null, 0, 1, 2, 3, 4"
+        )
     if ort_cfg.q4_1_mode not in Q4_1_MODES:
-        raise ConfigError(f"quant.ort.q4_1_mode={ort_cfg.q4_1_mode!r} is not allowed; "
-                          f"allowed: {', '.join(Q4_1_MODES)}")
+        raise ConfigError(
+            f"quant.ort.q4_1_mode={ort_cfg.q4_1_mode!r} is not allowed; "
+            f"allowed: {', '.join(Q4_1_MODES)}"
+        )
     if not ort_cfg.op_types:
         raise ConfigError("quant.ort.op_types is empty; expected e.g. [MatMul]")
 
@@ -191,9 +195,15 @@ def _quantize(src: Path, dst: Path, request: QuantizeRequest, scheme: str) -> di
     model = onnx.load(str(src), load_external_data=True)
     facts: dict[str, Any] = {}
     if quant.ort.embedding_bits:
-        facts.update(quantize_tied_embedding(
-            model, quant.ort.embedding_bits, quant.ort.block_size, quant.ort.accuracy_level,
-            quant.ort.accuracy_level_8bit))
+        facts.update(
+            quantize_tied_embedding(
+                model,
+                quant.ort.embedding_bits,
+                quant.ort.block_size,
+                quant.ort.accuracy_level,
+                quant.ort.accuracy_level_8bit,
+            )
+        )
     facts["folded_weight_transposes"] = fold_weight_transposes(model)
     reader = _static_reader(request, model) if scheme == "static_qdq" else None
     nodes = _weight_matmul_names(model)
@@ -226,9 +236,14 @@ def _static_reader(request: QuantizeRequest, model: Any) -> Any:
     from rkpipe.backends.ort.static_qdq import calibration_reader
 
     cfg = request.quant.ort
-    return calibration_reader(request.calibration_json, request.float_model_dir, model,
-                              cfg.calib_records, cfg.calib_max_tokens,
-                              equal_length=cfg.calibrate_method != "MinMax")
+    return calibration_reader(
+        request.calibration_json,
+        request.float_model_dir,
+        model,
+        cfg.calib_records,
+        cfg.calib_max_tokens,
+        equal_length=cfg.calibrate_method != "MinMax",
+    )
 
 
 def _gguf_exact(request: QuantizeRequest, src: Path, dst: Path) -> dict:
@@ -245,8 +260,14 @@ def _gguf_exact(request: QuantizeRequest, src: Path, dst: Path) -> dict:
     weights = load_gguf_weights(path)
     model = onnx.load(str(src), load_external_data=True)
     cfg = request.quant.ort
-    report = apply_gguf_exact(model, weights, cfg.accuracy_level, cfg.accuracy_level_8bit,
-                              cfg.q4_1_mode, cfg.embedding_bits)
+    report = apply_gguf_exact(
+        model,
+        weights,
+        cfg.accuracy_level,
+        cfg.accuracy_level_8bit,
+        cfg.q4_1_mode,
+        cfg.embedding_bits,
+    )
     del weights
     facts = {**report.as_dict(), "gguf_file": path.name, **_split_decode(model, cfg)}
     _save(model, dst)
@@ -269,13 +290,20 @@ def _genai(scheme: str, request: QuantizeRequest, tmp: Path) -> dict:
     precision = {"genai_int4": "int4", "genai_int8": "int8"}.get(scheme, "fp32")
     work = tmp / ".genai_build"
     built, facts["builder_s"] = genai.build_genai(
-        python, request.float_model_dir, work, precision, cfg.block_size, cfg.accuracy_level)
+        python, request.float_model_dir, work, precision, cfg.block_size, cfg.accuracy_level
+    )
     model = onnx.load(str(built / ONNX_MODEL_FILE), load_external_data=True)
     if scheme == "genai_gguf_exact":
         from rkpipe.backends.ort.gguf_exact import apply_gguf_exact, load_gguf_weights
 
-        report = apply_gguf_exact(model, load_gguf_weights(gguf_path), cfg.accuracy_level,
-                                  cfg.accuracy_level_8bit, cfg.q4_1_mode, cfg.embedding_bits)
+        report = apply_gguf_exact(
+            model,
+            load_gguf_weights(gguf_path),
+            cfg.accuracy_level,
+            cfg.accuracy_level_8bit,
+            cfg.q4_1_mode,
+            cfg.embedding_bits,
+        )
         facts.update(report.as_dict(), gguf_file=gguf_path.name)
     facts.update(_split_decode(model, cfg))
     _save(model, tmp / ONNX_MODEL_FILE)
@@ -401,14 +429,13 @@ def count_ops(model_path: Path) -> dict[str, int]:
     ops = Counter(n.op_type for n in nodes)
     weights = {t.name for t in graph.initializer}
     weights |= {
-        o
-        for n in nodes
-        if n.op_type == "Transpose" and n.input[0] in weights
-        for o in n.output
+        o for n in nodes if n.op_type == "Transpose" and n.input[0] in weights for o in n.output
     }
     dequantized = {
-        o for n in nodes
-        if n.op_type == "DequantizeLinear" and n.input[0] in weights for o in n.output
+        o
+        for n in nodes
+        if n.op_type == "DequantizeLinear" and n.input[0] in weights
+        for o in n.output
     }
     weight_mms = [n for n in nodes if n.op_type == "MatMul" and n.input[1] in weights]
     residual = sum(1 for n in weight_mms if n.name.endswith(RESIDUAL_SUFFIXES))
@@ -443,15 +470,22 @@ def _params(request: QuantizeRequest, scheme: str, facts: dict[str, Any]) -> dic
     if scheme in ("dynamic", "static_qdq"):
         params.update(weight_type=cfg.weight_type, per_channel=str(cfg.per_channel))
     if scheme == "static_qdq":
-        params.update(activation_type=cfg.activation_type, calibrate_method=cfg.calibrate_method,
-                      calib_records=str(cfg.calib_records),
-                      calib_max_tokens=str(cfg.calib_max_tokens))
+        params.update(
+            activation_type=cfg.activation_type,
+            calibrate_method=cfg.calibrate_method,
+            calib_records=str(cfg.calib_records),
+            calib_max_tokens=str(cfg.calib_max_tokens),
+        )
     if scheme in ("matmul_nbits", "genai_int4", "genai_int8"):
-        params.update(bits="8" if q.dtype == "int8" else "4", block_size=str(cfg.block_size),
-                      symmetric=str(INT4_SYMMETRIC))
+        params.update(
+            bits="8" if q.dtype == "int8" else "4",
+            block_size=str(cfg.block_size),
+            symmetric=str(INT4_SYMMETRIC),
+        )
     if scheme in ("gguf_exact", "genai_gguf_exact"):
-        params.update(gguf_file=str(facts.get("gguf_file", "")), block_size="32",
-                      q4_1_mode=cfg.q4_1_mode)
+        params.update(
+            gguf_file=str(facts.get("gguf_file", "")), block_size="32", q4_1_mode=cfg.q4_1_mode
+        )
     if scheme not in ("dynamic", "static_qdq"):
         params["accuracy_level"] = str(cfg.accuracy_level)
     if scheme in ("gguf_exact", "genai_gguf_exact") or cfg.embedding_bits == 8:
@@ -461,8 +495,9 @@ def _params(request: QuantizeRequest, scheme: str, facts: dict[str, Any]) -> dic
     return params
 
 
-def _manifest(quant: QuantConfig, params: dict[str, str], counts: dict[str, int],
-              facts: dict[str, Any]) -> dict:
+def _manifest(
+    quant: QuantConfig, params: dict[str, str], counts: dict[str, int], facts: dict[str, Any]
+) -> dict:
     """The params with their natural JSON types, the scheme's facts and the node counts."""
     manifest: dict[str, Any] = {**params, "op_types": list(quant.ort.op_types), "counts": counts}
     manifest["folded_weight_transposes"] = int(params["folded_weight_transposes"])
@@ -470,9 +505,15 @@ def _manifest(quant: QuantConfig, params: dict[str, str], counts: dict[str, int]
     for key in ("per_channel", "symmetric"):
         if key in params:
             manifest[key] = params[key] == "True"
-    for key in ("bits", "block_size", "accuracy_level", "accuracy_level_8bit",
-                "decode_accuracy_level", "calib_records",
-                "calib_max_tokens"):
+    for key in (
+        "bits",
+        "block_size",
+        "accuracy_level",
+        "accuracy_level_8bit",
+        "decode_accuracy_level",
+        "calib_records",
+        "calib_max_tokens",
+    ):
         if key in params:
             manifest[key] = int(params[key])
     manifest["facts"] = facts

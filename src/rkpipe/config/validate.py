@@ -133,19 +133,28 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     _check_choice(problems, "quant.ort.activation_type", ort.activation_type, ORT_WEIGHT_TYPES)
     _check_choice(problems, "quant.ort.block_size", ort.block_size, ORT_BLOCK_SIZES)
     _check_choice(problems, "quant.ort.accuracy_level", ort.accuracy_level, ORT_ACCURACY_LEVELS)
-    _check_choice(problems, "quant.ort.accuracy_level_8bit", ort.accuracy_level_8bit,
-                  ORT_ACCURACY_LEVELS)
+    _check_choice(
+        problems, "quant.ort.accuracy_level_8bit", ort.accuracy_level_8bit, ORT_ACCURACY_LEVELS
+    )
     _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, ORT_EMBEDDING_BITS)
     _check_choice(problems, "quant.ort.q4_1_mode", ort.q4_1_mode, ORT_Q4_1_MODES)
-    _check_choice(problems, "quant.ort.decode_accuracy_level", ort.decode_accuracy_level,
-                  (None, *ORT_ACCURACY_LEVELS))
+    _check_choice(
+        problems,
+        "quant.ort.decode_accuracy_level",
+        ort.decode_accuracy_level,
+        (None, *ORT_ACCURACY_LEVELS),
+    )
     allowed = ORT_SCHEME_DTYPES.get(ort.scheme, ())
     if allowed and q.dtype in ORT_DTYPES and q.dtype not in allowed:
-        problems.append(f"quant.dtype={q.dtype!r} does not apply to quant.ort.scheme="
-                        f"{ort.scheme!r}; allowed: {', '.join(allowed)}")
+        problems.append(
+            f"quant.dtype={q.dtype!r} does not apply to quant.ort.scheme="
+            f"{ort.scheme!r}; allowed: {', '.join(allowed)}"
+        )
     if ort.scheme in GGUF_SCHEMES and cfg.model.source not in ("gguf", "package"):
-        problems.append(f"quant.ort.scheme={ort.scheme!r} needs a GGUF model; model.source="
-                        f"{cfg.model.source!r} is not allowed; allowed: gguf, package")
+        problems.append(
+            f"quant.ort.scheme={ort.scheme!r} needs a GGUF model; model.source="
+            f"{cfg.model.source!r} is not allowed; allowed: gguf, package"
+        )
     if ort.calib_records <= 0 or ort.calib_max_tokens <= 0:
         problems.append("quant.ort.calib_records and quant.ort.calib_max_tokens must be positive")
     return problems

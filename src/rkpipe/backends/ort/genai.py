@@ -45,15 +45,19 @@ def genai_python(configured: str | None = None) -> str:
     Raises:
         ConfigError: none of them exists (the message gives the setup command).
     """
-    candidates = [configured, os.environ.get(GENAI_PYTHON_ENV),
-                  str(Path(GENAI_VENV) / "bin" / "python")]
+    candidates = [
+        configured,
+        os.environ.get(GENAI_PYTHON_ENV),
+        str(Path(GENAI_VENV) / "bin" / "python"),
+    ]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
     raise ConfigError(
         "the genai_* schemes need onnxruntime-genai's builder in its own interpreter; "
         "create it with: bash scripts/setup_genai.sh (or set quant.ort.genai_python / "
-        f"${GENAI_PYTHON_ENV} to a python that has onnxruntime_genai, transformers>=5, onnx-ir)")
+        f"${GENAI_PYTHON_ENV} to a python that has onnxruntime_genai, transformers>=5, onnx-ir)"
+    )
 
 
 def builder_args(precision: str, block_size: int, accuracy_level: int) -> list[str]:
@@ -70,8 +74,9 @@ def builder_args(precision: str, block_size: int, accuracy_level: int) -> list[s
     return ["--extra_options", *options]
 
 
-def run_builder(python: str, float_dir: Path, out_dir: Path, precision: str,
-                extra: list[str], log_path: Path) -> float:
+def run_builder(
+    python: str, float_dir: Path, out_dir: Path, precision: str, extra: list[str], log_path: Path
+) -> float:
     """Run the builder on the HF model in ``float_dir`` into ``out_dir``; return seconds taken.
 
     Its output goes to ``log_path`` (never to the console: it prints a line per tensor).
@@ -79,25 +84,51 @@ def run_builder(python: str, float_dir: Path, out_dir: Path, precision: str,
     Raises:
         BackendError: non-zero exit, timeout, or no ``model.onnx``; the message has the log tail.
     """
-    cmd = [python, "-m", BUILDER_MODULE, "-i", str(Path(float_dir).resolve()),
-           "-o", str(Path(out_dir).resolve()), "-p", precision, "-e", "cpu",
-           "-c", str(Path(out_dir).resolve().parent / ".genai_cache"), *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        python,
+        "-m",
+        BUILDER_MODULE,
+        "-i",
+        str(Path(float_dir).resolve()),
+        "-o",
+        str(Path(out_dir).resolve()),
+        "-p",
+        precision,
+        "-e",
+        "cpu",
+        "-c",
+        str(Path(out_dir).resolve().parent / ".genai_cache"),
+        *extra,
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("PYTHONPATH", None)  # the builder's interpreter must not see this venv's packages
     log.info("genai builder: %s", " ".join(cmd))
     start = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as handle:
         try:
-            code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                  timeout=BUILDER_TIMEOUT_S, check=False).returncode
+            code = subprocess.run(
+                cmd,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=BUILDER_TIMEOUT_S,
+                check=False,
+            ).returncode
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(f"genai builder timed out after {BUILDER_TIMEOUT_S} s; "
-                               f"log: {log_path}") from exc
+            raise BackendError(
+                f"genai builder timed out after {BUILDER_TIMEOUT_S} s; log: {log_path}"
+            ) from exc
     seconds = time.perf_counter() - start
     if code != 0 or not (Path(out_dir) / "model.onnx").is_file():
-        raise BackendError(f"genai builder ({precision}) failed with exit code {code}; last "
-                           f"lines of {log_path}:\n{_tail(log_path)}")
+        raise BackendError(
+            f"genai builder ({precision}) failed with exit code {code}; last "
+            f"lines of {log_path}:\n{_tail(log_path)}"
+        )
     shutil.rmtree(Path(out_dir).parent / ".genai_cache", ignore_errors=True)
     return seconds
 
@@ -116,21 +147,33 @@ def check_builder(python: str) -> None:
     Raises:
         ConfigError: the import fails.
     """
-    probe = subprocess.run([python, "-c", f"import {BUILDER_MODULE}, onnx_ir"],
-                           capture_output=True, text=True, timeout=300, check=False)
+    probe = subprocess.run(
+        [python, "-c", f"import {BUILDER_MODULE}, onnx_ir"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        raise ConfigError(f"{python} cannot import {BUILDER_MODULE} ({last}); "
-                          "run: bash scripts/setup_genai.sh")
+        raise ConfigError(
+            f"{python} cannot import {BUILDER_MODULE} ({last}); run: bash scripts/setup_genai.sh"
+        )
 
 
-def build_genai(python: str, float_dir: Path, work: Path, precision: str, block_size: int,
-                accuracy_level: int) -> tuple[Path, float]:
+def build_genai(
+    python: str, float_dir: Path, work: Path, precision: str, block_size: int, accuracy_level: int
+) -> tuple[Path, float]:
     """Builder graph in ``work/genai`` (created); return its directory and the build seconds."""
     check_builder(python)
     out = Path(work) / "genai"
     out.mkdir(parents=True, exist_ok=True)
-    seconds = run_builder(python, float_dir, out, precision,
-                          builder_args(precision, block_size, accuracy_level),
-                          Path(work) / BUILDER_LOG)
+    seconds = run_builder(
+        python,
+        float_dir,
+        out,
+        precision,
+        builder_args(precision, block_size, accuracy_level),
+        Path(work) / BUILDER_LOG,
+    )
     return out, seconds

@@ -70,12 +70,15 @@ def encode_blocks(raw: np.ndarray, ggml_type: str, source: str = "") -> BlockWei
     if ggml_type == Q4_0:
         blocks = raw.reshape(n, -1, 18)
         d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-        return BlockWeight(pack_codes(_ggml_nibbles(blocks[..., 2:]), 4), d, 4, BLOCK,
-                           source=source)
+        return BlockWeight(
+            pack_codes(_ggml_nibbles(blocks[..., 2:]), 4), d, 4, BLOCK, source=source
+        )
     if ggml_type == Q4_1:
         return _encode_q4_1(raw.reshape(n, -1, 20), source)
-    raise ValueError(f"GGUF type {ggml_type} has no exact MatMulNBits form; supported: "
-                     f"{', '.join(SUPPORTED_TYPES)}")
+    raise ValueError(
+        f"GGUF type {ggml_type} has no exact MatMulNBits form; supported: "
+        f"{', '.join(SUPPORTED_TYPES)}"
+    )
 
 
 def _ggml_nibbles(qs: np.ndarray) -> np.ndarray:
@@ -91,8 +94,9 @@ def _encode_q4_1(blocks: np.ndarray, source: str) -> BlockWeight:
     zp = zp.astype(np.uint8)
     residual = (m + d * zp.astype(np.float32)).astype(np.float32)
     codes = _ggml_nibbles(blocks[..., 4:])
-    return BlockWeight(pack_codes(codes, 4), d, 4, BLOCK, zero_points=zp, residual=residual,
-                       source=source)
+    return BlockWeight(
+        pack_codes(codes, 4), d, 4, BLOCK, zero_points=zp, residual=residual, source=source
+    )
 
 
 def residual_free(w: BlockWeight, steps: int = 25, spread: float = 0.12) -> BlockWeight:
@@ -127,9 +131,14 @@ def residual_free(w: BlockWeight, steps: int = 25, spread: float = 0.12) -> Bloc
                 best_s = np.where(better, cand, best_s)
                 best_zp = np.where(better, zp, best_zp)
                 best_q = np.where(better[..., None], q, best_q)
-    return BlockWeight(pack_codes(best_q.astype(np.uint8), w.bits), best_s.astype(np.float32),
-                       w.bits, w.block_size, zero_points=best_zp.astype(np.uint8),
-                       source=w.source)
+    return BlockWeight(
+        pack_codes(best_q.astype(np.uint8), w.bits),
+        best_s.astype(np.float32),
+        w.bits,
+        w.block_size,
+        zero_points=best_zp.astype(np.uint8),
+        source=w.source,
+    )
 
 
 def unpermute_order(n_rows: int, n_head: int) -> np.ndarray:
@@ -171,8 +180,9 @@ def load_gguf_weights(path: Path) -> GgufWeights:
 
         reader = GGUFReader(str(path))
     except Exception as exc:  # gguf raises assorted types on bad files
-        raise BackendError(f"gguf_exact: cannot read GGUF {path}: {type(exc).__name__}: {exc}") \
-            from exc
+        raise BackendError(
+            f"gguf_exact: cannot read GGUF {path}: {type(exc).__name__}: {exc}"
+        ) from exc
     heads = _head_counts(reader)
     out = GgufWeights(Path(path))
     for tensor in reader.tensors:
@@ -188,17 +198,25 @@ def load_gguf_weights(path: Path) -> GgufWeights:
         reference = dequantize(raw, tensor.tensor_type).reshape(values.shape)
         if not np.array_equal(values, reference):
             diff = float(np.abs(values - reference).max())
-            raise BackendError(f"gguf_exact: re-encoding {tensor.name} ({qtype}) is not exact "
-                               f"(max |diff| {diff:g}); refusing to produce a lossy model")
+            raise BackendError(
+                f"gguf_exact: re-encoding {tensor.name} ({qtype}) is not exact "
+                f"(max |diff| {diff:g}); refusing to produce a lossy model"
+            )
         out.weights[tensor.name] = weight
         _add_variants(out, tensor.name, weight, values, heads)
-    log.info("gguf_exact: %d tensors re-encoded from %s (%d of other types left: %s)",
-             len(out.weights), path.name, len(out.skipped), sorted(set(out.skipped.values())))
+    log.info(
+        "gguf_exact: %d tensors re-encoded from %s (%d of other types left: %s)",
+        len(out.weights),
+        path.name,
+        len(out.skipped),
+        sorted(set(out.skipped.values())),
+    )
     return out
 
 
 def _head_counts(reader: Any) -> dict[str, int]:
     """``{"attn_q.weight": n_head, "attn_k.weight": n_head_kv}`` from the GGUF metadata."""
+
     def field_int(key: str) -> int | None:
         f = reader.fields.get(key)
         return None if f is None else int(f.contents())
@@ -210,8 +228,9 @@ def _head_counts(reader: Any) -> dict[str, int]:
     return {"attn_q.weight": n_head or 0, "attn_k.weight": n_kv or 0}
 
 
-def _add_variants(out: GgufWeights, name: str, weight: BlockWeight, values: np.ndarray,
-                  heads: dict[str, int]) -> None:
+def _add_variants(
+    out: GgufWeights, name: str, weight: BlockWeight, values: np.ndarray, heads: dict[str, int]
+) -> None:
     out.variants[(name, "stored")] = (weight, values)
     suffix = next((s for s in PERMUTED_TENSORS if name.endswith(s)), None)
     n_head = heads.get(suffix or "", 0)
@@ -250,8 +269,12 @@ class MatchReport:
 
 
 def apply_gguf_exact(
-    model: Any, gguf: GgufWeights, accuracy_level: int = 0, accuracy_level_8bit: int = 4,
-    q4_1_mode: str = "residual", embedding_bits: int = 0,
+    model: Any,
+    gguf: GgufWeights,
+    accuracy_level: int = 0,
+    accuracy_level_8bit: int = 4,
+    q4_1_mode: str = "residual",
+    embedding_bits: int = 0,
 ) -> MatchReport:
     """Replace every weight MatMul / embedding Gather of ``model`` whose constant equals GGUF
     tensors (concatenated along N for fused projections) by their exact block form.
@@ -268,14 +291,20 @@ def apply_gguf_exact(
             model was not made from this GGUF).
     """
     if q4_1_mode not in Q4_1_MODES or embedding_bits not in (0, 4, 8):
-        raise ValueError(f"apply_gguf_exact: q4_1_mode={q4_1_mode!r} (allowed: "
-                         f"{', '.join(Q4_1_MODES)}), embedding_bits={embedding_bits} (0, 4, 8)")
+        raise ValueError(
+            f"apply_gguf_exact: q4_1_mode={q4_1_mode!r} (allowed: "
+            f"{', '.join(Q4_1_MODES)}), embedding_bits={embedding_bits} (0, 4, 8)"
+        )
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     table = gguf.index()
     report = MatchReport()
-    rewriter = NBitsRewriter(model, accuracy_level, accuracy_level_8bit,
-                             residual_mode="folded" if q4_1_mode == "folded" else "branch")
+    rewriter = NBitsRewriter(
+        model,
+        accuracy_level,
+        accuracy_level_8bit,
+        residual_mode="folded" if q4_1_mode == "folded" else "branch",
+    )
     recoded: dict[int, BlockWeight] = {}
 
     def recode(w: BlockWeight) -> BlockWeight:
@@ -330,7 +359,7 @@ def _match_columns(b: np.ndarray | None, gguf: GgufWeights, table: dict) -> list
         for key in table.get((k, _row_digest(b[:, pos])), []):
             weight, values = gguf.variants[key]
             rows = values.shape[0]
-            if pos + rows <= n and np.array_equal(b[:, pos:pos + rows], values.T):
+            if pos + rows <= n and np.array_equal(b[:, pos : pos + rows], values.T):
                 hit = weight
                 break
         if hit is None:
@@ -344,15 +373,20 @@ def _check_report(report: MatchReport, gguf: GgufWeights) -> None:
     if report.matmuls == 0:
         raise BackendError(
             f"gguf_exact: no weight MatMul of the graph equals a tensor of {gguf.path.name}; "
-            "the float model must be this GGUF de-quantized (model.source=gguf or package)")
+            "the float model must be this GGUF de-quantized (model.source=gguf or package)"
+        )
     if report.unused_tensors:
         shown = ", ".join(report.unused_tensors[:5])
         raise BackendError(
             f"gguf_exact: {len(report.unused_tensors)} quantized tensors of {gguf.path.name} "
-            f"match no node of the graph ({shown} ...); the float model was not made from it")
+            f"match no node of the graph ({shown} ...); the float model was not made from it"
+        )
     if report.unmatched_matmuls:
-        log.warning("gguf_exact: %d weight MatMuls stay float (no equal GGUF tensor): %s",
-                    len(report.unmatched_matmuls), report.unmatched_matmuls[:5])
+        log.warning(
+            "gguf_exact: %d weight MatMuls stay float (no equal GGUF tensor): %s",
+            len(report.unmatched_matmuls),
+            report.unmatched_matmuls[:5],
+        )
 
 
 def gguf_path_from_manifest(float_model_dir: Path) -> Path:
@@ -380,14 +414,17 @@ def gguf_path_from_manifest(float_model_dir: Path) -> Path:
         raise ConfigError(
             f"quant.ort.scheme=gguf_exact needs a GGUF source; {manifest_path} says "
             f"source={manifest.get('source')!r} without gguf_file: use model.source=gguf or "
-            "package, or another scheme")
+            "package, or another scheme"
+        )
     path = _locate_gguf(manifest)
     if not path.is_file():
         raise BackendError(f"gguf_exact: GGUF {path} (from {manifest_path}) not found")
     expected = manifest.get("gguf_sha256")
     if expected and sha256_file(path) != expected:
-        raise BackendError(f"gguf_exact: {path} changed since the float model was made "
-                           f"(sha256 differs from {manifest_path}); rerun download_llm")
+        raise BackendError(
+            f"gguf_exact: {path} changed since the float model was made "
+            f"(sha256 differs from {manifest_path}); rerun download_llm"
+        )
     return path
 
 
@@ -404,9 +441,12 @@ def _locate_gguf(manifest: dict[str, Any]) -> Path:
 
         revision = manifest.get("revision_resolved") or manifest.get("revision")
         try:
-            return Path(hf_hub_download(manifest["repo_id"], name, revision=revision,
-                                        local_files_only=True))
+            return Path(
+                hf_hub_download(manifest["repo_id"], name, revision=revision, local_files_only=True)
+            )
         except Exception as exc:  # not in the cache
-            raise BackendError(f"gguf_exact: {manifest['repo_id']}/{name} is not in the local "
-                               f"hub cache ({exc}); rerun download_llm") from exc
+            raise BackendError(
+                f"gguf_exact: {manifest['repo_id']}/{name} is not in the local "
+                f"hub cache ({exc}); rerun download_llm"
+            ) from exc
     return Path(name)

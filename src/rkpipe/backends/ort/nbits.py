@@ -86,7 +86,7 @@ class BlockWeight:
 
     def take_rows(self, order: np.ndarray) -> BlockWeight:
         """A copy with rows (output features) reordered as ``W[order]``."""
-        pick = (lambda a: None if a is None else np.ascontiguousarray(a[order]))  # noqa: E731
+        pick = lambda a: None if a is None else np.ascontiguousarray(a[order])  # noqa: E731
         return replace(
             self,
             packed=pick(self.packed),
@@ -175,12 +175,14 @@ def quantize_rtn(w: np.ndarray, bits: int, block_size: int, source: str = "") ->
     scales = (np.abs(blocks).max(axis=-1) / qmax).astype(np.float32)
     safe = np.where(scales == 0, 1.0, scales)[..., None]
     codes = np.clip(np.rint(blocks / safe), -qmax - 1, qmax) + (1 << (bits - 1))
-    return BlockWeight(pack_codes(codes.astype(np.uint8), bits), scales, bits, block_size,
-                       source=source)
+    return BlockWeight(
+        pack_codes(codes.astype(np.uint8), bits), scales, bits, block_size, source=source
+    )
 
 
-def quantize_mse(w: np.ndarray, bits: int, block_size: int, source: str = "",
-                 steps: int = 41) -> BlockWeight:
+def quantize_mse(
+    w: np.ndarray, bits: int, block_size: int, source: str = "", steps: int = 41
+) -> BlockWeight:
     """Like :func:`quantize_rtn` (symmetric, default zero point) but each block's scale is the
     one of ``steps`` candidates that minimises the block's squared error, and the codes use the
     whole unsigned range (``-2**(bits-1) .. 2**(bits-1)-1`` around the zero point). Scales range
@@ -211,8 +213,9 @@ def quantize_mse(w: np.ndarray, bits: int, block_size: int, source: str = "",
     best_scale = best_scale.astype(np.float32)
     safe = np.where(best_scale == 0, 1.0, best_scale)[..., None]
     codes = np.clip(np.rint(blocks / safe), -half, half - 1) + half
-    return BlockWeight(pack_codes(codes.astype(np.uint8), bits), best_scale, bits, block_size,
-                       source=source)
+    return BlockWeight(
+        pack_codes(codes.astype(np.uint8), bits), best_scale, bits, block_size, source=source
+    )
 
 
 def fold_residual(w: BlockWeight) -> BlockWeight:
@@ -248,7 +251,7 @@ def folded_weight(w: BlockWeight, folded: BlockWeight) -> np.ndarray:
     """The ``[N, K]`` weight a folded MatMulNBits computes with on the original input:
     ``w`` without residual, plus the 4-bit residual each block's sum is multiplied by."""
     main = replace(w, residual=None).dequantize()
-    extra = folded.dequantize()[:, w.k:w.k + w.k_blocks]  # R_q [N, k_blocks]
+    extra = folded.dequantize()[:, w.k : w.k + w.k_blocks]  # R_q [N, k_blocks]
     return main + np.repeat(extra, w.block_size, axis=1)
 
 
@@ -350,7 +353,8 @@ class NBitsRewriter:
                 packed=self._init(f"{base}.qweight", w.packed),
                 scales=self._init(f"{base}.scales", w.scales.astype(np.float32)),
                 zero_points=None if zp is None else self._init(f"{base}.qzeros", zp),
-                residual=None if w.residual is None
+                residual=None
+                if w.residual is None
                 else self._init(f"{base}.residual", np.ascontiguousarray(w.residual.T)),
             )
         return self._shared[id(w)]
@@ -376,8 +380,16 @@ class NBitsRewriter:
         level = self.accuracy_level_8bit if w.bits == 8 else self.accuracy_level
         if level:
             attrs["accuracy_level"] = level
-        nodes.append(helper.make_node("MatMulNBits", inputs, [main_out], name=self._fresh(
-            f"{base}_Q{w.bits}"), domain=MS_DOMAIN, **attrs))
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                inputs,
+                [main_out],
+                name=self._fresh(f"{base}_Q{w.bits}"),
+                domain=MS_DOMAIN,
+                **attrs,
+            )
+        )
         if w.residual is not None:
             nodes += self._residual_nodes(node.input[0], w, names.residual, main_out, out, base)
         self.counts["matmul"] += 1
@@ -394,13 +406,16 @@ class NBitsRewriter:
         e_key = ("__E_folded__", w.k, w.block_size)
         if e_key not in self._block_sums:
             self._block_sums[e_key] = self._init(
-                f"block_sum_{w.k}x{padded}", block_sum_matrix(w.k, w.block_size, padded))
+                f"block_sum_{w.k}x{padded}", block_sum_matrix(w.k, w.block_size, padded)
+            )
         sums, ext = self._fresh(f"{base}.block_sums"), self._fresh(f"{base}.x_ext")
         nodes = [
-            helper.make_node("MatMul", [x, self._block_sums[e_key]], [sums],
-                             name=self._fresh(f"{base}_BlockSum")),
-            helper.make_node("Concat", [x, sums], [ext], axis=-1,
-                             name=self._fresh(f"{base}_FoldResidual")),
+            helper.make_node(
+                "MatMul", [x, self._block_sums[e_key]], [sums], name=self._fresh(f"{base}_BlockSum")
+            ),
+            helper.make_node(
+                "Concat", [x, sums], [ext], axis=-1, name=self._fresh(f"{base}_FoldResidual")
+            ),
         ]
         self._block_sums[key] = ext
         return nodes, ext
@@ -414,18 +429,31 @@ class NBitsRewriter:
         nodes = []
         key = (x, w.k, w.block_size)
         if key not in self._block_sums:
-            ones = np.kron(np.eye(w.k_blocks, dtype=np.float32), np.ones((w.block_size, 1),
-                                                                           dtype=np.float32))
+            ones = np.kron(
+                np.eye(w.k_blocks, dtype=np.float32), np.ones((w.block_size, 1), dtype=np.float32)
+            )
             sums = self._fresh(f"{base}.block_sums")
-            nodes.append(helper.make_node(
-                "MatMul", [x, self._block_sum_matrix(ones, w)], [sums], name=self._fresh(
-                    f"{base}_BlockSum")))
+            nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    [x, self._block_sum_matrix(ones, w)],
+                    [sums],
+                    name=self._fresh(f"{base}_BlockSum"),
+                )
+            )
             self._block_sums[key] = sums
         res = self._fresh(f"{base}.residual_out")
-        nodes.append(helper.make_node("MatMul", [self._block_sums[key], residual], [res],
-                                      name=self._fresh(f"{base}_Residual")))
-        nodes.append(helper.make_node("Add", [main_out, res], [out],
-                                      name=self._fresh(f"{base}_AddResidual")))
+        nodes.append(
+            helper.make_node(
+                "MatMul",
+                [self._block_sums[key], residual],
+                [res],
+                name=self._fresh(f"{base}_Residual"),
+            )
+        )
+        nodes.append(
+            helper.make_node("Add", [main_out, res], [out], name=self._fresh(f"{base}_AddResidual"))
+        )
         return nodes
 
     def _block_sum_matrix(self, ones: np.ndarray, w: BlockWeight) -> str:
@@ -444,24 +472,56 @@ class NBitsRewriter:
         names = self._shared_names(w, base)
         ids = node.input[1]
         scales3 = self._fresh(f"{base}.scales3d")
-        nodes = [helper.make_node("Reshape", [names.scales, self._init(
-            f"{base}.scales3d_shape", np.array([w.n, w.k_blocks, 1], dtype=np.int64))],
-            [scales3], name=self._fresh(f"{base}_ScalesTo3D"))]
+        nodes = [
+            helper.make_node(
+                "Reshape",
+                [
+                    names.scales,
+                    self._init(
+                        f"{base}.scales3d_shape", np.array([w.n, w.k_blocks, 1], dtype=np.int64)
+                    ),
+                ],
+                [scales3],
+                name=self._fresh(f"{base}_ScalesTo3D"),
+            )
+        ]
         inputs = [names.packed, ids, scales3]
         if w.zero_points is not None:  # GatherBlockQuantized packs one zero point per byte here
             inputs.append(self._init(f"{base}.gather_zeros", w.zero_points[..., None]))
         blocks = self._fresh(f"{base}.gathered_blocks")
-        nodes.append(helper.make_node(
-            "GatherBlockQuantized", inputs, [blocks], name=self._fresh(f"{base}_Q{w.bits}"),
-            domain=MS_DOMAIN, bits=w.bits, block_size=w.block_size, gather_axis=0,
-            quantize_axis=2))
+        nodes.append(
+            helper.make_node(
+                "GatherBlockQuantized",
+                inputs,
+                [blocks],
+                name=self._fresh(f"{base}_Q{w.bits}"),
+                domain=MS_DOMAIN,
+                bits=w.bits,
+                block_size=w.block_size,
+                gather_axis=0,
+                quantize_axis=2,
+            )
+        )
         shape, out_shape = self._fresh(f"{base}.ids_shape"), self._fresh(f"{base}.out_shape")
         nodes.append(helper.make_node("Shape", [ids], [shape], name=self._fresh(f"{base}_Shape")))
         k_const = self._init(f"{base}.k", np.array([w.k], dtype=np.int64))
-        nodes.append(helper.make_node("Concat", [shape, k_const], [out_shape], axis=0,
-                                      name=self._fresh(f"{base}_OutShape")))
-        nodes.append(helper.make_node("Reshape", [blocks, out_shape], [node.output[0]],
-                                      name=self._fresh(f"{base}_Flatten")))
+        nodes.append(
+            helper.make_node(
+                "Concat",
+                [shape, k_const],
+                [out_shape],
+                axis=0,
+                name=self._fresh(f"{base}_OutShape"),
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "Reshape",
+                [blocks, out_shape],
+                [node.output[0]],
+                name=self._fresh(f"{base}_Flatten"),
+            )
+        )
         self.counts["gather"] += 1
         return nodes
 
@@ -518,13 +578,17 @@ def weight_nodes(graph: Any) -> tuple[list[Any], list[Any]]:
         o for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits for o in n.output
     }
     matmuls = [
-        n for n in graph.node
-        if n.op_type == "MatMul" and (n.input[1] in inits or n.input[1] in transposed)
+        n
+        for n in graph.node
+        if n.op_type == "MatMul"
+        and (n.input[1] in inits or n.input[1] in transposed)
         and _rank(inits, n.input[1], graph) == 2
     ]
     gathers = [
-        n for n in graph.node
-        if n.op_type == "Gather" and (n.input[0] in inits or n.input[0] in transposed)
+        n
+        for n in graph.node
+        if n.op_type == "Gather"
+        and (n.input[0] in inits or n.input[0] in transposed)
         and _rank(inits, n.input[0], graph) == 2
     ]
     return matmuls, gathers
@@ -561,7 +625,8 @@ def quantize_tied_embedding(
         rewriter.gather(gather, weight)
         for mm in matmuls:  # the tied lm_head: the same initializer, transposed the other way
             if source_initializer(graph, mm.input[1]) == source and _transposed_pair(
-                    graph, gather.input[0], mm.input[1]):
+                graph, gather.input[0], mm.input[1]
+            ):
                 rewriter.matmul(mm, weight)
     counts = rewriter.apply()
     return {"embedding_gathers": counts["gather"], "embedding_matmuls": counts["matmul"]}
@@ -578,7 +643,8 @@ def source_initializer(graph: Any, name: str) -> str:
 def _transposed_pair(graph: Any, gather_data: str, matmul_b: str) -> bool:
     """Whether exactly one of the two reads goes through a Transpose (B == table.T)."""
     return (source_initializer(graph, gather_data) != gather_data) != (
-        source_initializer(graph, matmul_b) != matmul_b)
+        source_initializer(graph, matmul_b) != matmul_b
+    )
 
 
 def split_decode_branch(model: Any, decode_level: int, input_name: str = "input_ids") -> int:
@@ -636,13 +702,23 @@ def split_decode_branch(model: Any, decode_level: int, input_name: str = "input_
     one = "decode_branch.one"
     graph.initializer.append(numpy_helper.from_array(np.array([1], dtype=np.int64), one))
     nodes = [
-        helper.make_node("Shape", [input_name], ["decode_branch.seq_len"], start=-1,
-                         name="DecodeBranch_Shape"),
-        helper.make_node("Equal", ["decode_branch.seq_len", one], ["decode_branch.is_decode"],
-                         name="DecodeBranch_Equal"),
-        helper.make_node("If", ["decode_branch.is_decode"], [o.name for o in graph.output],
-                         then_branch=then_branch, else_branch=else_branch,
-                         name="DecodeBranch_If"),
+        helper.make_node(
+            "Shape", [input_name], ["decode_branch.seq_len"], start=-1, name="DecodeBranch_Shape"
+        ),
+        helper.make_node(
+            "Equal",
+            ["decode_branch.seq_len", one],
+            ["decode_branch.is_decode"],
+            name="DecodeBranch_Equal",
+        ),
+        helper.make_node(
+            "If",
+            ["decode_branch.is_decode"],
+            [o.name for o in graph.output],
+            then_branch=then_branch,
+            else_branch=else_branch,
+            name="DecodeBranch_If",
+        ),
     ]
     del graph.node[:]
     graph.node.extend(nodes)

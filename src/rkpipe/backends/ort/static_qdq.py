@@ -36,16 +36,23 @@ def read_records(calibration_json: Path, limit: int) -> list[str]:
     try:
         records = json.loads(Path(calibration_json).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise BackendError(f"static_qdq: cannot read calibration set {calibration_json}: {exc}; "
-                           "run the calibrate stage first") from exc
+        raise BackendError(
+            f"static_qdq: cannot read calibration set {calibration_json}: {exc}; "
+            "run the calibrate stage first"
+        ) from exc
     if not isinstance(records, list):
         raise BackendError(f"static_qdq: {calibration_json} is not a JSON list of records")
-    texts = [str(r.get("input", "")) + str(r.get("target", "")) for r in records[:limit]
-             if isinstance(r, dict)]
+    texts = [
+        str(r.get("input", "")) + str(r.get("target", ""))
+        for r in records[:limit]
+        if isinstance(r, dict)
+    ]
     texts = [t for t in texts if t]
     if not texts:
-        raise BackendError(f"static_qdq: {calibration_json} has no usable records "
-                           "(expected objects with 'input' and 'target')")
+        raise BackendError(
+            f"static_qdq: {calibration_json} has no usable records "
+            "(expected objects with 'input' and 'target')"
+        )
     return texts
 
 
@@ -58,8 +65,9 @@ def input_specs(model: Any, config: dict[str, Any]) -> dict[str, tuple[Any, list
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
         if value.name.startswith("past_key_values.") and len(dims) == 4:
             heads = config.get("num_key_value_heads") or config.get("num_attention_heads")
-            head_dim = config.get("head_dim") or _safe_div(config.get("hidden_size"),
-                                                           config.get("num_attention_heads"))
+            head_dim = config.get("head_dim") or _safe_div(
+                config.get("hidden_size"), config.get("num_attention_heads")
+            )
             dims = [1, dims[1] or heads, 0, dims[3] or head_dim]
         specs[value.name] = (_ONNX_TO_NUMPY.get(tensor.elem_type, np.float32), dims)
     return specs
@@ -87,8 +95,10 @@ def make_feed(ids: list[int], specs: dict[str, tuple[Any, list]]) -> dict[str, n
         elif name.startswith("past_key_values.") and None not in dims:
             feed[name] = np.zeros(dims, dtype=dtype)
         else:
-            raise ConfigError(f"static_qdq: cannot build calibration input {name!r} {dims}; "
-                              "expected an optimum text-generation-with-past export")
+            raise ConfigError(
+                f"static_qdq: cannot build calibration input {name!r} {dims}; "
+                "expected an optimum text-generation-with-past export"
+            )
     return feed
 
 
@@ -114,9 +124,14 @@ class CalibrationReader:
         return len(self.feeds)
 
 
-def calibration_reader(calibration_json: Path, tokenizer_dir: Path, model: Any,
-                       records: int, max_tokens: int,
-                       equal_length: bool = False) -> CalibrationReader:
+def calibration_reader(
+    calibration_json: Path,
+    tokenizer_dir: Path,
+    model: Any,
+    records: int,
+    max_tokens: int,
+    equal_length: bool = False,
+) -> CalibrationReader:
     """A :class:`CalibrationReader` feeding ``records`` calibration records to ``model``.
 
     ``equal_length`` cuts every record to the shortest one's length: onnxruntime's histogram
@@ -131,19 +146,24 @@ def calibration_reader(calibration_json: Path, tokenizer_dir: Path, model: Any,
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     except Exception as exc:  # transformers raises assorted types
-        raise BackendError(f"static_qdq: cannot load the tokenizer in {tokenizer_dir}: {exc}") \
-            from exc
+        raise BackendError(
+            f"static_qdq: cannot load the tokenizer in {tokenizer_dir}: {exc}"
+        ) from exc
     config = _read_config(Path(tokenizer_dir))
     specs = input_specs(model, config)
-    token_lists = [list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_tokens]
-                   for t in texts]
+    token_lists = [
+        list(tokenizer(t, add_special_tokens=False)["input_ids"])[:max_tokens] for t in texts
+    ]
     token_lists = [ids for ids in token_lists if ids]
     if equal_length and token_lists:
         shortest = min(len(ids) for ids in token_lists)
         token_lists = [ids[:shortest] for ids in token_lists]
     feeds = [make_feed(ids, specs) for ids in token_lists]
-    log.info("static_qdq: %d calibration records, %d tokens", len(feeds),
-             sum(f["input_ids"].shape[1] for f in feeds))
+    log.info(
+        "static_qdq: %d calibration records, %d tokens",
+        len(feeds),
+        sum(f["input_ids"].shape[1] for f in feeds),
+    )
     return CalibrationReader(feeds)
 
 
@@ -154,8 +174,9 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def quantize_static_qdq(source: Any, dst: Path, reader: CalibrationReader, cfg: Any,
-                        nodes: list[str], large: bool) -> None:
+def quantize_static_qdq(
+    source: Any, dst: Path, reader: CalibrationReader, cfg: Any, nodes: list[str], large: bool
+) -> None:
     """``quantize_static`` in QDQ format on the weight MatMuls ``nodes``.
 
     ``cfg`` is the :class:`~rkpipe.config.schema.OrtQuantConfig` (``weight_type``,
@@ -173,8 +194,10 @@ def quantize_static_qdq(source: Any, dst: Path, reader: CalibrationReader, cfg: 
     )
 
     if cfg.calibrate_method not in CALIBRATE_METHODS:
-        raise ConfigError(f"quant.ort.calibrate_method={cfg.calibrate_method!r} is not allowed; "
-                          f"allowed: {', '.join(CALIBRATE_METHODS)}")
+        raise ConfigError(
+            f"quant.ort.calibrate_method={cfg.calibrate_method!r} is not allowed; "
+            f"allowed: {', '.join(CALIBRATE_METHODS)}"
+        )
 
     class _Reader(CalibrationDataReader):
         def get_next(self) -> dict | None:
@@ -195,6 +218,8 @@ def quantize_static_qdq(source: Any, dst: Path, reader: CalibrationReader, cfg: 
         weight_type=QuantType[cfg.weight_type],
         calibrate_method=CalibrationMethod[cfg.calibrate_method],
         use_external_data_format=large,
-        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric":
-                       cfg.activation_type == "QInt8"},
+        extra_options={
+            "MatMulConstBOnly": True,
+            "ActivationSymmetric": cfg.activation_type == "QInt8",
+        },
     )
