@@ -155,6 +155,16 @@ def pack_zero_points(zp: np.ndarray, bits: int) -> np.ndarray:
     return pack_codes(zp, 4)
 
 
+def _weight_blocks(w: np.ndarray, bits: int, block_size: int, caller: str) -> np.ndarray:
+    """``w`` ``[N, K]`` as float32 ``[N, K / block_size, block_size]``; checks bits and K."""
+    if bits not in (4, 8):
+        raise ValueError(f"{caller}: bits={bits}; expected 4 or 8")
+    n, k = w.shape
+    if k % block_size:
+        raise ValueError(f"{caller}: K={k} is not a multiple of block_size={block_size}")
+    return np.asarray(w, dtype=np.float32).reshape(n, k // block_size, block_size)
+
+
 def quantize_rtn(w: np.ndarray, bits: int, block_size: int, source: str = "") -> BlockWeight:
     """Round-to-nearest symmetric block quantization of a float ``[N, K]`` weight.
 
@@ -165,12 +175,7 @@ def quantize_rtn(w: np.ndarray, bits: int, block_size: int, source: str = "") ->
     Raises:
         ValueError: K is not a multiple of ``block_size`` or ``bits`` is not 4 or 8.
     """
-    if bits not in (4, 8):
-        raise ValueError(f"quantize_rtn: bits={bits}; expected 4 or 8")
-    n, k = w.shape
-    if k % block_size:
-        raise ValueError(f"quantize_rtn: K={k} is not a multiple of block_size={block_size}")
-    blocks = np.asarray(w, dtype=np.float32).reshape(n, k // block_size, block_size)
+    blocks = _weight_blocks(w, bits, block_size, "quantize_rtn")
     qmax = (1 << (bits - 1)) - 1
     scales = (np.abs(blocks).max(axis=-1) / qmax).astype(np.float32)
     safe = np.where(scales == 0, 1.0, scales)[..., None]
@@ -192,12 +197,7 @@ def quantize_mse(
     Raises:
         ValueError: K is not a multiple of ``block_size`` or ``bits`` is not 4 or 8.
     """
-    if bits not in (4, 8):
-        raise ValueError(f"quantize_mse: bits={bits}; expected 4 or 8")
-    n, k = w.shape
-    if k % block_size:
-        raise ValueError(f"quantize_mse: K={k} is not a multiple of block_size={block_size}")
-    blocks = np.asarray(w, dtype=np.float32).reshape(n, k // block_size, block_size)
+    blocks = _weight_blocks(w, bits, block_size, "quantize_mse")
     half = 1 << (bits - 1)
     absmax = np.abs(blocks).max(axis=-1)
     best_err = np.full(absmax.shape, np.inf, dtype=np.float32)
