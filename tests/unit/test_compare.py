@@ -15,7 +15,7 @@ from rkpipe.report.compare import (
     gate_verdict,
     quant_label,
 )
-from rkpipe.report.pareto import pareto_front, plot_pareto
+from rkpipe.report.pareto import pareto_front, plot_key, plot_pareto
 
 
 @dataclass
@@ -138,3 +138,8 @@ def test_plot_pareto_writes_a_png(tmp_path):
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
     assert plot_pareto(compare_runs([Run("d" * 32, "d", {})]), tmp_path / "none.png") is None
+
+
+def test_plot_key_numbers_the_points_and_marks_the_front():
+    key = plot_key(["ort int8 @ host", "w8a8 @ rk3588"], [False, True])
+    assert key.splitlines() == ["1  ort int8 @ host", "2  w8a8 @ rk3588   (on the front)"]

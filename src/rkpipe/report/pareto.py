@@ -75,17 +75,29 @@ def plot_pareto(comparison: Comparison, path: Path, title: str = "") -> Path | N
     fig.colorbar(points, ax=left, label="peak memory (GB)")
     right.scatter(memory, accuracy, s=80, c=["tab:red" if f else "tab:gray" for f in front])
     for ax, xs in ((left, speed), (right, memory)):
-        _mark_front(ax, xs, accuracy, front, labels)
+        _mark_front(ax, xs, accuracy, front)
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.3, y=0.15)
     left.set_xlabel("decode tokens/s (higher is better)")
     right.set_xlabel("peak memory, GB (lower is better)")
     fig.suptitle(title or "Pareto front: accuracy vs decode speed vs memory (ringed: on the front)")
+    # Points are numbered and named in a key under the plots: variants of one sweep often sit
+    # so close that labels written next to them would overlap.
+    fig.text(0.01, -0.01, plot_key(labels, front), va="top", ha="left", fontsize=9,
+             family="monospace")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_key(labels: Sequence[str], front: Sequence[bool]) -> str:
+    """The key under the plots: one line per numbered point, front members marked."""
+    return "\n".join(
+        f"{number}  {text}{'   (on the front)' if on_front else ''}"
+        for number, (text, on_front) in enumerate(zip(labels, front, strict=True), 1)
+    )
 
 
 def _labels(rows: Sequence[Any]) -> list[str]:
@@ -97,10 +109,11 @@ def _labels(rows: Sequence[Any]) -> list[str]:
     ]
 
 
-def _mark_front(
-    ax: Any, xs: list[float], ys: list[float], front: list[bool], labels: list[str]
-) -> None:
-    for x, y, on_front, text in zip(xs, ys, front, labels, strict=True):
+def _mark_front(ax: Any, xs: list[float], ys: list[float], front: list[bool]) -> None:
+    numbers: dict[tuple[float, float], list[str]] = {}  # points drawn on top of each other
+    for number, (x, y, on_front) in enumerate(zip(xs, ys, front, strict=True), 1):
         if on_front:
             ax.scatter([x], [y], s=260, facecolors="none", edgecolors="tab:red", linewidths=1.5)
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        numbers.setdefault((round(x, 3), round(y, 3)), []).append(str(number))
+    for (x, y), names in numbers.items():
+        ax.annotate(",".join(names), (x, y), textcoords="offset points", xytext=(7, 5), fontsize=9)
