@@ -166,12 +166,13 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def _warn_shared_board(args: argparse.Namespace, plan: Any) -> None:
-    """Parallel jobs benchmarking on this host (board=local) disturb each other's timings."""
+    """Parallel jobs on this host disturb a board=local benchmark's timings."""
     local = any(v.cfg.board.transport == "local" for v in plan.variants)
     if args.executor == "queue" and args.jobs > 1 and local:
         print(
-            f"warning: -j {args.jobs} with board=local benchmarks several variants on this "
-            "host at once; their TTFT and tokens/s disturb each other (use -j 1 for figures)",
+            f"warning: -j {args.jobs} with board=local: benchmarks take turns on this host, "
+            "but other variants' build stages run beside them and disturb TTFT and tokens/s "
+            "(use -j 1 for figures)",
             file=sys.stderr,
         )
 

@@ -192,6 +192,25 @@ def test_pin_frequency_on_the_host_warns_and_pins_nothing(default_cfg, tmp_path,
     assert not any("sh" == argv[0] for argv in transport.calls)  # no sysfs writes attempted
 
 
+def test_benchmarks_on_one_board_take_turns(default_cfg, tmp_path, transport):
+    """A second sweep worker waits for the board instead of measuring beside the first."""
+    import threading
+
+    from rkpipe.board.deploy import exclusive_board
+
+    cfg = local_cfg(default_cfg, tmp_path, tmp_path / "absent.so")
+    with exclusive_board(cfg.board):  # the "other worker" is benchmarking
+        worker = threading.Thread(target=deploy_and_bench, args=(cfg,))
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive() and transport.calls == []  # waiting, nothing run yet
+    worker.join(timeout=30)
+    assert not worker.is_alive() and transport.engines() == ["ort_whisper"]
+    other = dataclasses.replace(cfg.board, transport="ssh", host="10.0.0.7", name="evb")
+    with exclusive_board(cfg.board), exclusive_board(other):  # another board: no waiting
+        pass
+
+
 # ------------------------------------------------------------------ report and compare
 
 

@@ -13,11 +13,15 @@ says which one it was (``runtime``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -308,8 +312,51 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     """
     transport = make_transport(cfg.board)
     facts = {} if cfg.board.transport == "local" else check_board(cfg, transport)
-    if cfg.board.pin_frequency:
-        facts["pinned_clocks"] = _pin_clocks(cfg, transport, facts)
+    with exclusive_board(cfg.board):
+        if cfg.board.pin_frequency:
+            facts["pinned_clocks"] = _pin_clocks(cfg, transport, facts)
+        llm, asr = _bench_models(cfg, transport)
+    context = {"board": cfg.board.name, "platform": cfg.platform.name} | {
+        f"board_{k}": v for k, v in facts.items() if isinstance(v, (str, int, float))
+    }
+    samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
+    samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
+    return BenchResult(samples, llm.metrics | asr.metrics, facts)
+
+
+@contextlib.contextmanager
+def exclusive_board(board: BoardConfig) -> Iterator[None]:
+    """Hold this host's lock on ``board`` while benchmarking it, so that parallel sweep
+    workers (``dvc queue start -j N``) measure one after another instead of disturbing each
+    other. The lock is a file in the temp dir named after the board's address; if it cannot
+    be created the benchmark runs without it (with a warning)."""
+    import fcntl
+
+    address = f"{board.transport}-{board.host}-{board.port}" if board.host else board.transport
+    safe = re.sub(r"[^\w.-]", "_", address)
+    path = Path(tempfile.gettempdir()) / f"rkpipe-board-{safe}.lock"
+    try:
+        handle = open(path, "a")  # closed by the with below, after the lock is released
+    except OSError as exc:
+        log.warning("cannot take the board lock %s (%s); benchmarking without it", path, exc)
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for board %s: another benchmark holds %s", board.name, path)
+            start = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("board %s free after %.1f s", board.name, time.monotonic() - start)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _bench_models(cfg: Any, transport: Transport) -> tuple[BenchResult, BenchResult]:
+    """The LLM and ASR benchmarks of the variant (the LLM one skipped where it cannot run)."""
     models = Path(cfg.paths.models_dir)
     testset = Path(cfg.paths.data_dir) / "asr" / "testset"
     skipped = local_rkllm_unavailable(cfg)
@@ -333,12 +380,7 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
         cfg.asr.max_new_tokens,
         cfg.board.timeout_s,
     )
-    context = {"board": cfg.board.name, "platform": cfg.platform.name} | {
-        f"board_{k}": v for k, v in facts.items() if isinstance(v, (str, int, float))
-    }
-    samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
-    samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
-    return BenchResult(samples, llm.metrics | asr.metrics, facts)
+    return llm, asr
 
 
 def _board_lib_path(board: BoardConfig) -> str:
