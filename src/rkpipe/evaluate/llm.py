@@ -102,15 +102,29 @@ class _Sums:
     count: int = 0
 
     def add(self, ref: np.ndarray, cand: np.ndarray, targets: np.ndarray) -> None:
+        """Add rows of full reference and candidate logits."""
         for lo in range(0, len(targets), ROW_CHUNK):
             rows = slice(lo, lo + ROW_CHUNK)
-            logp, logq, t = log_softmax(ref[rows]), log_softmax(cand[rows]), targets[rows]
-            picked = np.arange(len(t))
-            self.nll_ref -= float(logp[picked, t].sum())
-            self.nll_cand -= float(logq[picked, t].sum())
-            self.kld += float(_kl_from_logp(logp, logq).sum())
-            self.agree += int((logp.argmax(axis=-1) == logq.argmax(axis=-1)).sum())
-            self.count += len(t)
+            logp, t = log_softmax(ref[rows]), targets[rows]
+            target_logp = logp[np.arange(len(t)), t]
+            self.add_rows(logp, target_logp, logp.argmax(axis=-1), cand[rows], t)
+
+    def add_rows(
+        self,
+        logp: np.ndarray,
+        target_logp: np.ndarray,
+        top1: np.ndarray,
+        cand: np.ndarray,
+        targets: np.ndarray,
+    ) -> None:
+        """Add one chunk: the reference's log-probs (for KL), its exact target log-probs and
+        argmax, and the candidate's logits."""
+        logq = log_softmax(cand)
+        self.nll_ref -= float(np.sum(target_logp))
+        self.nll_cand -= float(logq[np.arange(len(targets)), targets].sum())
+        self.kld += float(_kl_from_logp(logp, logq).sum())
+        self.agree += int((logq.argmax(axis=-1) == top1).sum())
+        self.count += len(targets)
 
     def metrics(self) -> dict[str, float]:
         ppl_float = math.exp(self.nll_ref / self.count)
@@ -269,7 +283,7 @@ def score_reference(
     Raises:
         BackendError: the candidate's logits do not match the reference's shape.
     """
-    nll_cand, kld, agree, row = 0.0, 0.0, 0, 0
+    sums, row = _Sums(), 0
     for ref_logp, window in zip(reference.logp, reference.windows, strict=True):
         cand = np.asarray(logits_fn(list(window)), dtype=np.float32)[:-1]
         if cand.shape != ref_logp.shape:
@@ -279,26 +293,15 @@ def score_reference(
             )
         targets = np.asarray(window[1:], dtype=np.int64)
         for lo in range(0, len(targets), ROW_CHUNK):
-            rows = slice(lo, lo + ROW_CHUNK)
-            logq = log_softmax(cand[rows])
+            hi = min(lo + ROW_CHUNK, len(targets))
+            rows, ref_rows = slice(lo, hi), slice(row + lo, row + hi)  # window / whole text
             logp = log_softmax(ref_logp[rows].astype(np.float64))
-            picked = np.arange(len(logq))
-            nll_cand -= float(logq[picked, targets[rows]].sum())
-            kld += float(_kl_from_logp(logp, logq).sum())
-            agree += int((logq.argmax(axis=-1) == reference.top1[row + lo + picked]).sum())
+            sums.add_rows(logp, reference.target_logp[ref_rows], reference.top1[ref_rows],
+                          cand[rows], targets[rows])  # fmt: skip
         row += len(targets)
-    count = reference.positions
-    ppl_float = math.exp(-float(reference.target_logp.sum()) / count)
-    ppl = math.exp(nll_cand / count)
-    return {
-        "ppl_float": ppl_float,
-        "ppl": ppl,
-        "ppl_delta_pct": 100.0 * (ppl - ppl_float) / ppl_float,
-        "kld_mean": kld / count,
-        "top1_agreement": agree / count,
-        "eval_tokens": float(count),
-        "eval_windows": float(len(reference.windows)),
-    }
+    metrics = sums.metrics()
+    metrics["eval_windows"] = float(len(reference.windows))
+    return metrics
 
 
 def write_reference(
