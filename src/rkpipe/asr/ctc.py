@@ -102,25 +102,6 @@ def build_ctc_processor() -> Any:
     return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
 
 
-def copy_ctc_checkpoint(src: Path, out: Path) -> None:
-    """Load a ``Wav2Vec2ForCTC`` + processor from ``src`` and save them (safetensors) to ``out``.
-
-    Raises :class:`AsrError` when either cannot be loaded.
-    """
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
-
-    try:
-        model = Wav2Vec2ForCTC.from_pretrained(src, dtype="float32")
-        processor = Wav2Vec2Processor.from_pretrained(src)
-    except (OSError, ValueError) as exc:
-        raise AsrError(
-            f"could not load the wav2vec2 CTC model and processor (feature extractor + "
-            f"tokenizer) from {src}: {exc}"
-        ) from exc
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-
-
 def run_ctc_export(model_dir: Path, out: Path) -> None:
     """optimum ONNX export (task ``automatic-speech-recognition``) of ``model_dir`` into ``out``.
 

@@ -147,7 +147,13 @@ def _copy_checkpoint(src: Path, out: Path, architecture: str) -> None:
     Raises :class:`AsrError` when the checkpoint's ``model_type`` is unsupported or is not
     ``architecture`` (``asr.architecture``), or when it cannot be loaded.
     """
-    from transformers import AutoConfig, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        AutoConfig,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     try:
         model_type = AutoConfig.from_pretrained(src).model_type
@@ -160,16 +166,16 @@ def _copy_checkpoint(src: Path, out: Path, architecture: str) -> None:
             f"set asr.architecture={model_type}"
         )
     if model_type == "wav2vec2":
-        from rkpipe.asr.ctc import copy_ctc_checkpoint
-
-        copy_ctc_checkpoint(src, out)
-        return
+        model_cls, processor_cls, name = Wav2Vec2ForCTC, Wav2Vec2Processor, "wav2vec2 CTC"
+    else:
+        model_cls, processor_cls = WhisperForConditionalGeneration, WhisperProcessor
+        name = "Whisper"
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(src, dtype="float32")
-        processor = WhisperProcessor.from_pretrained(src)
+        model = model_cls.from_pretrained(src, dtype="float32")
+        processor = processor_cls.from_pretrained(src)
     except (OSError, ValueError) as exc:
         raise AsrError(
-            f"could not load the Whisper model and processor (feature extractor + tokenizer) "
+            f"could not load the {name} model and processor (feature extractor + tokenizer) "
             f"from {src}: {exc}"
         ) from exc
     model.save_pretrained(out, safe_serialization=True)
