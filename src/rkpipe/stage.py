@@ -4,6 +4,11 @@
 ``params.yaml`` (failing in well under a second on a bad value), opens the
 variant's MLflow run, calls ``body(cfg, run)``, and turns an
 :class:`~rkpipe.errors.RkpipeError` into a one-line message and exit code 1.
+
+Every stage runs with a fixed ``PYTHONHASHSEED``: the ONNX exporters and quantizers iterate
+over sets in places, so without it two runs of the same stage write different bytes (measured
+for quantize_asr: a new decoder hash on every run), and ``rkpipe reproduce`` could not be
+byte-identical.
 """
 
 from __future__ import annotations
@@ -37,8 +42,17 @@ def configure_logging(level: str | None = None) -> None:
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
 
 
+def ensure_fixed_hash_seed(seed: str = "0") -> None:
+    """Re-execute this interpreter with ``PYTHONHASHSEED=seed`` unless it already runs so."""
+    if os.environ.get("PYTHONHASHSEED") == seed:
+        return
+    env = dict(os.environ, PYTHONHASHSEED=seed)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def run_stage(name: str, body: StageBody, params_file: str = "params.yaml") -> None:
     """Run one stage; exit 1 with a one-line error on a known failure, 130/143 when killed."""
+    ensure_fixed_hash_seed()
     from rkpipe.tracking import Terminated, stage_run
 
     configure_logging()
