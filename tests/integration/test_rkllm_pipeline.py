@@ -103,7 +103,7 @@ def test_fake_toolkit_converted_the_model_in_its_own_interpreter(pipeline):
     assert build["dataset"] == str((repo / "data/calib/calibration.json").resolve())
     manifest = read_json(repo / "models/llm/quantized/quant_manifest.json")
     assert manifest["toolkit_version"] == "1.3.0" and manifest["platform"] == "rk3588"
-    assert manifest["toolkit_python"].startswith(str(pipeline["python"]))
+    assert str(pipeline["python"]) not in json.dumps(manifest)  # a host path: in the params
 
 
 def test_bench_carries_the_fake_runtime_timings(pipeline):

@@ -58,14 +58,14 @@ def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         origin = _ACQUIRERS[cfg.source](cfg, tmp)
-        manifest = _manifest(cfg, tmp, origin, time.perf_counter() - start)
+        manifest = _manifest(cfg, tmp, origin)  # no timings: an artifact, equal on every host
         write_json_atomic(tmp / MANIFEST, manifest)
     logger.info(
         "acquired %s (%s, %d parameters) in %.1f s",
         cfg.name,
         cfg.source,
         manifest["parameters"],
-        manifest["acquire_s"],
+        time.perf_counter() - start,
     )
     return manifest
 
@@ -383,7 +383,7 @@ def _check_tokenizer(tokenizer: Any) -> None:
 # --------------------------------------------------------------------------- manifest
 
 
-def _manifest(cfg: AsrConfig, out: Path, origin: dict, seconds: float) -> dict:
+def _manifest(cfg: AsrConfig, out: Path, origin: dict) -> dict:
     import json
 
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -398,7 +398,6 @@ def _manifest(cfg: AsrConfig, out: Path, origin: dict, seconds: float) -> dict:
         "dims": {k: config[k] for k in _DIM_KEYS if k in config},
         "init": asdict(cfg.init) if cfg.source == "random_init" else None,
         **origin,
-        "acquire_s": round(seconds, 3),
         "files": [
             {
                 "path": p.relative_to(out).as_posix(),

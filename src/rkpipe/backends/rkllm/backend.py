@@ -118,7 +118,7 @@ class RkllmBackend:
             self._finish(tmp, tmp.parent, log_path)
             manifest = build_manifest(request, spec, run, python, tmp)
             write_json_atomic(tmp / MANIFEST_FILE, manifest)
-        return _result(request, run, manifest)
+        return _result(request, run, manifest, python)
 
     def simulate_perplexity(
         self,
@@ -622,7 +622,8 @@ def build_manifest(
     request: QuantizeRequest, spec: ConversionSpec, run: WorkerRun, python: str, out: Path
 ) -> dict[str, Any]:
     """``quant_manifest.json``: backend, toolkit version, the calls as passed (paths as the
-    request gave them), load dtype, platform, every step's ret/seconds, file hashes."""
+    request gave them), load dtype, platform, every step's return code, file hashes. Step
+    durations are metrics (``rkllm_<op>_s``): an artifact holds no timings."""
     response = run.response
     load = next(s for s in response.steps if P.STEP_KIND[s.op] == "load")
     build = response.step(P.OP_BUILD)
@@ -631,16 +632,15 @@ def build_manifest(
         "backend": "rkllm",
         "protocol": P.PROTOCOL_VERSION,
         "toolkit_version": response.toolkit_version,
-        "toolkit_python": f"{python} ({response.python})",
+        # the interpreter's version only: its path is a fact of this host (a param of the run)
+        "toolkit_python": response.python,
         "platform": spec.platform,
         "quantized_dtype": spec.dtype,
         "load_call": {"method": load.op, "kwargs": public_kwargs(load.kwargs, request)},
         "load_dtype": getattr(spec.load, "dtype", None),
         "build_call": public_kwargs(build.kwargs, request),
         "adaptations": run.adaptations,
-        "steps": [
-            {"op": s.op, "ret": s.ret, "seconds": s.seconds, **s.extra} for s in response.steps
-        ],
+        "steps": [{"op": s.op, "ret": s.ret, **s.extra} for s in response.steps],
         "artifact": ARTIFACT_NAME,
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files},
         "toolkit_log": TOOLKIT_LOG,
@@ -661,7 +661,9 @@ def public_kwargs(kwargs: dict[str, Any], request: QuantizeRequest) -> dict[str,
     return out
 
 
-def _result(request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any]) -> QuantizeResult:
+def _result(
+    request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any], python: str
+) -> QuantizeResult:
     out = Path(request.out_dir)
     size_mb = sum(f["bytes"] for f in manifest["files"].values()) / 1e6
     metrics = {
@@ -678,6 +680,7 @@ def _result(request: QuantizeRequest, run: WorkerRun, manifest: dict[str, Any]) 
         )
     params = {
         "rkllm.toolkit_version": run.response.toolkit_version,
+        "rkllm.toolkit_python": python,
         "rkllm.build_call": json.dumps(manifest["build_call"], sort_keys=True),
         "rkllm.load_call": json.dumps(manifest["load_call"], sort_keys=True),
     }
