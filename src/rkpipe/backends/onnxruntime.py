@@ -33,6 +33,7 @@ from typing import Any
 
 from rkpipe.backends import register
 from rkpipe.backends.base import PeakRss, QuantizeRequest, QuantizeResult
+from rkpipe.backends.ort.reduce_range import resolve_reduce_range
 from rkpipe.config.schema import OrtQuantConfig, QuantConfig
 from rkpipe.errors import BackendError, ConfigError
 from rkpipe.io import atomic_path, dir_size_mb, write_json_atomic
@@ -148,6 +149,11 @@ def _check_config(quant: QuantConfig) -> None:
             f"quant.ort.q4_1_mode={ort_cfg.q4_1_mode!r} is not allowed; "
             f"allowed: {', '.join(Q4_1_MODES)}"
         )
+    if str(ort_cfg.reduce_range).lower() not in ("auto", "true", "false"):
+        raise ConfigError(
+            f"quant.ort.reduce_range={ort_cfg.reduce_range!r} is not allowed; "
+            "allowed: auto, true, false"
+        )
     if not ort_cfg.op_types:
         raise ConfigError("quant.ort.op_types is empty; expected e.g. [MatMul]")
 
@@ -215,7 +221,7 @@ def _quantize(src: Path, dst: Path, request: QuantizeRequest, scheme: str) -> di
         del model
         with _quiet_quantizer_logs():
             if scheme == "dynamic":
-                _quantize_int8(source, dst, quant.ort, large)
+                _quantize_int8(source, dst, quant.ort, large, scheme)
             elif scheme == "static_qdq":
                 from rkpipe.backends.ort.static_qdq import quantize_static_qdq
 
@@ -345,7 +351,7 @@ def _quiet_quantizer_logs() -> Iterator[None]:
         logging.disable(previous)
 
 
-def _quantize_int8(source: Any, dst: Path, cfg: OrtQuantConfig, large: bool) -> None:
+def _quantize_int8(source: Any, dst: Path, cfg: OrtQuantConfig, large: bool, scheme: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -353,6 +359,7 @@ def _quantize_int8(source: Any, dst: Path, cfg: OrtQuantConfig, large: bool) -> 
         dst,
         op_types_to_quantize=list(cfg.op_types),
         per_channel=cfg.per_channel,
+        reduce_range=resolve_reduce_range(cfg, scheme)[0],
         weight_type=QuantType[cfg.weight_type],
         use_external_data_format=large,
     )
@@ -468,7 +475,9 @@ def _params(request: QuantizeRequest, scheme: str, facts: dict[str, Any]) -> dic
         "folded_weight_transposes": str(facts.get("folded_weight_transposes", 0)),
     }
     if scheme in ("dynamic", "static_qdq"):
-        params.update(weight_type=cfg.weight_type, per_channel=str(cfg.per_channel))
+        reduce_range, why = resolve_reduce_range(cfg, scheme)
+        params.update(weight_type=cfg.weight_type, per_channel=str(cfg.per_channel),
+                      reduce_range=str(reduce_range), reduce_range_reason=why)  # fmt: skip
     if scheme == "static_qdq":
         params.update(
             activation_type=cfg.activation_type,
@@ -502,7 +511,7 @@ def _manifest(
     manifest: dict[str, Any] = {**params, "op_types": list(quant.ort.op_types), "counts": counts}
     manifest["folded_weight_transposes"] = int(params["folded_weight_transposes"])
     manifest["embedding_bits"] = quant.ort.embedding_bits
-    for key in ("per_channel", "symmetric"):
+    for key in ("per_channel", "symmetric", "reduce_range"):
         if key in params:
             manifest[key] = params[key] == "True"
     for key in (
@@ -516,5 +525,6 @@ def _manifest(
     ):
         if key in params:
             manifest[key] = int(params[key])
-    manifest["facts"] = facts
+    # Timings (the genai builder's builder_s) are metrics: an artifact holds none.
+    manifest["facts"] = {k: v for k, v in facts.items() if not k.endswith("_s")}
     return manifest

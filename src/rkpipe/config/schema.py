@@ -216,6 +216,10 @@ class OrtQuantConfig:
     # genai_* / gguf_exact: 4-bit MatMulNBits accuracy level of one-token (decode) steps, in an
     # If branch beside the prefill graph (None: one graph for both)
     decode_accuracy_level: int | None = None
+    # dynamic / static_qdq int8: quantize weights to 7 bits so that u8 x s8 products cannot
+    # saturate AVX2's 16-bit vpmaddubsw on x86 without VNNI. auto: on for per-channel QInt8
+    # weights (see rkpipe.backends.ort.reduce_range); true / false force it.
+    reduce_range: str = "auto"
 
 
 @dataclass
@@ -296,6 +300,9 @@ class EvalConfig:
     text_file: str = "data/eval/eval.txt"
     seqlen: int = 512
     threads: int = 2
+    # A numerically broken LLM (NaN, PPL > 10x float, top-1 < 0.2) fails evaluate; true keeps
+    # its figures, flagged llm_broken=1 and tagged gate=broken (rkpipe.evaluate.sanity).
+    keep_broken: bool = False
 
 
 @dataclass

@@ -47,6 +47,7 @@ ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ORT_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 ORT_EMBEDDING_BITS = (0, 4, 8)
 ORT_Q4_1_MODES = ("residual", "folded", "mse")
+ORT_REDUCE_RANGE = ("auto", "true", "false")
 BOARD_TRANSPORTS = ("local", "ssh", "adb")
 BACKENDS = ("onnxruntime", "rkllm")
 
@@ -138,6 +139,9 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     )
     _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, ORT_EMBEDDING_BITS)
     _check_choice(problems, "quant.ort.q4_1_mode", ort.q4_1_mode, ORT_Q4_1_MODES)
+    _check_choice(
+        problems, "quant.ort.reduce_range", str(ort.reduce_range).lower(), ORT_REDUCE_RANGE
+    )
     _check_choice(
         problems,
         "quant.ort.decode_accuracy_level",

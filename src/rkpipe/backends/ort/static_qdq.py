@@ -193,6 +193,8 @@ def quantize_static_qdq(
         quantize_static,
     )
 
+    from rkpipe.backends.ort.reduce_range import resolve_reduce_range
+
     if cfg.calibrate_method not in CALIBRATE_METHODS:
         raise ConfigError(
             f"quant.ort.calibrate_method={cfg.calibrate_method!r} is not allowed; "
@@ -214,6 +216,7 @@ def quantize_static_qdq(
         op_types_to_quantize=["MatMul"],
         nodes_to_quantize=nodes,
         per_channel=cfg.per_channel,
+        reduce_range=resolve_reduce_range(cfg, "static_qdq")[0],
         activation_type=QuantType[cfg.activation_type],
         weight_type=QuantType[cfg.weight_type],
         calibrate_method=CalibrationMethod[cfg.calibrate_method],
