@@ -7,6 +7,7 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.calibration import build_calibration_file
+    from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
     model_dir = Path(cfg.paths.models_dir) / "llm" / "float"
@@ -16,7 +17,8 @@ def body(cfg, run):
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)
     run.log_artifact(out, "calibration")
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "calibrate.json", metrics)
+    metrics_file = Path(cfg.paths.metrics_dir) / "calibrate.json"
+    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

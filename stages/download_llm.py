@@ -6,6 +6,7 @@ from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
+    from rkpipe.hostinfo import provenance_here
     from rkpipe.hub import acquire_llm
     from rkpipe.io import write_json_atomic
 
@@ -15,7 +16,8 @@ def body(cfg, run):
     metrics = {"model_params": manifest["parameter_count"], "float_size_mb": manifest["size_mb"]}
     run.log_metrics(metrics)
     run.log_artifact(out / "manifest.json", "manifests/llm")
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "download_llm.json", metrics)
+    metrics_file = Path(cfg.paths.metrics_dir) / "download_llm.json"
+    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

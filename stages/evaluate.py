@@ -7,10 +7,19 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.evaluate.host import evaluate_variant
+    from rkpipe.evaluate.sanity import BROKEN_METRIC, BrokenVariantError
+    from rkpipe.hostinfo import provenance_tags
     from rkpipe.io import write_json_atomic
 
-    metrics = evaluate_variant(cfg)
+    try:
+        metrics = evaluate_variant(cfg)
+    except BrokenVariantError as exc:
+        run.set_tags({"gate": "broken", "gate.broken": exc.summary})
+        raise
+    if metrics.get(BROKEN_METRIC):
+        run.set_tags({"gate": "broken", "gate.broken": "kept by eval.keep_broken"})
     run.log_metrics(metrics)
+    run.set_tags(provenance_tags("evaluate", metrics["provenance"]))
     write_json_atomic(Path(cfg.paths.metrics_dir) / "evaluate.json", metrics)
 
 

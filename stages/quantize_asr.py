@@ -8,6 +8,7 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.asr.quantize import quantize_asr
     from rkpipe.config import flatten
+    from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
     models = Path(cfg.paths.models_dir) / "asr"
@@ -22,7 +23,8 @@ def body(cfg, run):
         )  # fmt: skip
         metrics |= {f"asr_{k}": v for k, v in rknn.items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_asr.json", metrics)
+    metrics_file = Path(cfg.paths.metrics_dir) / "quantize_asr.json"
+    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.backends import get_backend
     from rkpipe.backends.base import QuantizeRequest
+    from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
     models = Path(cfg.paths.models_dir) / "llm"
@@ -25,7 +26,8 @@ def body(cfg, run):
     run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
     for toolkit_log in result.out_dir.glob("*.log"):
         run.log_artifact(toolkit_log, "logs")
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "quantize_llm.json", result.metrics)
+    metrics_file = Path(cfg.paths.metrics_dir) / "quantize_llm.json"
+    write_json_atomic(metrics_file, result.metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

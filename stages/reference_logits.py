@@ -8,11 +8,13 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.evaluate.host import write_reference_logits
+    from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
     metrics = write_reference_logits(cfg)
     run.log_metrics(metrics)
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "reference_logits.json", metrics)
+    metrics_file = Path(cfg.paths.metrics_dir) / "reference_logits.json"
+    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage report: the seed-shaped markdown table plus accuracy columns for this variant."""
+"""DVC stage report: the variant's speed and accuracy tables, where each figure was measured,
+and the verdict of the acceptance gates (also tagged on the MLflow run)."""
 
 from pathlib import Path
 
@@ -7,15 +8,16 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.config import variant_id
-    from rkpipe.io import read_json, write_text_atomic
+    from rkpipe.io import write_text_atomic
     from rkpipe.report import render_report
+    from rkpipe.report.variant import read_metrics, report_context
 
-    metrics = {}
-    for path in sorted(Path(cfg.paths.metrics_dir).glob("*.json")):
-        metrics.update(read_json(path))
+    metrics, provenance = read_metrics(Path(cfg.paths.metrics_dir))
+    ctx, gate_tags = report_context(cfg, metrics, provenance, run.run_id, Path.cwd())
     out = Path(cfg.paths.reports_dir) / "report.md"
-    write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg)))
+    write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg), ctx))
     run.log_metrics(metrics)
+    run.set_tags(gate_tags)
     run.log_artifact(out, "report")
 
 

@@ -64,6 +64,7 @@ def doctor(args: argparse.Namespace) -> int:
     params_file = Path(args.params)
     print(f"python          {platform.python_version()} ({sys.executable})")
     print(f"machine         {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs")
+    _print_host()
     for package in KEY_PACKAGES:
         print(f"{package:15} {_version(package)}")
     python = rkllm_interpreter(params_file)
@@ -77,6 +78,20 @@ def doctor(args: argparse.Namespace) -> int:
         uri = load_params(params_file).tracking.uri
     print(f"mlflow uri      {tracking_uri(uri)}")
     return 0
+
+
+def _print_host() -> None:
+    """The CPU and the kernel flags that change measured figures, with their warnings."""
+    from rkpipe.hostinfo import describe, fingerprint_id, host_fingerprint, isa_warnings
+
+    try:
+        host = host_fingerprint(threads=os.cpu_count() or 1)
+    except RkpipeError as exc:
+        print(f"host            unknown: {exc}")
+        return
+    print(f"host            {fingerprint_id(host)}: {describe(host)}")
+    for warning in isa_warnings(host):
+        print(f"  warning       {warning}")
 
 
 def params(args: argparse.Namespace) -> int:

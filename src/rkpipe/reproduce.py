@@ -35,10 +35,17 @@ HASHES_ARTIFACT = "outputs/sha256.json"
 PARAMS_ARTIFACT = "dvc/params.yaml"
 CONFIG_ARTIFACT = "config/resolved.yaml"
 RECORD_FILE = "outputs.sha256.json"  # under paths.reports_dir; the record stage's own out
+HOST_ID_TAG = "measured.evaluate.host_id"  # the run's host fingerprint (rkpipe.hostinfo)
 # Metric names that measure time, throughput or memory of a process: never reproducible.
 TIMING = re.compile(r"(_ms|_s|tok_per_s|rtf|speedup|rss_mb)(_|$)")
 _VAR = re.compile(r"\$\{([^}]+)\}")
 HEADLINE_TIMINGS = ("ttft_ms", "decode_tok_per_s", "peak_rss_mb", "asr_rtf", "quantize_s")
+MEASUREMENT_LABEL = "measurement"  # dvc.yaml ``labels`` of an out that holds measurements
+# A timing rebuilt on the same host is "within the run-to-run spread" when it differs from the
+# run's by at most SPREAD_SIGMAS of its recorded stddev, or SPREAD_FRACTION of it without one
+# (decode speed moves by up to 25 % between runs on a shared 2-vCPU machine).
+SPREAD_SIGMAS = 3.0
+SPREAD_FRACTION = 0.25
 
 
 class ReproduceError(RkpipeError):
@@ -66,6 +73,18 @@ def declared_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
     """Every output (``outs``, and stage-level ``metrics`` and ``plots``) of every stage of
     ``dvc_yaml``, with ``${...}`` resolved from ``params`` (the nested config). Empty when
     the file does not exist."""
+    return [path for path, _ in _outputs(dvc_yaml, params)]
+
+
+def measurement_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
+    """The outputs that hold measurements, not artifacts: every stage-level ``metrics`` and
+    ``plots`` file, and every out labelled ``measurement`` in ``dvc.yaml`` (host facts).
+    Their bytes depend on the machine and the moment, so a rebuild compares them as
+    measurements, never as artifacts."""
+    return [path for path, measured in _outputs(dvc_yaml, params) if measured]
+
+
+def _outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[tuple[str, bool]]:
     import yaml
 
     if not dvc_yaml.is_file():
@@ -73,9 +92,12 @@ def declared_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
     stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
     outs = []
     for stage in stages.values():
-        for out in (o for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])):
-            path = next(iter(out)) if isinstance(out, dict) else out
-            outs.append(_interpolate(str(path), params))
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind, []):
+                path = next(iter(out)) if isinstance(out, dict) else out
+                options = (out.get(path) or {}) if isinstance(out, dict) else {}
+                measured = kind != "outs" or MEASUREMENT_LABEL in (options.get("labels") or [])
+                outs.append((_interpolate(str(path), params), measured))
     return outs
 
 
@@ -115,17 +137,21 @@ def stable_digests(root: Path, files: Iterable[str]) -> dict[str, str]:
     return digests
 
 
-def output_record(root: Path, params: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """``{"files": {path: sha256}, "without_timings": {json path: digest}}`` of every
-    output declared in ``root/dvc.yaml`` but the record file itself."""
+def output_record(root: Path, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"files": {path: sha256}, "without_timings": {json path: digest}, "measurements":
+    [output]}`` of every output declared in ``root/dvc.yaml`` but the record file itself."""
     reports_dir = params.get("paths", {}).get("reports_dir", "reports")
     own = f"{reports_dir}/{RECORD_FILE}"
     outs = [o for o in declared_outputs(root / "dvc.yaml", params) if o != own]
     files = hash_outputs(root, outs)
-    return {"files": files, "without_timings": stable_digests(root, files)}
+    return {
+        "files": files,
+        "without_timings": stable_digests(root, files),
+        "measurements": measurement_outputs(root / "dvc.yaml", params),
+    }
 
 
-def record_outputs(cfg: Any, run: Any, root: Path | None = None) -> dict[str, dict[str, str]]:
+def record_outputs(cfg: Any, run: Any, root: Path | None = None) -> dict[str, Any]:
     """Hash every declared output, write the record to ``<reports_dir>/outputs.sha256.json``
     and log it (``outputs/sha256.json``) and the final ``dvc.lock`` to the variant's run."""
     from rkpipe.config import config_dict
@@ -182,6 +208,9 @@ class OutputComparison:
     differ: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # recorded, not rebuilt
     extra: list[str] = field(default_factory=list)  # rebuilt, not recorded
+    # Files of measurement outputs (metrics, benchmark samples, host facts) whose bytes differ:
+    # compared as measurements (compare_metrics), never as artifacts.
+    measurements: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -189,13 +218,17 @@ class OutputComparison:
         return not (self.differ or self.missing)
 
 
-def compare_outputs(
-    recorded: Mapping[str, Mapping[str, str]], rebuilt: Mapping[str, Mapping[str, str]]
-) -> OutputComparison:
+def _under(path: str, outputs: Iterable[str]) -> bool:
+    return any(path == o or path.startswith(o.rstrip("/") + "/") for o in outputs)
+
+
+def compare_outputs(recorded: Mapping[str, Any], rebuilt: Mapping[str, Any]) -> OutputComparison:
     """Sort the files of two :func:`output_record` results by verdict."""
     result = OutputComparison()
     files, stable = recorded["files"], recorded.get("without_timings", {})
     got_files, got_stable = rebuilt["files"], rebuilt.get("without_timings", {})
+    # Records made before measurements were labelled: the rebuilt dvc.yaml says which they are.
+    measured = set(recorded.get("measurements", [])) | set(rebuilt.get("measurements", []))
     for path, sha in files.items():
         got = got_files.get(path)
         if got is None or got == "missing":
@@ -204,6 +237,8 @@ def compare_outputs(
             result.identical.append(path)
         elif path in stable and stable[path] == got_stable.get(path):
             result.timings_only.append(path)
+        elif _under(path, measured):
+            result.measurements.append(path)
         elif path.endswith(".md"):
             result.derived.append(path)
         else:
@@ -214,24 +249,44 @@ def compare_outputs(
 
 @dataclass
 class MetricComparison:
-    """Metrics sorted by verdict: name -> (recorded, rebuilt)."""
+    """Metrics sorted by verdict: name -> (recorded, rebuilt).
+
+    On another host (``other_host``) every metric is a measurement of that host and is only
+    listed; on the same host, non-timing metrics must be equal and timings are checked
+    against the run-to-run spread (``outside_spread`` is reported, not counted).
+    """
 
     equal: dict[str, float] = field(default_factory=dict)
     differ: dict[str, tuple[float, float]] = field(default_factory=dict)
     timings: dict[str, tuple[float, float]] = field(default_factory=dict)
     only_recorded: list[str] = field(default_factory=list)
+    outside_spread: dict[str, tuple[float, float]] = field(default_factory=dict)
+    other_host: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def within_spread(name: str, recorded: float, rebuilt: float, metrics: Mapping[str, float]) -> bool:
+    """Whether a rebuilt timing lies within the run-to-run spread of the recorded one."""
+    stddev = metrics.get(f"{name}_stddev")
+    tolerance = SPREAD_SIGMAS * stddev if stddev else SPREAD_FRACTION * abs(recorded)
+    return abs(rebuilt - recorded) <= tolerance
 
 
 def compare_metrics(
-    recorded: Mapping[str, float], rebuilt: Mapping[str, float]
+    recorded: Mapping[str, float], rebuilt: Mapping[str, float], same_host: bool = True
 ) -> MetricComparison:
-    """Compare the run's metrics with the rebuilt ones (exact equality; timings apart)."""
+    """Compare the run's metrics with the rebuilt ones (see :class:`MetricComparison`)."""
     result = MetricComparison()
     for name, value in sorted(recorded.items()):
         if name not in rebuilt:
             result.only_recorded.append(name)
+        elif not same_host:
+            result.other_host[name] = (value, rebuilt[name])
         elif is_timing(name):
             result.timings[name] = (value, rebuilt[name])
+            if not name.endswith(("_stddev", "_min", "_max", "_p90")) and not within_spread(
+                name, value, rebuilt[name], recorded
+            ):
+                result.outside_spread[name] = (value, rebuilt[name])
         elif float(value) == float(rebuilt[name]):
             result.equal[name] = value
         else:
@@ -385,6 +440,8 @@ class ReproduceResult:
     outputs: OutputComparison
     metrics: MetricComparison
     version_changes: dict[str, tuple[str, str]]
+    # The host fingerprints of the run's and the rebuild's measurements ("" when unknown).
+    hosts: tuple[str, str] = ("", "")
 
     @property
     def ok(self) -> bool:
@@ -418,12 +475,17 @@ def reproduce(
     import yaml
 
     params = yaml.safe_load(records.params_yaml)
-    metrics_dir = params.get("paths", {}).get("metrics_dir", "metrics")
+    paths = params.get("paths", {})
+    metrics_dir = paths.get("metrics_dir", "metrics")
     worktree = workdir or Path(tempfile.mkdtemp(prefix="rkpipe-reproduce-")) / "worktree"
     try:
         rebuild(repo, records, worktree)
+        hosts = (records.tags.get(HOST_ID_TAG, ""), _host_id(worktree, paths))
+        same_host = not all(hosts) or hosts[0] == hosts[1]
         outputs = compare_outputs(records.outputs, output_record(worktree, params))
-        metrics = compare_metrics(records.metrics, metrics_from_files(worktree / metrics_dir))
+        metrics = compare_metrics(
+            records.metrics, metrics_from_files(worktree / metrics_dir), same_host
+        )
     finally:
         if not keep:
             remove_worktree(repo, worktree)
@@ -433,15 +495,26 @@ def reproduce(
     changes = {
         k: (v, current.get(k, "absent")) for k, v in records.versions.items() if current.get(k) != v
     }
-    return ReproduceResult(records, worktree, outputs, metrics, changes)
+    return ReproduceResult(records, worktree, outputs, metrics, changes, hosts)
+
+
+def _host_id(worktree: Path, paths: Mapping[str, Any]) -> str:
+    """The id of the host fingerprint the rebuild wrote ("" when it wrote none)."""
+    from rkpipe.hostinfo import host_file
+
+    path = worktree / host_file(paths.get("data_dir", "data"))
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("id", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 def render_result(result: ReproduceResult, verbose: bool = False) -> str:
     """The human summary ``rkpipe reproduce`` prints (every timing with ``verbose``)."""
-    r, o, m = result.records, result.outputs, result.metrics
+    r, o = result.records, result.outputs
     lines = [
         f"run {r.run_id} ({r.name}) rebuilt at commit {r.sha[:12]}",
-        f"outputs: {len(o.identical)} byte-identical, {len(o.differ)} differ, "
+        f"artifacts: {len(o.identical)} byte-identical, {len(o.differ)} differ, "
         f"{len(o.missing)} missing, {len(o.timings_only)} differ only in timings, "
         f"{len(o.derived)} reports embed timings",
     ]
@@ -449,19 +522,39 @@ def render_result(result: ReproduceResult, verbose: bool = False) -> str:
     lines += [f"  timings  {p} (equal once timing keys are dropped)" for p in o.timings_only]
     lines += [f"  timings  {p} (report that embeds timings; not counted)" for p in o.derived]
     lines += [f"  extra    {p}" for p in o.extra]
-    lines.append(
-        f"metrics: {len(m.equal)} equal, {len(m.differ)} differ, "
-        f"{len(m.timings)} timings (nondeterministic, not counted)"
-    )
+    lines += _measurement_lines(result, verbose)
+    for key, (was, now) in result.version_changes.items():
+        lines.append(f"note: {key} was {was} for the run, is {now} now")
+    verdict = "REPRODUCED: byte-identical artifacts" if result.ok else "NOT REPRODUCED"
+    lines.append(verdict + ("" if result.ok else " (see DIFFERS/MISSING above)"))
+    return "\n".join(lines)
+
+
+def _measurement_lines(result: ReproduceResult, verbose: bool) -> list[str]:
+    o, m = result.outputs, result.metrics
+    run_host, rebuilt_host = result.hosts
+    if m.other_host:
+        lines = [
+            f"measurements: made on another host (run {run_host}, rebuild {rebuilt_host}); "
+            f"{len(m.other_host)} metrics and {len(o.measurements)} measurement files listed "
+            "apart, not compared"
+        ]
+        shown = [k for k in m.other_host if verbose or k in HEADLINE_TIMINGS or k == "ppl"]
+        lines += [f"  measured {k}: run {m.other_host[k][0]:.4g} vs rebuild "
+                  f"{m.other_host[k][1]:.4g}" for k in shown]  # fmt: skip
+        return lines
+    lines = [
+        f"measurements (same host {rebuilt_host or 'unknown'}): {len(m.equal)} metrics equal, "
+        f"{len(m.differ)} differ, {len(m.timings)} timings ({len(m.outside_spread)} outside "
+        f"the run-to-run spread), {len(o.measurements)} measurement files"
+    ]
     lines += [f"  DIFFERS  {k}: run {a!r} vs rebuilt {b!r}" for k, (a, b) in m.differ.items()]
+    lines += [f"  spread   {k}: run {a:.4g} vs rebuilt {b:.4g} (outside the run-to-run spread; "
+              "not counted)" for k, (a, b) in m.outside_spread.items()]  # fmt: skip
     shown = [k for k in m.timings if verbose or k in HEADLINE_TIMINGS]
     lines += [
         f"  timing   {k}: run {m.timings[k][0]:.4g} vs rebuilt {m.timings[k][1]:.4g}" for k in shown
     ]
     if len(shown) < len(m.timings):
         lines.append(f"  timing   ... {len(m.timings) - len(shown)} more (--verbose lists them)")
-    for key, (was, now) in result.version_changes.items():
-        lines.append(f"note: {key} was {was} for the run, is {now} now")
-    verdict = "REPRODUCED: byte-identical artifacts" if result.ok else "NOT REPRODUCED"
-    lines.append(verdict + ("" if result.ok else " (see DIFFERS/MISSING above)"))
-    return "\n".join(lines)
+    return lines

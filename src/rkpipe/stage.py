@@ -50,16 +50,22 @@ def ensure_fixed_hash_seed(seed: str = "0") -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
-def run_stage(name: str, body: StageBody, params_file: str = "params.yaml") -> None:
-    """Run one stage; exit 1 with a one-line error on a known failure, 130/143 when killed."""
+def run_stage(
+    name: str, body: StageBody, params_file: str = "params.yaml", *, tracked: bool = True
+) -> None:
+    """Run one stage; exit 1 with a one-line error on a known failure, 130/143 when killed.
+
+    ``tracked=False`` runs ``body`` without opening the variant's MLflow run (a stage that runs
+    on every ``dvc repro``, such as host_fingerprint, must not cost MLflow's start-up).
+    """
     ensure_fixed_hash_seed()
-    from rkpipe.tracking import Terminated, stage_run
+    from rkpipe.tracking import Terminated, stage_run, untracked_run
 
     configure_logging()
     start = time.perf_counter()
     try:
         cfg = load_params(Path(params_file))
-        with stage_run(cfg, name) as run:
+        with stage_run(cfg, name) if tracked else untracked_run(name) as run:
             body(cfg, run)
             run.log_metrics({f"stage_{name}_s": time.perf_counter() - start})
     except RkpipeError as exc:

@@ -84,7 +84,13 @@ def test_repro_produces_models_metrics_report_and_one_run(repo):
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["ppl"] > 1 and 0 <= evaluation["top1_agreement"] <= 1
     report = (repo / "reports/report.md").read_text(encoding="utf-8")
-    assert "| smollm2-135m-instruct | host | ort int8 dynamic" in report
+    assert "| smollm2-135m-instruct | 135 M | host | ort int8 MatMulNBits" in report
+    host = json.loads((repo / "data/host/host.json").read_text())
+    assert f"[host {host['id']}]" in report and "more than one host" not in report
+    for measured in (bench, evaluation):  # every figure says where and when it was measured
+        assert measured["provenance"]["host_id"] == host["id"]
+        assert measured["provenance"]["cpu"] == host["cpu"]["model"]
+    assert "| passed |" in report  # the default variant passes its own gates
 
     from mlflow.tracking import MlflowClient
 
@@ -97,11 +103,16 @@ def test_repro_produces_models_metrics_report_and_one_run(repo):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "dvc", "report", "bench", "calibration"} <= artifacts
     assert len(run.data.tags["git.sha"]) == 40
+    tags = run.data.tags
+    assert tags["mlflow.source.git.commit"] == tags["git.sha"] and tags["mlflow.user"]
+    assert tags["measured.evaluate.host_id"] == tags["measured.deploy_bench.host_id"] == host["id"]
+    assert tags["gate"] == "passed" and run.data.metrics["ppl_delta_pct"] < 5
 
 
 def test_second_repro_does_nothing(repo):
     out = _run(["dvc", "repro"], repo)
-    assert _stages_run(out.stdout) == []
+    assert _stages_run(out.stdout) == ["host_fingerprint"]  # always runs, changes nothing
+    assert "Stage 'evaluate' didn't change" in out.stdout
 
 
 def test_quant_change_reruns_only_dependent_stages(repo):
@@ -147,7 +158,12 @@ def test_board_over_loopback_ssh_reruns_only_deploy_and_report(repo, loopback_ss
     assert {s["board_pinned_clocks"] for s in samples} == {18}  # idle states, CPUs, NPU, DDR
     npu = root / "sys/class/devfreq/fdab0000.npu/userspace/set_freq"
     assert npu.read_text() == "1000000000\n"  # pinned before the runs, at its maximum
-    assert json.loads((repo / "metrics/bench.json").read_text())["decode_tok_per_s"] > 0
+    bench = json.loads((repo / "metrics/bench.json").read_text())
+    assert bench["decode_tok_per_s"] > 0
+    board_facts = json.loads((repo / "data/host/board.json").read_text())
+    assert board_facts["soc"] == "rk3588" and board_facts["transport"] == "ssh"
+    assert bench["provenance"]["board"] == "loopback"
+    assert bench["provenance"]["board_id"] == board_facts["id"]
 
     from mlflow.tracking import MlflowClient
 

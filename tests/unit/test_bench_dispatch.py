@@ -19,8 +19,17 @@ import pytest
 
 from rkpipe.board import deploy
 from rkpipe.board.deploy import LLM_KEYS, bench_llm, deploy_and_bench, llm_runner_argv
+from rkpipe.board.fingerprint import local_board_fingerprint
 from rkpipe.config.schema import BenchConfig
 from rkpipe.errors import BoardError
+from rkpipe.hostinfo import (
+    FingerprintError,
+    board_file,
+    host_file,
+    host_fingerprint,
+    load_fingerprint,
+    write_fingerprint,
+)
 from rkpipe.report import NO_BOARD, render_report
 from rkpipe.report.compare import compare_runs
 
@@ -132,6 +141,7 @@ def local_cfg(default_cfg, root: Path, rkllm_lib: Path):
     asr.mkdir(parents=True)
     (asr / "engine.json").write_text(json.dumps({"engine": "ort_whisper"}))
     rkllm_dir(root)
+    write_fingerprints(root / "data", default_cfg.board)
     return dataclasses.replace(
         default_cfg,
         paths=dataclasses.replace(
@@ -141,6 +151,14 @@ def local_cfg(default_cfg, root: Path, rkllm_lib: Path):
         platform=dataclasses.replace(default_cfg.platform, name="rk3588"),
         board=dataclasses.replace(default_cfg.board, rkllm_lib=str(rkllm_lib)),
         bench=BENCH,
+    )
+
+
+def write_fingerprints(data_dir: Path, board, board_facts: dict | None = None) -> None:
+    """What the host_fingerprint stage writes before deploy_bench runs."""
+    host = write_fingerprint(host_file(data_dir), host_fingerprint(2))
+    write_fingerprint(
+        board_file(data_dir), board_facts or local_board_fingerprint(board, host["id"], 2)
     )
 
 
@@ -182,6 +200,32 @@ def test_local_rkllm_with_a_runtime_runs_it(default_cfg, tmp_path, transport, mo
     assert {s["platform"] for s in result.samples} == {"rk3588"}
 
 
+def test_samples_and_result_say_where_they_were_measured(default_cfg, tmp_path, transport):
+    cfg = local_cfg(default_cfg, tmp_path, tmp_path / "absent.so")
+    result = deploy_and_bench(cfg)
+    host = load_fingerprint(host_file(tmp_path / "data"))
+    assert result.provenance["host_id"] == host["id"] and result.provenance["board"] == "local"
+    assert result.provenance["cpu"] == host["cpu"]["model"]
+    assert result.provenance["measured_at"].startswith("20")
+    assert {s["host_id"] for s in result.samples} == {host["id"]}
+
+
+def test_a_board_that_answered_no_fingerprint_stops_before_anything_runs(
+    default_cfg, tmp_path, transport
+):
+    cfg = local_cfg(default_cfg, tmp_path, tmp_path / "absent.so")
+    write_fingerprints(tmp_path / "data", cfg.board, {"kind": "board", "error": "no route to host"})
+    with pytest.raises(
+        BoardError, match="answered no fingerprint .*no route to host.*nothing was pushed"
+    ):
+        deploy_and_bench(cfg)
+    assert transport.calls == []
+    board_file(tmp_path / "data").write_text("{not json")
+    with pytest.raises(FingerprintError, match="board.json cannot be read"):
+        deploy_and_bench(cfg)
+    assert transport.calls == []
+
+
 def test_pin_frequency_on_the_host_warns_and_pins_nothing(default_cfg, tmp_path, transport, caplog):
     cfg = local_cfg(default_cfg, tmp_path, tmp_path / "absent.so")
     cfg = dataclasses.replace(cfg, board=dataclasses.replace(cfg.board, pin_frequency=True))
@@ -220,8 +264,8 @@ def test_report_and_compare_say_no_board_instead_of_figures(default_cfg, tmp_pat
     report = render_report(cfg, metrics, "abc123")
     row = next(line for line in report.splitlines() if line.startswith("| smollm2"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:8] == ["smollm2-135m-instruct", "rk3588", "w8a8", "local", NO_BOARD, NO_BOARD,
-                         NO_BOARD, "180.0"]  # fmt: skip
+    assert cells[2:4] == ["rk3588", "w8a8"]
+    assert cells[7:12] == [NO_BOARD, NO_BOARD, NO_BOARD, NO_BOARD, "180.0"]
     assert "The LLM was not benchmarked" in report and str(tmp_path / "absent.so") in report
 
     @dataclasses.dataclass
@@ -244,7 +288,7 @@ def test_report_and_compare_say_no_board_instead_of_figures(default_cfg, tmp_pat
     table = compare_runs([ort, rkllm]).to_markdown()
     line = next(x for x in table.splitlines() if x.startswith("| rkllm"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[4:8] == [NO_BOARD, NO_BOARD, NO_BOARD, "180.0"]  # TTFT, tok/s, memory, size
+    assert cells[5:9] == [NO_BOARD, NO_BOARD, NO_BOARD, "180.0"]  # TTFT, tok/s, memory, size
     alone = compare_runs([rkllm]).to_markdown()  # speed columns kept, saying why they are empty
     assert "TTFT (ms)" in alone and alone.count(NO_BOARD) == 3
     assert NO_BOARD not in compare_runs([ort]).to_markdown()

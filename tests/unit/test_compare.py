@@ -118,7 +118,13 @@ def test_report_and_compare_label_a_config_alike(default_cfg):
     from rkpipe.config.loader import config_dict, flatten
     from rkpipe.report import quant_label as report_label
 
-    ort = dataclasses.replace(default_cfg.quant.ort, scheme="matmul_nbits", block_size=64)
+    ort = dataclasses.replace(
+        default_cfg.quant.ort,
+        scheme="matmul_nbits",
+        block_size=64,
+        accuracy_level=0,
+        embedding_bits=0,
+    )
     cfg = dataclasses.replace(
         default_cfg, quant=dataclasses.replace(default_cfg.quant, dtype="int4", ort=ort)
     )
@@ -143,3 +149,33 @@ def test_plot_pareto_writes_a_png(tmp_path):
 def test_plot_key_numbers_the_points_and_marks_the_front():
     key = plot_key(["ort int8 @ host", "w8a8 @ rk3588"], [False, True])
     assert key.splitlines() == ["1  ort int8 @ host", "2  w8a8 @ rk3588   (on the front)"]
+
+
+def measured(machine: str, board_id: str = "") -> dict[str, str]:
+    return {"measured.deploy_bench.host_id": machine, "measured.deploy_bench.board_id": board_id,
+            "measured.deploy_bench.cpu": "AMD EPYC" if machine == "h2" else "Intel Xeon",
+            "measured.deploy_bench.board": "local"}  # fmt: skip
+
+
+def test_speed_from_another_host_is_not_a_delta_but_accuracy_is():
+    base = Run(BASE.run_id, "base", BASE.metrics, BASE.params, measured("h1"))
+    same = Run(CAND.run_id, "same", CAND.metrics, CAND.params, measured("h1"))
+    other = Run("c" * 32, "other", CAND.metrics, CAND.params, measured("h2"))
+    comparison = compare_runs([base, same, other], rules=RULES)
+    md = comparison.to_markdown()
+    same_row = next(line for line in md.splitlines() if line.startswith("| same"))
+    other_row = next(line for line in md.splitlines() if line.startswith("| other"))
+    assert "80.0 (-20.0 %)" in same_row and "Intel Xeon [host h1]" in same_row
+    assert "80.0 (other host: not comparable)" in other_row and "-20.0 %" not in other_row
+    assert "25.0 (other host: not comparable)" in other_row
+    assert "14.0 (+10.0)" in other_row  # the accuracy delta stays
+    assert "AMD EPYC [host h2]" in other_row
+    rows = list(csv.DictReader(io.StringIO(comparison.to_csv())))
+    assert [r["speed_comparable"] for r in rows] == ["true", "true", "false"]
+    assert rows[2]["ttft_ms_delta_pct"] == "" and rows[2]["ppl_delta_pct_delta_abs"] == "10.0"
+    # a remote board is the measuring machine, whatever host drove it
+    board_a = Run("d" * 32, "a", CAND.metrics, CAND.params, measured("h1", "board1"))
+    board_b = Run("e" * 32, "b", CAND.metrics, CAND.params, measured("h2", "board1"))
+    assert compare_runs([board_a, board_b]).rows[1].speed_comparable
+    legacy = Run("f" * 32, "old", CAND.metrics, CAND.params)  # made before provenance
+    assert compare_runs([base, legacy]).rows[1].speed_comparable

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from rkpipe.bench.stats import percentile, summarize, summarize_samples
 from rkpipe.io import atomic_path, read_json, write_json_atomic
-from rkpipe.report import render_report
+from rkpipe.report import ReportContext, render_report
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -64,11 +66,28 @@ def test_report_has_seed_columns_and_caveats(default_cfg):
         "ppl_delta_pct": 3.67,
         "asr_wer": 1.0,
     }
-    text = render_report(default_cfg, metrics, "abc")
-    assert "| model | platform | quant type | board | TTFT (ms) | tokens/s | memory (GB) |" in text
+    metrics |= {
+        "decode_tok_per_s_stddev": 2.04,
+        "prefill_tok_per_s": 1400.0,
+        "model_params": 134.5e6,
+    }
+    prov = {"host_id": "e997ba2f59e3", "board": "local", "board_id": "b1", "cpu": "Xeon",
+            "isa": "avx2 avx512_vnni", "measured_at": "2026-12-07T05:46:48+00:00"}  # fmt: skip
+    ctx = ReportContext(provenance={"deploy_bench": prov, "evaluate": prov}, verdict="passed",
+                        git_sha="abc123", run_id="r1", versions={"onnxruntime": "1.32.0"})  # fmt: skip
+    text = render_report(default_cfg, metrics, "abc", ctx)
+    header = ("| model | params | platform | quant type | backend | pp/tg | threads | TTFT (ms) | "
+              "prefill tok/s | decode tok/s | memory (MB) | size (MB) | measured on | date |")  # fmt: skip
+    assert header in text
     assert (
-        "| smollm2-135m-instruct | host | ort int8 dynamic (QInt8, per-tensor) | local | 91.2 | 73.0 | 1.000 |"
-        in text
-    )
-    assert "+3.7 %" in text
+        "| smollm2-135m-instruct | 134 M | host | "
+        "ort int8 MatMulNBits (block 32, acc 4, 8-bit embedding) | "
+        "onnxruntime 1.32.0 | 128/64 | 2 | 91.2 | 1400.0 | 73.0 ± 2.0 | 1024 | – | "
+        "Xeon [host e997ba2f59e3] | 2026-12-07 |"
+    ) in text
+    assert "| +3.67 % |" in text and "| passed | Xeon [host e997ba2f59e3] |" in text
+    assert "git abc123; MLflow run r1" in text and "more than one host" not in text
+    other = ctx.provenance | {"evaluate": prov | {"host_id": "0123456789ab"}}
+    mixed = render_report(default_cfg, metrics, "abc", dataclasses.replace(ctx, provenance=other))
+    assert "more than one host" in mixed and "0123456789ab" in mixed
     assert "random weights" in text and "de-quantized" in text

@@ -78,7 +78,8 @@ def test_a_real_difference_is_a_mismatch(tmp_path):
     root = make_workspace(tmp_path / "b", ppl=31.0)
     (root / "models" / "m" / "w.bin").write_bytes(b"\x00\x02")
     verdict = compare_outputs(first, output_record(root, PARAMS))
-    assert verdict.differ == ["metrics/a.json", "models/m/w.bin"] and not verdict.ok
+    assert verdict.differ == ["models/m/w.bin"] and not verdict.ok
+    assert verdict.measurements == ["metrics/a.json"]  # a metrics file is a measurement
     (root / "models" / "m" / "w.bin").unlink()
     assert compare_outputs(first, output_record(root, PARAMS)).missing == ["models/m/w.bin"]
 

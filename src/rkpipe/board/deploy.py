@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from rkpipe.bench.stats import summarize_samples
 from rkpipe.config.schema import BenchConfig, BoardConfig
 from rkpipe.errors import BoardError
+from rkpipe.hostinfo import provenance
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,8 @@ class BenchResult:
     metrics: dict[str, float] = field(default_factory=dict)
     # What preflight read off the board (SoC, driver and runtime versions, free disk ...).
     facts: dict[str, Any] = field(default_factory=dict)
+    # Where and when it was measured (rkpipe.hostinfo.provenance).
+    provenance: dict[str, str] = field(default_factory=dict)
 
 
 def llm_runner_argv(
@@ -308,8 +311,11 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     metrics (``ttft_ms``, ``decode_tok_per_s``, ``peak_rss_mb``, ``asr_rtf``, ...). An rkllm
     variant on ``board=local`` without ``board.rkllm_lib`` gets no LLM figures but
     ``llm_bench_skipped: 1`` (see :func:`local_rkllm_unavailable`).
-    Raises BoardError when a runner fails or the board cannot be reached.
+    Raises BoardError when a runner fails or the board cannot be reached, and before anything
+    is pushed when the board answered no fingerprint (FingerprintError when the host_fingerprint
+    stage's files cannot be read).
     """
+    host, board = measuring_fingerprints(cfg)
     transport = make_transport(cfg.board)
     facts = {} if cfg.board.transport == "local" else check_board(cfg, transport)
     with exclusive_board(cfg.board):
@@ -319,9 +325,30 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     context = {"board": cfg.board.name, "platform": cfg.platform.name} | {
         f"board_{k}": v for k, v in facts.items() if isinstance(v, (str, int, float))
     }
+    prov = provenance(host, cfg.board.name, board)
+    context |= {"host_id": prov["host_id"], "board_id": prov["board_id"]}
     samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
     samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
-    return BenchResult(samples, llm.metrics | asr.metrics, facts)
+    return BenchResult(samples, llm.metrics | asr.metrics, facts, prov)
+
+
+def measuring_fingerprints(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This host's and the board's fingerprints (the host_fingerprint stage's files).
+
+    Raises:
+        FingerprintError: a file is missing or unreadable.
+        BoardError: the board answered no fingerprint when the stage read it.
+    """
+    from rkpipe.hostinfo import board_file, host_file, load_fingerprint
+
+    host = load_fingerprint(host_file(cfg.paths.data_dir))
+    board = load_fingerprint(board_file(cfg.paths.data_dir))
+    if board.get("error"):
+        raise BoardError(
+            f"board {cfg.board.name} answered no fingerprint ({board['error']}); nothing was "
+            "pushed. Fix the connection, then dvc repro (the host_fingerprint stage rereads it)"
+        )
+    return host, board
 
 
 @contextlib.contextmanager

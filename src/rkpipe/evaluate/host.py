@@ -37,12 +37,21 @@ def write_reference_logits(cfg: Any) -> dict[str, float]:
     )
 
 
-def evaluate_variant(cfg: Any) -> dict[str, float]:
+def evaluate_variant(cfg: Any) -> dict[str, Any]:
     """PPL, KLD and top-1 agreement of the quantized LLM vs the fp32 ONNX export, and
-    WER/CER/RTF of the quantized ASR model vs its fp32 export, as one flat metrics dict."""
+    WER/CER/RTF of the quantized ASR model vs its fp32 export, as one flat metrics dict, plus
+    ``provenance`` (where and when they were measured, :func:`rkpipe.hostinfo.provenance`).
+
+    Raises:
+        BrokenVariantError: the LLM is numerically broken (:mod:`rkpipe.evaluate.sanity`) and
+            ``eval.keep_broken`` is off; with it on, ``llm_broken`` is 1 instead.
+        FingerprintError: the host fingerprint cannot be read.
+    """
     from rkpipe.asr.evaluate import evaluate_asr
     from rkpipe.evaluate.llm import evaluate_against_reference
+    from rkpipe.hostinfo import host_file, load_fingerprint, provenance
 
+    host = load_fingerprint(host_file(cfg.paths.data_dir))
     llm = Path(cfg.paths.models_dir) / "llm"
     asr = Path(cfg.paths.models_dir) / "asr"
     metrics: dict[str, Any] = {}
@@ -50,6 +59,7 @@ def evaluate_variant(cfg: Any) -> dict[str, float]:
         metrics |= evaluate_against_reference(
             reference_path(cfg), llm / "quantized", threads=cfg.eval.threads
         )
+        metrics |= _sanity(metrics, llm / "quantized", host, cfg.eval.keep_broken)
     else:
         log.info("host LLM evaluation skipped: backend %s has no host runtime", cfg.quant.backend)
     metrics |= evaluate_asr(
@@ -63,4 +73,30 @@ def evaluate_variant(cfg: Any) -> dict[str, float]:
         threads=cfg.eval.threads,
     )
     metrics["asr_random_weights"] = float(cfg.asr.random_weights)
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    figures = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return figures | {"provenance": provenance(host, board="host")}
+
+
+def _sanity(
+    metrics: dict[str, Any], quantized: Path, host: dict[str, Any], keep_broken: bool
+) -> dict[str, float]:
+    """``{"llm_broken": 0/1}``; raises BrokenVariantError for a broken LLM unless kept."""
+    from rkpipe.evaluate.sanity import (
+        BROKEN_METRIC,
+        BrokenVariantError,
+        broken_reasons,
+        likely_cause,
+        summarize,
+    )  # fmt: skip
+    from rkpipe.io import read_json
+
+    reasons = broken_reasons(metrics)
+    if not reasons:
+        return {BROKEN_METRIC: 0.0}
+    manifest_file = quantized / "quant_manifest.json"
+    manifest = read_json(manifest_file) if manifest_file.is_file() else {}
+    summary = summarize(metrics, reasons, likely_cause(manifest, host))
+    if not keep_broken:
+        raise BrokenVariantError(summary)
+    log.warning("%s (kept: eval.keep_broken=true)", summary)
+    return {BROKEN_METRIC: 1.0}

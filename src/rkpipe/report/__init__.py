@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from rkpipe.config import PipelineConfig
 
-LLM_COLUMNS = (
-    "model", "platform", "quant type", "board", "TTFT (ms)", "tokens/s",
-    "memory (GB)", "size (MB)", "PPL float", "PPL", "ΔPPL", "KLD", "top-1 agree",
+# The speed table follows Rockchip's benchmark.md and llama-bench: prompt / new tokens, model
+# size in parameters, prefill and decode tokens/s (decode +- its stddev), memory in MB,
+# threads, backend and version, where and when it was measured.
+LLM_SPEED_COLUMNS = (
+    "model", "params", "platform", "quant type", "backend", "pp/tg", "threads", "TTFT (ms)",
+    "prefill tok/s", "decode tok/s", "memory (MB)", "size (MB)", "measured on", "date",
+)  # fmt: skip
+LLM_ACCURACY_COLUMNS = (
+    "quant type", "PPL float", "PPL", "ΔPPL", "KLD", "top-1 agree", "gates", "measured on",
 )  # fmt: skip
 ASR_COLUMNS = (
     "ASR model", "quant type", "size (MB)", "size ratio", "RTF", "RTF fp32", "speed-up",
-    "WER", "WER fp32", "ΔWER (pt)", "CER", "memory (GB)",
+    "WER", "WER fp32", "ΔWER (pt)", "CER", "memory (MB)",
 )  # fmt: skip
 
 
@@ -51,46 +58,105 @@ def quant_label(cfg: PipelineConfig) -> str:
     return label_of_params(flatten({"quant": config_dict(cfg)["quant"]}))
 
 
-def llm_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:
-    """One row of the LLM table from the merged metrics of a variant."""
-    memory_gb = m.get("peak_rss_mb") and m["peak_rss_mb"] / 1024
-    delta = m.get("ppl_delta_pct")
+@dataclass(frozen=True)
+class ReportContext:
+    """What a report says besides the figures: where each stage measured them, the verdict of
+    the gates, the commit and the MLflow run."""
+
+    provenance: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # stage -> prov
+    verdict: str = "n/a"
+    gate_notes: str = ""
+    git_sha: str = "unknown"
+    run_id: str = ""
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+
+MEASURING_STAGES = ("evaluate", "deploy_bench")
+
+
+def measured_on(prov: Mapping[str, str] | None) -> str:
+    """``Intel(R) Xeon(R) Processor [host 3fa2c1d0e9b4]`` or ``–`` (not measured)."""
+    if not prov:
+        return "–"
+    board = prov.get("board", "host")
+    where = f"{prov.get('cpu', '?')} [host {prov.get('host_id', '?')}]"
+    return where if board in ("host", "local") else f"{board}: {where}"
+
+
+def _params_m(m: Mapping[str, Any]) -> str:
+    count = m.get("model_params")
+    return "–" if not count else f"{count / 1e6:.0f} M"
+
+
+def _decode(m: Mapping[str, Any]) -> str:
+    mean, sd = m.get("decode_tok_per_s"), m.get("decode_tok_per_s_stddev")
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
+
+
+def _backend(cfg: PipelineConfig, ctx: ReportContext) -> str:
+    version = ctx.versions.get(cfg.quant.backend)
+    return f"{cfg.quant.backend} {version}" if version else cfg.quant.backend
+
+
+def llm_speed_row(cfg: PipelineConfig, m: Mapping[str, Any], ctx: ReportContext) -> list[str]:
+    """One row of the LLM speed table from the merged metrics of a variant."""
+    prov = ctx.provenance.get("deploy_bench") or {}
     if llm_bench_skipped(m):
-        speed = [NO_BOARD] * 3
+        speed = [NO_BOARD] * 4
     else:
-        speed = [_fmt(m.get("ttft_ms"), 1), _fmt(m.get("decode_tok_per_s"), 1), _fmt(memory_gb, 3)]
+        speed = [_fmt(m.get("ttft_ms"), 1), _fmt(m.get("prefill_tok_per_s"), 1), _decode(m),
+                 _fmt(m.get("peak_rss_mb"), 0)]  # fmt: skip
     return [
-        cfg.model.name, cfg.platform.name, quant_label(cfg), cfg.board.name, *speed,
-        _fmt(m.get("size_mb"), 1), _fmt(m.get("ppl_float")), _fmt(m.get("ppl")),
-        "–" if delta is None else f"{delta:+.1f} %", _fmt(m.get("kld_mean"), 4),
-        _fmt(m.get("top1_agreement"), 3),
+        cfg.model.name, _params_m(m), cfg.platform.name, quant_label(cfg), _backend(cfg, ctx),
+        f"{cfg.bench.prompt_tokens}/{cfg.bench.new_tokens}", str(cfg.bench.threads), *speed,
+        _fmt(m.get("size_mb"), 1), measured_on(prov), prov.get("measured_at", "–")[:10],
+    ]  # fmt: skip
+
+
+def llm_accuracy_row(cfg: PipelineConfig, m: Mapping[str, Any], ctx: ReportContext) -> list[str]:
+    """One row of the LLM accuracy table, with the gate verdict."""
+    delta = m.get("ppl_delta_pct")
+    verdict = ctx.verdict.upper() if ctx.verdict in ("failed", "broken") else ctx.verdict
+    verdict += f": {ctx.gate_notes}" if ctx.gate_notes else ""
+    return [
+        quant_label(cfg), _fmt(m.get("ppl_float")), _fmt(m.get("ppl")),
+        "–" if delta is None else f"{delta:+.2f} %", _fmt(m.get("kld_mean"), 4),
+        _fmt(m.get("top1_agreement"), 3), verdict,
+        measured_on(ctx.provenance.get("evaluate")),
     ]  # fmt: skip
 
 
 def asr_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:
     """One row of the ASR table."""
     q = cfg.asr.quant
-    memory_gb = m.get("asr_peak_rss_mb") and m["asr_peak_rss_mb"] / 1024
     return [
         cfg.asr.name, f"{q.scheme} {q.weight_type} {'+'.join(q.op_types)}",
         _fmt(m.get("asr_size_mb"), 2), _fmt(m.get("asr_size_ratio"), 3),
         _fmt(m.get("asr_rtf"), 4), _fmt(m.get("asr_rtf_fp32"), 4), _fmt(m.get("asr_rtf_speedup")),
         _fmt(m.get("asr_wer"), 3), _fmt(m.get("asr_wer_fp32"), 3), _fmt(m.get("asr_wer_delta"), 2),
-        _fmt(m.get("asr_cer"), 3), _fmt(memory_gb, 3),
+        _fmt(m.get("asr_cer"), 3), _fmt(m.get("asr_peak_rss_mb"), 0),
     ]  # fmt: skip
 
 
-def render_report(cfg: PipelineConfig, metrics: Mapping[str, Any], variant: str) -> str:
-    """The variant's markdown report: LLM table, ASR table and the caveats that apply."""
+def render_report(
+    cfg: PipelineConfig,
+    metrics: Mapping[str, Any],
+    variant: str,
+    ctx: ReportContext | None = None,
+) -> str:
+    """The variant's markdown report: LLM speed and accuracy tables, the ASR table, where and
+    when each figure was measured, the gates' verdict, and the caveats that apply."""
+    ctx = ctx or ReportContext()
     lines = [f"# rkpipe report: {cfg.model.name} / {cfg.asr.name} (variant {variant})", ""]
-    lines += ["## LLM", "", *_table(LLM_COLUMNS, [llm_row(cfg, metrics)]), ""]
+    lines += ["## LLM speed", "", *_table(LLM_SPEED_COLUMNS, [llm_speed_row(cfg, metrics, ctx)])]
     lines += [
-        f"TTFT for a {cfg.bench.prompt_tokens}-token prompt, decode tokens/s over "
-        f"{cfg.bench.new_tokens} new tokens, mean of {cfg.bench.repetitions} runs after "
-        f"{cfg.bench.warmup} warm-ups, {cfg.bench.threads} threads; memory is the runner's "
-        "peak RSS. PPL on non-overlapping "
-        f"{cfg.eval.seqlen}-token windows of `{cfg.eval.text_file}`; KLD and top-1 agreement "
-        "against the float model.",
+        "",
+        f"TTFT for a {cfg.bench.prompt_tokens}-token prompt, prefill tokens/s over that prompt, "
+        f"decode tokens/s (mean ± stddev) over {cfg.bench.new_tokens} new tokens, "
+        f"{cfg.bench.repetitions} runs after {cfg.bench.warmup} warm-ups; memory is the "
+        "runner's peak RSS. Compare speed only between rows measured on the same host.",
     ]
     if llm_bench_skipped(metrics):
         lines += [
@@ -100,6 +166,13 @@ def render_report(cfg: PipelineConfig, metrics: Mapping[str, Any], variant: str)
             "Run with a board config (e.g. `board=rk3588_ssh`) or point `board.rkllm_lib` at "
             "a runtime to measure it.",
         ]
+    lines += ["", "## LLM accuracy", "",
+              *_table(LLM_ACCURACY_COLUMNS, [llm_accuracy_row(cfg, metrics, ctx)]), ""]  # fmt: skip
+    lines += [
+        f"PPL on non-overlapping {cfg.eval.seqlen}-token windows of `{cfg.eval.text_file}`; KLD "
+        "and top-1 agreement against the float model, both run on the host named. Gates: "
+        "`conf/gates` (params `gates.*`).",
+    ]
     if cfg.model.float_note:
         lines += ["", f"Note: {cfg.model.float_note}."]
     lines += ["", "## ASR", "", *_table(ASR_COLUMNS, [asr_row(cfg, metrics)]), ""]
@@ -110,4 +183,24 @@ def render_report(cfg: PipelineConfig, metrics: Mapping[str, Any], variant: str)
             "",
         ]
     lines += ["Audio is synthetic speech (espeak-ng): its WER is a smoke figure.", ""]
+    lines += _provenance_lines(ctx)
     return "\n".join(lines)
+
+
+def _provenance_lines(ctx: ReportContext) -> list[str]:
+    lines = ["## Provenance", ""]
+    for stage, prov in sorted(ctx.provenance.items()):
+        lines.append(
+            f"- `{stage}`: {measured_on(prov)}, kernel flags: {prov.get('isa') or 'none'}; "
+            f"board `{prov.get('board', '?')}`; measured {prov.get('measured_at', '?')}"
+        )
+    # the tables' figures: accuracy (evaluate) and speed (deploy_bench); the build stages'
+    # timings may come from another machine's run cache without changing any artifact
+    hosts = {(ctx.provenance.get(s) or {}).get("host_id") for s in MEASURING_STAGES} - {None}
+    if len(hosts) > 1:
+        lines.append(
+            "- **The figures above come from more than one host** "
+            f"({', '.join(sorted(h for h in hosts if h))}): rerun `dvc repro` on one machine."
+        )
+    lines.append(f"- git {ctx.git_sha}; MLflow run {ctx.run_id or '(tracking off)'}")
+    return [*lines, ""]

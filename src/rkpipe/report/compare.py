@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rkpipe.report import NO_BOARD, llm_bench_skipped
+from rkpipe.hostinfo import measuring_machine
+from rkpipe.report import NO_BOARD, llm_bench_skipped, measured_on
 
 
 class RunLike(Protocol):
@@ -62,9 +63,13 @@ COLUMNS = (
     Column("WER", "asr_wer", _metric("asr_wer"), 3, "abs"),
     Column("ΔWER vs fp32 (pt)", "asr_wer_delta", _metric("asr_wer_delta"), 2, "abs"),
 )
-TEXT_COLUMNS = ("run", "model", "platform", "quant type")
-# The columns deploy_bench leaves empty when it skipped the LLM (llm_bench_skipped).
+TEXT_COLUMNS = ("run", "model", "platform", "quant type", "measured on")
+# The columns deploy_bench leaves empty when it skipped the LLM (llm_bench_skipped), and whose
+# deltas mean nothing between two machines.
 LLM_SPEED_KEYS = ("ttft_ms", "decode_tok_per_s", "memory_gb")
+# What a speed cell says when the row was measured on another machine than the baseline.
+OTHER_HOST = "other host: not comparable"
+BENCH_PROVENANCE = "measured.deploy_bench."
 
 
 # How each onnxruntime scheme is named in tables; block-quantized ones also show block size
@@ -173,6 +178,9 @@ class Row:
     gates: list[GateResult] = field(default_factory=list)
     baseline: bool = False
     notes: dict[str, str] = field(default_factory=dict)
+    # The machine deploy_bench measured on ("" when unknown: runs made before provenance).
+    machine: str = ""
+    speed_comparable: bool = True
 
 
 @dataclass
@@ -201,7 +209,8 @@ class Comparison:
     def to_csv(self) -> str:
         """CSV with one value and one delta column per metric (machine-readable names)."""
         out = io.StringIO()
-        keys = ["run_id", "run", "model", "platform", "quant_type", "baseline"]
+        keys = ["run_id", "run", "model", "platform", "quant_type", "baseline", "measured_on",
+                "speed_comparable"]  # fmt: skip
         for c in self.columns:
             keys += [c.key] + ([f"{c.key}_delta_{c.delta}"] if c.delta else [])
         keys += ["gate", "gate_failed"]
@@ -228,6 +237,8 @@ def _cell(row: Row, column: Column) -> str:
         return row.notes.get(column.key, "–")
     text = f"{value:.{column.digits}f}"
     delta = row.deltas.get(column.key)
+    if not row.speed_comparable and column.key in LLM_SPEED_KEYS:
+        return f"{text} ({OTHER_HOST})"
     if row.baseline or delta is None:
         return text
     unit = " %" if column.delta == "pct" else ""
@@ -245,7 +256,8 @@ def _csv_record(row: Row, columns: Sequence[Column]) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_id": row.run_id, "run": row.text["run"], "model": row.text["model"],
         "platform": row.text["platform"], "quant_type": row.text["quant type"],
-        "baseline": str(row.baseline).lower(),
+        "baseline": str(row.baseline).lower(), "measured_on": row.machine,
+        "speed_comparable": str(row.speed_comparable).lower(),
     }  # fmt: skip
     for c in columns:
         record[c.key] = row.values.get(c.key)
@@ -274,7 +286,11 @@ def _row(run: RunLike, columns: Sequence[Column], rules: Mapping[str, Any]) -> R
     }
     values = {c.key: c.read(run.metrics) for c in columns}
     notes = {key: NO_BOARD for key in LLM_SPEED_KEYS} if llm_bench_skipped(run.metrics) else {}
-    return Row(run.run_id, text, values, gates=evaluate_gates(run.metrics, rules), notes=notes)
+    prefix = len(BENCH_PROVENANCE)
+    prov = {k[prefix:]: v for k, v in run.tags.items() if k.startswith(BENCH_PROVENANCE)}
+    text["measured on"] = measured_on(prov) if prov else "–"
+    return Row(run.run_id, text, values, gates=evaluate_gates(run.metrics, rules), notes=notes,
+               machine=measuring_machine(prov))  # fmt: skip
 
 
 def compare_runs(
@@ -293,4 +309,8 @@ def compare_runs(
             c.key: _delta(c.delta, row.values.get(c.key), rows[0].values.get(c.key))
             for c in columns
         }
+        # Speed from two machines is not a delta of the variants; accuracy deltas stay.
+        if row.machine and rows[0].machine and row.machine != rows[0].machine:
+            row.speed_comparable = False
+            row.deltas |= dict.fromkeys(LLM_SPEED_KEYS)
     return Comparison(rows, columns)

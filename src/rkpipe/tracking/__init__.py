@@ -440,8 +440,8 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
     (KILLED for SIGTERM or Ctrl-C).
     """
     if not cfg.tracking.enabled:
-        with _sigterm_raises():
-            yield _NullRun(stage)
+        with untracked_run(stage) as run:
+            yield run
         return
     client = _client(cfg)
     run_id = open_variant_run(client, cfg)
@@ -459,6 +459,13 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
     finally:
         run.set_tags({f"rkpipe.stage.{stage}": status.lower()})
         with_retry(lambda: client.set_terminated(run_id, status))
+
+
+@contextlib.contextmanager
+def untracked_run(stage: str) -> Iterator[VariantRun]:
+    """A run handle that logs nothing (SIGTERM still raises :class:`Terminated`)."""
+    with _sigterm_raises():
+        yield _NullRun(stage)
 
 
 def _client(cfg: PipelineConfig) -> Any:
@@ -504,13 +511,29 @@ def reproduction_tags(cfg: PipelineConfig, root: Path) -> dict[str, str]:
     return tags | runtime_versions()
 
 
+def standard_tags(reproduction: Mapping[str, str]) -> dict[str, str]:
+    """MLflow's own tags, which fill the UI's Source, Version and User columns."""
+    import getpass
+
+    tags = {"mlflow.source.name": "dvc.yaml", "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (some containers)
+        tags["mlflow.user"] = str(os.getuid())
+    if reproduction.get("git.sha", "unknown") != "unknown":
+        tags["mlflow.source.git.commit"] = reproduction["git.sha"]
+    return tags
+
+
 def _log_start(run: VariantRun, cfg: PipelineConfig, stage: str) -> None:
     root = workspace_root()
     data = config_dict(cfg)
     tracked = {k: v for k, v in data.items() if k not in UNTRACKED_KEYS}
+    reproduction = reproduction_tags(cfg, root)
     run.set_tags(
         {PID_TAG: os.getpid(), HOST_TAG: socket.gethostname(), "rkpipe.stage": stage}
-        | reproduction_tags(cfg, root)
+        | reproduction
+        | standard_tags(reproduction)
     )
     run.log_params(flatten(tracked))
     run.log_dict(data, "config/resolved.yaml")

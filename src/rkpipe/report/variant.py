@@ -1,0 +1,67 @@
+"""The ``report`` stage's inputs: every metrics file, where each was measured, and the gates.
+
+Each measuring stage writes its figures with a ``provenance`` object (see
+:func:`rkpipe.hostinfo.provenance`); they are kept apart here, per stage, so the report can say
+which host measured which figure and flag a report that mixes two hosts. The acceptance gates
+(``conf/gates``) run on every variant here, not only in ``rkpipe compare``; a variant that
+``evaluate`` found broken (``llm_broken``) gets the verdict ``broken`` whatever the gates say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rkpipe.evaluate.sanity import BROKEN_METRIC
+from rkpipe.report import ReportContext
+from rkpipe.report.compare import evaluate_gates, gate_tags
+
+
+def read_metrics(metrics_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """Merged figures of every ``*.json`` in ``metrics_dir``, and ``{stage: provenance}``."""
+    from rkpipe.io import read_json
+
+    metrics: dict[str, Any] = {}
+    provenance: dict[str, dict[str, str]] = {}
+    for path in sorted(Path(metrics_dir).glob("*.json")):
+        data = dict(read_json(path))
+        if isinstance(data.get("provenance"), dict):
+            provenance[_stage_of(path.stem)] = data.pop("provenance")
+        metrics.update(data)
+    return metrics, provenance
+
+
+def _stage_of(stem: str) -> str:
+    return {"bench": "deploy_bench"}.get(stem, stem)
+
+
+def judge(metrics: Mapping[str, Any], rules: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
+    """(verdict, what failed, MLflow tags): ``broken`` / ``failed`` / ``passed`` / ``n/a``."""
+    results = evaluate_gates(metrics, rules)
+    tags = gate_tags(results)
+    if metrics.get(BROKEN_METRIC):
+        tags["gate"] = "broken"
+        return "broken", "numerically broken (see evaluate)", tags
+    failed = "; ".join(r.explain() for r in results if r.passed is False)
+    return tags["gate"], failed, tags
+
+
+def report_context(
+    cfg: Any, metrics: Mapping[str, Any], provenance: Mapping[str, Mapping[str, str]],
+    run_id: str, root: Path,
+) -> tuple[ReportContext, dict[str, str]]:  # fmt: skip
+    """The report's context and the gate tags for the variant's run."""
+    from rkpipe.hostinfo import host_file
+    from rkpipe.io import read_json
+    from rkpipe.tracking import git_state
+
+    rules = cfg.gates.rules if cfg.gates.enabled else {}
+    verdict, notes, tags = judge(metrics, rules)
+    host = host_file(cfg.paths.data_dir)
+    versions = dict(read_json(host).get("versions", {})) if host.is_file() else {}
+    ctx = ReportContext(
+        provenance=dict(provenance), verdict=verdict, gate_notes=notes,
+        git_sha=git_state(root)["git.sha"], run_id=run_id, versions=versions,
+    )  # fmt: skip
+    return ctx, tags

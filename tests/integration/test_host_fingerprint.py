@@ -1,0 +1,92 @@
+"""Real DVC: the host_fingerprint stage runs on every repro, and a stage that depends on its
+output reruns when the machine changes (a fake CPU without VNNI) and stays cached otherwise,
+while a stage that does not depend on it never reruns. The project's dvc.yaml wires exactly
+the measuring stages to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+XEON = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
+EPYC = "model name\t: AMD EPYC 7B12\nflags\t\t: avx2 fma\n"
+DVC_YAML = """
+stages:
+  host_fingerprint:
+    cmd: python stages/host_fingerprint.py
+    always_changed: true
+    deps: [stages/host_fingerprint.py]
+    outs: [data/host/host.json, data/host/board.json]
+  build:
+    cmd: python -c "open('artifact.txt', 'w').write('weights')"
+    outs: [artifact.txt]
+  measure:
+    cmd: python measure.py
+    deps: [measure.py, artifact.txt, data/host/host.json]
+    metrics:
+      - m.json:
+          cache: false
+"""
+MEASURE = """import json
+host = json.load(open("data/host/host.json"))
+json.dump({"cpu": host["cpu"]["model"]}, open("m.json", "w"))
+"""
+
+
+def run(argv: list[str], cwd: Path, cpuinfo: Path) -> str:
+    env = os.environ | {
+        "RKPIPE_CPUINFO": str(cpuinfo),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def ran(stdout: str) -> set[str]:
+    return {line.split("'")[1] for line in stdout.splitlines() if line.startswith("Running stage")}
+
+
+def test_measuring_stages_rerun_on_another_machine_only(tmp_path):
+    xeon, epyc = tmp_path / "xeon", tmp_path / "epyc"
+    xeon.write_text(XEON)
+    epyc.write_text(EPYC)
+    repo = tmp_path / "repo"
+    (repo / "stages").mkdir(parents=True)
+    shutil.copy2(REPO / "stages" / "host_fingerprint.py", repo / "stages")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["tracking"]["enabled"] = False
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "measure.py").write_text(MEASURE)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    run(["dvc", "init", "-q"], repo, xeon)
+
+    assert ran(run(["dvc", "repro"], repo, xeon)) == {"host_fingerprint", "build", "measure"}
+    first = (repo / "data/host/host.json").read_bytes()
+    assert ran(run(["dvc", "repro"], repo, xeon)) == {"host_fingerprint"}  # same machine: cached
+    assert (repo / "data/host/host.json").read_bytes() == first
+    assert ran(run(["dvc", "repro"], repo, epyc)) == {"host_fingerprint", "measure"}
+    assert "AMD EPYC" in (repo / "m.json").read_text()
+    assert ran(run(["dvc", "repro"], repo, epyc)) == {"host_fingerprint"}
+
+
+def test_the_pipeline_wires_exactly_the_measuring_stages_to_the_fingerprint():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    host = "${paths.data_dir}/host/host.json"
+    board = "${paths.data_dir}/host/board.json"
+    depends = {name for name, stage in stages.items() if host in stage.get("deps", [])}
+    # report and record only copy figures; the three that measure on this machine rerun
+    assert depends == {"reference_logits", "evaluate", "deploy_bench", "report", "record"}
+    assert board in stages["deploy_bench"]["deps"] and board not in stages["evaluate"]["deps"]
+    assert stages["host_fingerprint"]["always_changed"] is True
+    for name in ("download_llm", "calibrate", "export_llm", "quantize_llm", "quantize_asr"):
+        assert host not in stages[name].get("deps", [])
