@@ -187,15 +187,15 @@ def provenance(
     now: datetime.datetime | None = None,
 ) -> dict[str, str]:
     """What a metrics file says about where and when its figures were measured: this host's
-    fingerprint id, the board and its fingerprint id, the CPU that ran the measurement (the
-    board's for a remote board) with its kernel flags, and the UTC time."""
+    fingerprint id, the board and (for a remote board) its fingerprint id, the CPU that ran the
+    measurement (the board's for a remote board) with its kernel flags, and the UTC time."""
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    measuring = board_facts if board_facts and board_facts.get("cpu") else host
-    cpu = measuring.get("cpu") or {}
+    remote = bool(board_facts and board_facts.get("cpu"))  # a local board is the host itself
+    cpu = ((board_facts if remote else host) or {}).get("cpu") or {}
     return {
         "host_id": str(host.get("id", "?")),
         "board": board,
-        "board_id": str((board_facts or {}).get("id", "")),
+        "board_id": str(board_facts.get("id", "")) if remote and board_facts else "",
         "cpu": str(cpu.get("model", "?")),
         "isa": " ".join(cpu.get("isa") or []),
         "measured_at": now.replace(microsecond=0).isoformat(),

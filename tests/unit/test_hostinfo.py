@@ -122,6 +122,8 @@ def test_provenance_names_host_board_cpu_and_time():
                      "isa": "avx2 amx_int8", "measured_at": "2026-12-07T05:00:01+00:00"}  # fmt: skip
     remote = provenance(host, "rk3588-evb", board, when)
     assert remote["cpu"] == "Cortex-A55 + Cortex-A76" and remote["board_id"] == "b1"
+    local_board = {"id": "l1", "kind": "board", "transport": "local", "host_id": "h1"}
+    assert provenance(host, "local", local_board, when)["board_id"] == ""  # the host itself
 
 
 def test_clocks_record_what_the_benchmark_runs_at():

@@ -71,7 +71,7 @@ def test_report_has_seed_columns_and_caveats(default_cfg):
         "prefill_tok_per_s": 1400.0,
         "model_params": 134.5e6,
     }
-    prov = {"host_id": "e997ba2f59e3", "board": "local", "board_id": "b1", "cpu": "Xeon",
+    prov = {"host_id": "e997ba2f59e3", "board": "local", "board_id": "", "cpu": "Xeon",
             "isa": "avx2 avx512_vnni", "measured_at": "2026-12-07T05:46:48+00:00"}  # fmt: skip
     ctx = ReportContext(provenance={"deploy_bench": prov, "evaluate": prov}, verdict="passed",
                         git_sha="abc123", run_id="r1", versions={"onnxruntime": "1.32.0"})  # fmt: skip

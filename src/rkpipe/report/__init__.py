@@ -75,12 +75,13 @@ MEASURING_STAGES = ("evaluate", "deploy_bench")
 
 
 def measured_on(prov: Mapping[str, str] | None) -> str:
-    """``Intel(R) Xeon(R) Processor [host 3fa2c1d0e9b4]`` or ``–`` (not measured)."""
+    """``Intel(R) Xeon(R) Processor [host 3fa2c1d0e9b4]``, ``rk3588-evb: Cortex-A55 + Cortex-A76
+    [board 5b0c...]`` or ``–`` (not measured)."""
     if not prov:
         return "–"
-    board = prov.get("board", "host")
-    where = f"{prov.get('cpu', '?')} [host {prov.get('host_id', '?')}]"
-    return where if board in ("host", "local") else f"{board}: {where}"
+    if prov.get("board_id"):
+        return f"{prov.get('board')}: {prov.get('cpu', '?')} [board {prov['board_id']}]"
+    return f"{prov.get('cpu', '?')} [host {prov.get('host_id', '?')}]"
 
 
 def _params_m(m: Mapping[str, Any]) -> str:
@@ -189,11 +190,17 @@ def render_report(
 
 def _provenance_lines(ctx: ReportContext) -> list[str]:
     lines = ["## Provenance", ""]
+    machines: dict[tuple[str, str, str], list[str]] = {}
     for stage, prov in sorted(ctx.provenance.items()):
-        lines.append(
-            f"- `{stage}`: {measured_on(prov)}, kernel flags: {prov.get('isa') or 'none'}; "
-            f"board `{prov.get('board', '?')}`; measured {prov.get('measured_at', '?')}"
-        )
+        remote = bool(prov.get("board_id"))
+        name = f"board `{prov.get('board')}` {prov['board_id']}" if remote else "host"
+        key = (name if remote else f"host {prov.get('host_id', '?')}", prov.get("cpu", "?"),
+               prov.get("isa") or "none")  # fmt: skip
+        via = f" (driven by host {prov.get('host_id')})" if remote else ""
+        machines.setdefault(key, []).append(f"`{stage}` {prov.get('measured_at', '?')}{via}")
+    for (machine, cpu, isa), stages in machines.items():
+        lines.append(f"- {machine}: {cpu}; kernel flags: {isa}")
+        lines += [f"  - {stage}" for stage in stages]
     # the tables' figures: accuracy (evaluate) and speed (deploy_bench); the build stages'
     # timings may come from another machine's run cache without changing any artifact
     hosts = {(ctx.provenance.get(s) or {}).get("host_id") for s in MEASURING_STAGES} - {None}
