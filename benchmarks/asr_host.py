@@ -39,8 +39,9 @@ from rkpipe.asr.engine import engine_name
 from rkpipe.asr.evaluate import evaluate_asr, token_agreement
 from rkpipe.asr.export import export_fp32_onnx
 from rkpipe.asr.model import acquire_asr
-from rkpipe.asr.quantize import onnx_size_mb, quantize_asr
+from rkpipe.asr.quantize import quantize_asr
 from rkpipe.config.schema import AsrConfig, AsrInitConfig, AsrQuantConfig
+from rkpipe.io import onnx_size_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("asr_host")

@@ -24,9 +24,10 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from rkpipe.board.deploy import LocalTransport, parse_json_lines
+from rkpipe.board.deploy import parse_json_lines
 from rkpipe.board.llm_demo import bench_llm_demo
 from rkpipe.board.ssh import SshTransport
+from rkpipe.board.transport import LocalTransport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.engines import rkllm_runner
 

@@ -129,7 +129,8 @@ def board(args: argparse.Namespace) -> int:
 
         print(f"trusted {cfg.board.host}:{cfg.board.port}: {trust_host(cfg.board)}")
         return 0
-    from rkpipe.board.deploy import check_board, make_transport
+    from rkpipe.board.deploy import check_board
+    from rkpipe.board.transport import make_transport
 
     facts = check_board(cfg, make_transport(cfg.board))
     for key, value in facts.items():
@@ -138,7 +139,7 @@ def board(args: argparse.Namespace) -> int:
 
 
 def _repo(args: argparse.Namespace) -> Path:
-    from rkpipe.tracking import repo_root
+    from rkpipe.workspace import repo_root
 
     return Path(args.repo).resolve() if args.repo else repo_root()
 

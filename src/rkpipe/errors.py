@@ -31,3 +31,7 @@ class BoardError(RkpipeError):
 
 class TrackingError(RkpipeError):
     """MLflow tracking failed."""
+
+
+class ReproduceError(RkpipeError):
+    """A run cannot be rebuilt (missing commit or records) or the rebuild failed."""

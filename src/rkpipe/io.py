@@ -79,3 +79,9 @@ def dir_size_mb(path: Path | str) -> float:
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files) / 1e6
+
+
+def onnx_size_mb(model_dir: Path | str) -> float:
+    """Size in MB of the ONNX files (plus any external-data files) in ``model_dir``."""
+    files = [p for p in Path(model_dir).iterdir() if p.suffix in (".onnx", ".onnx_data", ".data")]
+    return sum(dir_size_mb(p) for p in files)

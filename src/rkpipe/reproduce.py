@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkpipe.errors import RkpipeError
+from rkpipe.errors import ReproduceError
+from rkpipe.workspace import declared_outputs, measurement_outputs, run_git
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,7 @@ RECORD_FILE = "outputs.sha256.json"  # under paths.reports_dir; the record stage
 HOST_ID_TAG = "measured.evaluate.host_id"  # the run's host fingerprint (rkpipe.hostinfo)
 # Metric names that measure time, throughput or memory of a process: never reproducible.
 TIMING = re.compile(r"(_ms|_s|tok_per_s|rtf|speedup|rss_mb)(_|$)")
-_VAR = re.compile(r"\$\{([^}]+)\}")
 HEADLINE_TIMINGS = ("ttft_ms", "decode_tok_per_s", "peak_rss_mb", "asr_rtf", "quantize_s")
-MEASUREMENT_LABEL = "measurement"  # dvc.yaml ``labels`` of an out that holds measurements
 # A timing rebuilt on the same host is "within the run-to-run spread" when it differs from the
 # run's by at most SPREAD_SIGMAS of its recorded stddev, or SPREAD_FRACTION of it without one
 # (decode speed moves by up to 25 % between runs on a shared 2-vCPU machine).
@@ -48,57 +47,9 @@ SPREAD_SIGMAS = 3.0
 SPREAD_FRACTION = 0.25
 
 
-class ReproduceError(RkpipeError):
-    """A run cannot be rebuilt (missing commit or records) or the rebuild failed."""
-
-
 # --------------------------------------------------------------------------------------------
 # Recording
 # --------------------------------------------------------------------------------------------
-
-
-def _interpolate(text: str, params: Mapping[str, Any]) -> str:
-    def lookup(match: re.Match[str]) -> str:
-        node: Any = params
-        for part in match.group(1).split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                raise ReproduceError(f"dvc.yaml refers to ${{{match.group(1)}}}; params lack it")
-            node = node[part]
-        return str(node)
-
-    return _VAR.sub(lookup, text)
-
-
-def declared_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
-    """Every output (``outs``, and stage-level ``metrics`` and ``plots``) of every stage of
-    ``dvc_yaml``, with ``${...}`` resolved from ``params`` (the nested config). Empty when
-    the file does not exist."""
-    return [path for path, _ in _outputs(dvc_yaml, params)]
-
-
-def measurement_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
-    """The outputs that hold measurements, not artifacts: every stage-level ``metrics`` and
-    ``plots`` file, and every out labelled ``measurement`` in ``dvc.yaml`` (host facts).
-    Their bytes depend on the machine and the moment, so a rebuild compares them as
-    measurements, never as artifacts."""
-    return [path for path, measured in _outputs(dvc_yaml, params) if measured]
-
-
-def _outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[tuple[str, bool]]:
-    import yaml
-
-    if not dvc_yaml.is_file():
-        return []
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
-    outs = []
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind, []):
-                path = next(iter(out)) if isinstance(out, dict) else out
-                options = (out.get(path) or {}) if isinstance(out, dict) else {}
-                measured = kind != "outs" or MEASUREMENT_LABEL in (options.get("labels") or [])
-                outs.append((_interpolate(str(path), params), measured))
-    return outs
 
 
 def hash_outputs(root: Path, outputs: Iterable[str]) -> dict[str, str]:
@@ -367,7 +318,7 @@ def _params_from_config(text: str | None) -> str | None:
 
 
 def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=600)
+    out = run_git(repo, *args, timeout=600)
     if check and out.returncode != 0:
         raise ReproduceError(f"git {' '.join(args)} failed: {out.stderr.strip()}")
     return out

@@ -8,8 +8,8 @@ import datetime
 
 import pytest
 
-from rkpipe.board.deploy import LocalTransport
 from rkpipe.board.fingerprint import board_clocks, board_fingerprint, remote_board_fingerprint
+from rkpipe.board.transport import LocalTransport
 from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import (

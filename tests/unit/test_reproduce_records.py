@@ -9,12 +9,11 @@ from pathlib import Path
 from rkpipe.reproduce import (
     compare_metrics,
     compare_outputs,
-    declared_outputs,
     hash_outputs,
     is_timing,
     output_record,
 )
-from rkpipe.tracking import changed_files, git_state
+from rkpipe.workspace import changed_files, declared_outputs, git_state
 
 DVC_YAML = """
 stages:

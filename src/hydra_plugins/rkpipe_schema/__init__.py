@@ -8,7 +8,7 @@ DVC's Hydra mode composes ``conf/`` in its own process; it loads the
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-from rkpipe.config.schema import register_configs
+from rkpipe.config.registration import register_configs
 
 register_configs()
 

@@ -200,7 +200,7 @@ def _decode(tokenizer: Any, ids: list[int]) -> str:
 
 
 def _size(model_dir: Path) -> float:
-    from rkpipe.asr.quantize import onnx_size_mb
+    from rkpipe.io import onnx_size_mb
 
     return onnx_size_mb(Path(model_dir))
 

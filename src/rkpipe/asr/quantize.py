@@ -41,7 +41,7 @@ from typing import Any
 
 from rkpipe.config.schema import AsrQuantConfig
 from rkpipe.errors import AsrError
-from rkpipe.io import atomic_path, dir_size_mb
+from rkpipe.io import atomic_path, onnx_size_mb
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +134,6 @@ def file_scheme(name: str, q: AsrQuantConfig) -> str:
 
 def _onnx_names(model_dir: Path) -> list[str]:
     return sorted(p.name for p in Path(model_dir).glob("*.onnx"))
-
-
-def onnx_size_mb(model_dir: Path) -> float:
-    """Size in MB of the ONNX files (plus any external-data files) in ``model_dir``."""
-    files = [p for p in Path(model_dir).iterdir() if p.suffix in (".onnx", ".onnx_data", ".data")]
-    return sum(dir_size_mb(p) for p in files)
 
 
 def _check_config(q: AsrQuantConfig) -> None:

@@ -17,16 +17,15 @@ import contextlib
 import json
 import logging
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from rkpipe.bench.stats import summarize_samples
+from rkpipe.board.transport import Transport, make_transport
 from rkpipe.config.schema import BenchConfig, BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import provenance
@@ -44,53 +43,6 @@ ASR_KEYS = ("rtf", "encoder_ms", "decoder_ms", "total_ms")
 LLM_RUNNERS = {"onnxruntime": ("onnxruntime", "ort_llm"), "rkllm": ("rkllm", "rkllm_runner")}
 # The metric deploy_bench records instead of the LLM figures when it could not measure them.
 LLM_SKIPPED = "llm_bench_skipped"
-
-
-class Transport(Protocol):
-    """How commands reach a board."""
-
-    def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` on the board and return its output (text)."""
-        ...
-
-    def runner_command(self, engine: str) -> list[str]:
-        """The argv prefix that starts the runner ``engine`` (e.g. ``ort_llm``) on the board."""
-        ...
-
-    def model_path(self, local: Path) -> str:
-        """Where the board sees the deployed copy of ``local``."""
-        ...
-
-
-class LocalTransport:
-    """The host is the board: run the engines from the installed package, no copy needed."""
-
-    def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
-        try:
-            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise BoardError(f"runner timed out after {timeout:.0f} s: {' '.join(argv)}") from None
-
-    def runner_command(self, engine: str) -> list[str]:
-        return [sys.executable, "-m", f"rkpipe.engines.{engine}"]
-
-    def model_path(self, local: Path) -> str:
-        return str(local.resolve())
-
-
-def make_transport(board: BoardConfig) -> Transport:
-    """The transport for ``board.transport`` (``local``, ``ssh`` or ``adb``)."""
-    if board.transport == "ssh":
-        from rkpipe.board.ssh import SshTransport
-
-        return SshTransport(board, python=board.python)
-    if board.transport == "adb":
-        from rkpipe.board.adb import AdbTransport
-
-        return AdbTransport(board, python=board.python)
-    if board.transport == "local":
-        return LocalTransport()
-    raise BoardError(f"board.transport={board.transport!r}; available: local, ssh, adb")
 
 
 def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from rkpipe.board.deploy import Transport, make_transport
 from rkpipe.board.preflight import (
     CPU_DIR,
     DDR_TARGET,
@@ -27,6 +26,7 @@ from rkpipe.board.preflight import (
     parse_driver_version,
     soc_from_compatible,
 )
+from rkpipe.board.transport import Transport, make_transport
 from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import SCHEMA, memory_total_gb, parse_cpuinfo

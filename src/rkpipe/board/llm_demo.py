@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from rkpipe.bench.stats import summarize_samples
-from rkpipe.board.deploy import LLM_KEYS, BenchResult, Transport
+from rkpipe.board.deploy import LLM_KEYS, BenchResult
 from rkpipe.board.perf import parse_perf_tables, parse_runtime_info, table_row
+from rkpipe.board.transport import Transport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.errors import BoardError
 

@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rkpipe.board.deploy import Transport
 from rkpipe.board.perf import parse_runtime_info, version_key
+from rkpipe.board.transport import Transport
 from rkpipe.config.platforms import PLATFORMS, normalise_name
 from rkpipe.errors import BoardError
 

@@ -13,7 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from rkpipe.config.schema import SCHEMA_NAME, PipelineConfig, register_configs
+from rkpipe.config.registration import register_configs
+from rkpipe.config.schema import SCHEMA_NAME, PipelineConfig
 from rkpipe.config.validate import validate
 from rkpipe.errors import ConfigError
 

@@ -6,7 +6,7 @@ as values and derive changed copies with ``dataclasses.replace``.
 
 Every Hydra config group under ``conf/`` is backed by one dataclass here. The
 top-level :class:`PipelineConfig` is registered in Hydra's ConfigStore (see
-:func:`register_configs`), so composition already type-checks each value; the
+:func:`rkpipe.config.registration.register_configs`), so composition already type-checks each value; the
 cross-field rules (platform matrix, ranges) live in :mod:`rkpipe.config.validate`.
 """
 
@@ -351,22 +351,3 @@ class PipelineConfig:
 
 
 SCHEMA_NAME = "rkpipe_schema"
-
-
-def register_configs() -> None:
-    """Register :class:`PipelineConfig` in Hydra's ConfigStore as ``rkpipe_schema``.
-
-    ``conf/config.yaml`` lists it first in its defaults, so every composition
-    (ours, DVC's Hydra mode, ``rkpipe sweep``) merges the YAML onto typed fields.
-    """
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
-
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=PipelineConfig)
-    OmegaConf.register_new_resolver("rkpipe_commit", _pin_revision, replace=True)
-
-
-def _pin_revision(repo_id: str, revision: str) -> str | None:
-    from rkpipe.hub import pin_revision
-
-    return pin_revision(repo_id, revision)

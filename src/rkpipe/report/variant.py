@@ -54,7 +54,7 @@ def report_context(
     """The report's context and the gate tags for the variant's run."""
     from rkpipe.hostinfo import host_file
     from rkpipe.io import read_json
-    from rkpipe.tracking import git_state
+    from rkpipe.workspace import git_state
 
     rules = cfg.gates.rules if cfg.gates.enabled else {}
     verdict, notes, tags = judge(metrics, rules)

@@ -74,7 +74,7 @@ def expand_overrides(arguments: Sequence[str], config_dir: Path) -> list[tuple[s
     from hydra.errors import HydraException
 
     from rkpipe.config.loader import normalise_overrides
-    from rkpipe.config.schema import register_configs
+    from rkpipe.config.registration import register_configs
 
     register_configs()
     try:

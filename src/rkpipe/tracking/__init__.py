@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +30,7 @@ from typing import Any, TypeVar
 
 from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
 from rkpipe.errors import TrackingError
+from rkpipe.workspace import git_state, repo_root
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,30 +47,12 @@ VERSION_PACKAGES = (
     "onnxruntime", "onnx", "torch", "transformers", "optimum-onnx", "numpy", "dvc",
     "mlflow", "hydra-core",
 )  # fmt: skip
-# Files a run changes by design: they never make the tree "dirty" for reproduction.
-RUN_FILES = ("params.yaml", "dvc.lock")
 # Config sections that say where results go or how they are judged, not what is built.
 UNTRACKED_KEYS = ("tracking", "gates")
 
 
 class Terminated(BaseException):
     """Raised in the main thread when the stage receives SIGTERM (e.g. DVC or a user killed it)."""
-
-
-def repo_root() -> Path:
-    """The DVC repository root: ``DVC_ROOT`` (set by DVC, the parent repo for queued
-    experiments), else the git top level, else the current directory."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
-    try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10
-        )
-        if top.returncode == 0 and top.stdout.strip():
-            return Path(top.stdout.strip())
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return Path.cwd()
 
 
 def tracking_uri(uri: str | None, root: Path | None = None) -> str:
@@ -188,57 +170,6 @@ def make_client(uri: str) -> SerialisedClient:
         return with_retry(connect)
     except Exception as exc:
         raise TrackingError(f"cannot open MLflow tracking store {uri}: {exc}") from None
-
-
-def _git(root: Path, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, timeout=60, input=stdin
-    )
-    return out.stdout if out.returncode == 0 else ""
-
-
-def changed_files(root: Path, rev: str, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Files tracked at ``rev`` whose bytes in ``root`` differ from ``rev`` (or are missing).
-
-    Compares blob hashes (``git ls-tree`` vs ``git hash-object``) rather than asking
-    ``git status``, which is wrong in DVC's temporary experiment workspaces. Paths
-    equal to or under an ``ignore`` entry are skipped.
-    """
-    expected: dict[str, str] = {}
-    for entry in _git(root, "ls-tree", "-r", "-z", rev).split("\0"):
-        meta, _, path = entry.partition("\t")
-        parts = meta.split()
-        if len(parts) == 3 and parts[1] == "blob" and parts[0] != "120000":
-            if not any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignore):
-                expected[path] = parts[2]
-    present = [p for p in expected if (root / p).is_file()]
-    hashes = _git(root, "hash-object", "--stdin-paths", stdin="\n".join(present) + "\n")
-    actual = dict(zip(present, hashes.split(), strict=False))
-    return sorted(p for p, sha in expected.items() if actual.get(p) != sha)
-
-
-def git_state(
-    root: Path, baseline: str | None = None, ignore: tuple[str, ...] = ()
-) -> dict[str, str]:
-    """Git sha and dirty flag of the workspace ``root``.
-
-    ``baseline`` is the commit the workspace was built from (DVC's
-    ``DVC_EXP_BASELINE_REV`` for experiments), default ``HEAD``. ``git.dirty`` is
-    ``true`` when a tracked file other than ``params.yaml``, ``dvc.lock`` and the
-    ``ignore`` paths (the pipeline's outputs) differs from it; ``git.dirty_files``
-    names the first few. ``unknown`` outside a git checkout.
-    """
-    try:
-        sha = _git(root, "rev-parse", baseline or "HEAD").strip()
-        if not sha:
-            return {"git.sha": "unknown", "git.dirty": "unknown"}
-        changed = changed_files(root, sha, RUN_FILES + tuple(ignore))
-    except (OSError, subprocess.TimeoutExpired):
-        return {"git.sha": "unknown", "git.dirty": "unknown"}
-    state = {"git.sha": sha, "git.dirty": str(bool(changed)).lower()}
-    if changed:
-        state["git.dirty_files"] = ", ".join(changed[:10]) + (" ..." if len(changed) > 10 else "")
-    return state
 
 
 def run_name(cfg: PipelineConfig) -> str:
@@ -497,7 +428,7 @@ def reproduction_tags(cfg: PipelineConfig, root: Path) -> dict[str, str]:
     when queued), DVC experiment name, where the rkpipe code came from, runtime versions."""
     import rkpipe
     from rkpipe.errors import RkpipeError
-    from rkpipe.reproduce import declared_outputs
+    from rkpipe.workspace import declared_outputs
 
     try:
         outputs = tuple(declared_outputs(root / "dvc.yaml", config_dict(cfg)))

@@ -22,9 +22,9 @@ from rkpipe.tracking import (
     VARIANT_TAG,
     artifact_location,
     make_client,
-    repo_root,
     tracking_uri,
 )
+from rkpipe.workspace import repo_root
 
 log = logging.getLogger(__name__)
 

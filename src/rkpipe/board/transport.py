@@ -1,0 +1,60 @@
+"""How commands reach a board: the :class:`Transport` protocol, the host as a board
+(:class:`LocalTransport`), and the factory for ``board.transport`` (local, ssh, adb)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from rkpipe.config.schema import BoardConfig
+from rkpipe.errors import BoardError
+
+
+class Transport(Protocol):
+    """How commands reach a board."""
+
+    def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` on the board and return its output (text)."""
+        ...
+
+    def runner_command(self, engine: str) -> list[str]:
+        """The argv prefix that starts the runner ``engine`` (e.g. ``ort_llm``) on the board."""
+        ...
+
+    def model_path(self, local: Path) -> str:
+        """Where the board sees the deployed copy of ``local``."""
+        ...
+
+
+class LocalTransport:
+    """The host is the board: run the engines from the installed package, no copy needed."""
+
+    def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise BoardError(f"runner timed out after {timeout:.0f} s: {' '.join(argv)}") from None
+
+    def runner_command(self, engine: str) -> list[str]:
+        return [sys.executable, "-m", f"rkpipe.engines.{engine}"]
+
+    def model_path(self, local: Path) -> str:
+        return str(local.resolve())
+
+
+def make_transport(board: BoardConfig) -> Transport:
+    """The transport for ``board.transport`` (``local``, ``ssh`` or ``adb``)."""
+    if board.transport == "ssh":
+        from rkpipe.board.ssh import SshTransport
+
+        return SshTransport(board, python=board.python)
+    if board.transport == "adb":
+        from rkpipe.board.adb import AdbTransport
+
+        return AdbTransport(board, python=board.python)
+    if board.transport == "local":
+        return LocalTransport()
+    raise BoardError(f"board.transport={board.transport!r}; available: local, ssh, adb")

@@ -1,0 +1,104 @@
+"""No import cycles among rkpipe's modules, counting imports inside functions (they hide
+cycles that only bite at run time, and make the layering impossible to read)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def module_names(root: Path) -> dict[str, Path]:
+    mods = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        mods[".".join(parts)] = path
+    return mods
+
+
+def imported(node: ast.AST, package: str) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = node.module or ""
+        if node.level:
+            up = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join([*up, base] if base else up)
+        return [base] + [f"{base}.{alias.name}" for alias in node.names]
+    return []
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Module -> the rkpipe modules it imports anywhere in its body (functions included)."""
+    mods = module_names(root)
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods if m.startswith("rkpipe")}
+    for mod in graph:
+        path = mods[mod]
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for name in imported(node, package):
+                target = resolve(name)
+                # a package's own __init__ is not a cycle with its submodules' "from . import"
+                if (
+                    target
+                    and target != mod
+                    and target in graph
+                    and not mod.startswith(target + ".")
+                ):
+                    graph[mod].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_detector_sees_a_cycle_hidden_in_a_function(tmp_path):
+    pkg = tmp_path / "rkpipe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from rkpipe.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from rkpipe import a\n")
+    (pkg / "c.py").write_text("import rkpipe.a\n")
+    assert cycles(import_graph(tmp_path)) == [["rkpipe.a", "rkpipe.b"]]
+
+
+def test_rkpipe_has_no_import_cycles():
+    assert cycles(import_graph(SRC)) == []
