@@ -1,5 +1,5 @@
 """The ``rkpipe`` command: what is not a DVC stage (doctor, params, board, sweep, compare,
-reproduce) plus ``record``, the entry point of the DVC stage that hashes every output.
+reproduce). The stages' own entry points are in ``stages/``.
 
 Stays light: heavy libraries are imported only inside the subcommand that needs them.
 """
@@ -277,15 +277,6 @@ def reproduce(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def record(args: argparse.Namespace) -> int:
-    """The ``record`` DVC stage: hash every output and log it to the variant's run."""
-    from rkpipe.reproduce import record_outputs
-    from rkpipe.stage import run_stage
-
-    run_stage("record", lambda cfg, run: record_outputs(cfg, run), args.params)
-    return 0
-
-
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="the DVC/git repository (default: DVC_ROOT or the git top level)")
     p.add_argument("--tracking-uri", help="MLflow store (default: <repo>/.mlflow/mlflow.db)")
@@ -364,9 +355,6 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     )
     _add_store_args(p)
     p.set_defaults(func=reproduce)
-    p = sub.add_parser("record", help="DVC stage: sha256 of every output, logged to the run")
-    p.add_argument("--params", default="params.yaml")
-    p.set_defaults(func=record)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from typing import Any
 from rkpipe.backends import register
 from rkpipe.backends.base import PeakRss, QuantizeRequest, QuantizeResult
 from rkpipe.backends.ort.reduce_range import resolve_reduce_range
+from rkpipe.backends.ort.schemes import EMBEDDING_BITS, Q4_1_MODES, get_scheme
 from rkpipe.config.schema import OrtQuantConfig, QuantConfig
 from rkpipe.errors import BackendError, ConfigError
 from rkpipe.io import atomic_path, dir_size_mb, write_json_atomic
@@ -44,22 +45,9 @@ log = logging.getLogger(__name__)
 MANIFEST_FILE = "quant_manifest.json"
 DTYPES = ("int8", "int4")
 WEIGHT_TYPES = ("QInt8", "QUInt8")
-# scheme -> dtypes it takes (the same table as rkpipe.config.validate.ORT_SCHEME_DTYPES)
-SCHEME_DTYPES: dict[str, tuple[str, ...]] = {
-    "dynamic": ("int8", "int4"),
-    "matmul_nbits": ("int4", "int8"),
-    "static_qdq": ("int8",),
-    "gguf_exact": ("int4",),
-    "genai_int4": ("int4",),
-    "genai_int8": ("int8",),
-    "genai_gguf_exact": ("int4",),
-}
-GENAI_SCHEMES = ("genai_int4", "genai_int8", "genai_gguf_exact")
-INT8_SCHEMES = ("dynamic", "matmul_nbits", "static_qdq", "genai_int8")
 PROTOBUF_LIMIT = 2_000_000_000  # bytes; larger models need external data
 INT4_SYMMETRIC = True
 RESIDUAL_SUFFIXES = ("_Residual", "_BlockSum")
-Q4_1_MODES = ("residual", "folded", "mse")  # as rkpipe.backends.ort.gguf_exact.Q4_1_MODES
 
 
 @register("onnxruntime")
@@ -82,7 +70,7 @@ class OnnxruntimeBackend:
         """
         _check_config(request.quant)
         scheme = effective_scheme(request.quant)
-        src = None if scheme in GENAI_SCHEMES else _fp32_model(request)
+        src = None if get_scheme(scheme).genai else _fp32_model(request)
         with atomic_path(request.out_dir) as tmp, PeakRss() as rss:
             tmp.mkdir()
             start = time.perf_counter()
@@ -120,24 +108,21 @@ def _check_config(quant: QuantConfig) -> None:
             f"quant.dtype={quant.dtype!r} is not supported by quant.backend=onnxruntime; "
             f"allowed: {', '.join(DTYPES)}"
         )
-    if ort_cfg.scheme not in SCHEME_DTYPES:
-        raise ConfigError(
-            f"quant.ort.scheme={ort_cfg.scheme!r} is not supported; "
-            f"allowed: {', '.join(SCHEME_DTYPES)}"
-        )
-    if quant.dtype not in SCHEME_DTYPES[ort_cfg.scheme]:
+    scheme = get_scheme(ort_cfg.scheme)
+    if quant.dtype not in scheme.dtypes:
         raise ConfigError(
             f"quant.dtype={quant.dtype!r} does not apply to quant.ort.scheme="
-            f"{ort_cfg.scheme!r}; allowed: {', '.join(SCHEME_DTYPES[ort_cfg.scheme])}"
+            f"{ort_cfg.scheme!r}; allowed: {', '.join(scheme.dtypes)}"
         )
     if quant.dtype == "int8" and ort_cfg.weight_type not in WEIGHT_TYPES:
         raise ConfigError(
             f"quant.ort.weight_type={ort_cfg.weight_type!r} is not allowed; "
             f"allowed: {', '.join(WEIGHT_TYPES)}"
         )
-    if ort_cfg.embedding_bits not in (0, 4, 8):
+    if ort_cfg.embedding_bits not in EMBEDDING_BITS:
         raise ConfigError(
-            f"quant.ort.embedding_bits={ort_cfg.embedding_bits!r} is not allowed; allowed: 0, 4, 8"
+            f"quant.ort.embedding_bits={ort_cfg.embedding_bits!r} is not allowed; "
+            f"allowed: {', '.join(map(str, EMBEDDING_BITS))}"
         )
     if ort_cfg.decode_accuracy_level not in (None, 0, 1, 2, 3, 4):
         raise ConfigError(
@@ -176,9 +161,9 @@ def _fp32_model(request: QuantizeRequest) -> Path:
 def _run_scheme(scheme: str, request: QuantizeRequest, src: Path | None, tmp: Path) -> dict:
     """Write ``tmp/model.onnx`` with ``scheme``; return facts worth recording."""
     try:
-        if scheme in GENAI_SCHEMES:
+        if get_scheme(scheme).genai:
             return _genai(scheme, request, tmp)
-        if scheme == "gguf_exact":
+        if get_scheme(scheme).gguf:
             return _gguf_exact(request, src, tmp / ONNX_MODEL_FILE)
         return _quantize(src, tmp / ONNX_MODEL_FILE, request, scheme)
     except (ConfigError, BackendError):
@@ -289,17 +274,18 @@ def _genai(scheme: str, request: QuantizeRequest, tmp: Path) -> dict:
     cfg = request.quant.ort
     python = genai.genai_python(cfg.genai_python)
     facts: dict[str, Any] = {}
-    if scheme == "genai_gguf_exact":  # fail on a non-GGUF source before building
+    gguf = get_scheme(scheme).gguf
+    if gguf:  # fail on a non-GGUF source before building
         from rkpipe.backends.ort.gguf_exact import gguf_path_from_manifest
 
         gguf_path = gguf_path_from_manifest(request.float_model_dir)
-    precision = {"genai_int4": "int4", "genai_int8": "int8"}.get(scheme, "fp32")
+    precision = get_scheme(scheme).builder_precision or "fp32"
     work = tmp / ".genai_build"
     built, facts["builder_s"] = genai.build_genai(
         python, request.float_model_dir, work, precision, cfg.block_size, cfg.accuracy_level
     )
     model = onnx.load(str(built / ONNX_MODEL_FILE), load_external_data=True)
-    if scheme == "genai_gguf_exact":
+    if gguf:
         from rkpipe.backends.ort.gguf_exact import apply_gguf_exact, load_gguf_weights
 
         report = apply_gguf_exact(
@@ -491,13 +477,16 @@ def _params(request: QuantizeRequest, scheme: str, facts: dict[str, Any]) -> dic
             block_size=str(cfg.block_size),
             symmetric=str(INT4_SYMMETRIC),
         )
-    if scheme in ("gguf_exact", "genai_gguf_exact"):
+    info = get_scheme(scheme)
+    if info.gguf:
         params.update(
-            gguf_file=str(facts.get("gguf_file", "")), block_size="32", q4_1_mode=cfg.q4_1_mode
+            gguf_file=str(facts.get("gguf_file", "")),
+            block_size=str(info.block_size(cfg.block_size)),
+            q4_1_mode=cfg.q4_1_mode,
         )
     if scheme not in ("dynamic", "static_qdq"):
         params["accuracy_level"] = str(cfg.accuracy_level)
-    if scheme in ("gguf_exact", "genai_gguf_exact") or cfg.embedding_bits == 8:
+    if info.gguf or cfg.embedding_bits == 8:
         params["accuracy_level_8bit"] = str(cfg.accuracy_level_8bit)
     if cfg.decode_accuracy_level is not None and "decode_branch_matmuls" in facts:
         params["decode_accuracy_level"] = str(cfg.decode_accuracy_level)

@@ -6,8 +6,8 @@ as values and derive changed copies with ``dataclasses.replace``.
 
 Every Hydra config group under ``conf/`` is backed by one dataclass here. The
 top-level :class:`PipelineConfig` is registered in Hydra's ConfigStore (see
-:func:`rkpipe.config.registration.register_configs`), so composition already type-checks each value; the
-cross-field rules (platform matrix, ranges) live in :mod:`rkpipe.config.validate`.
+:func:`rkpipe.config.registration.register_configs`), so composition already type-checks each
+value; the cross-field rules (platform matrix, ranges) live in :mod:`rkpipe.config.validate`.
 """
 
 from __future__ import annotations

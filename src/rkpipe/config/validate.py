@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from rkpipe.backends import available as available_backends
+from rkpipe.backends.ort.schemes import EMBEDDING_BITS, Q4_1_MODES, SCHEMES
 from rkpipe.config.platforms import (
     ORT_DTYPES,
     PLATFORMS,
@@ -31,25 +33,10 @@ RKNN_PLATFORMS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "r
 RKNN_DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
 CALIB_SOURCES = ("prompts", "dataset", "json")
 ORT_WEIGHT_TYPES = ("QInt8", "QUInt8")
-# quant.ort.scheme -> the quant.dtype values it takes (onnxruntime backend)
-ORT_SCHEME_DTYPES: dict[str, tuple[str, ...]] = {
-    "dynamic": ("int8", "int4"),  # int4: the legacy spelling of matmul_nbits
-    "matmul_nbits": ("int4", "int8"),
-    "static_qdq": ("int8",),
-    "gguf_exact": ("int4",),
-    "genai_int4": ("int4",),
-    "genai_int8": ("int8",),
-    "genai_gguf_exact": ("int4",),
-}
-ORT_SCHEMES = tuple(ORT_SCHEME_DTYPES)
-GGUF_SCHEMES = ("gguf_exact", "genai_gguf_exact")
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ORT_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-ORT_EMBEDDING_BITS = (0, 4, 8)
-ORT_Q4_1_MODES = ("residual", "folded", "mse")
 ORT_REDUCE_RANGE = ("auto", "true", "false")
 BOARD_TRANSPORTS = ("local", "ssh", "adb")
-BACKENDS = ("onnxruntime", "rkllm")
 
 
 def _allowed(key: str, value: object, allowed: Iterable[object]) -> str:
@@ -109,7 +96,7 @@ def _rkllm_problems(cfg: PipelineConfig) -> list[str]:
 def _quant_problems(cfg: PipelineConfig) -> list[str]:
     q = cfg.quant
     problems: list[str] = []
-    _check_choice(problems, "quant.backend", q.backend, BACKENDS)
+    _check_choice(problems, "quant.backend", q.backend, available_backends())
     if q.max_context <= 0 or q.max_context > RKLLM_MAX_CONTEXT or q.max_context % 32:
         problems.append(
             f"quant.max_context={q.max_context} is not allowed; "
@@ -129,7 +116,7 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     q, ort = cfg.quant, cfg.quant.ort
     problems: list[str] = []
     _check_choice(problems, "quant.dtype", q.dtype, ORT_DTYPES)
-    _check_choice(problems, "quant.ort.scheme", ort.scheme, ORT_SCHEMES)
+    _check_choice(problems, "quant.ort.scheme", ort.scheme, SCHEMES)
     _check_choice(problems, "quant.ort.weight_type", ort.weight_type, ORT_WEIGHT_TYPES)
     _check_choice(problems, "quant.ort.activation_type", ort.activation_type, ORT_WEIGHT_TYPES)
     _check_choice(problems, "quant.ort.block_size", ort.block_size, ORT_BLOCK_SIZES)
@@ -137,8 +124,8 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     _check_choice(
         problems, "quant.ort.accuracy_level_8bit", ort.accuracy_level_8bit, ORT_ACCURACY_LEVELS
     )
-    _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, ORT_EMBEDDING_BITS)
-    _check_choice(problems, "quant.ort.q4_1_mode", ort.q4_1_mode, ORT_Q4_1_MODES)
+    _check_choice(problems, "quant.ort.embedding_bits", ort.embedding_bits, EMBEDDING_BITS)
+    _check_choice(problems, "quant.ort.q4_1_mode", ort.q4_1_mode, Q4_1_MODES)
     _check_choice(
         problems, "quant.ort.reduce_range", str(ort.reduce_range).lower(), ORT_REDUCE_RANGE
     )
@@ -148,13 +135,17 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
         ort.decode_accuracy_level,
         (None, *ORT_ACCURACY_LEVELS),
     )
-    allowed = ORT_SCHEME_DTYPES.get(ort.scheme, ())
+    allowed = SCHEMES[ort.scheme].dtypes if ort.scheme in SCHEMES else ()
     if allowed and q.dtype in ORT_DTYPES and q.dtype not in allowed:
         problems.append(
             f"quant.dtype={q.dtype!r} does not apply to quant.ort.scheme="
             f"{ort.scheme!r}; allowed: {', '.join(allowed)}"
         )
-    if ort.scheme in GGUF_SCHEMES and cfg.model.source not in ("gguf", "package"):
+    if (
+        ort.scheme in SCHEMES
+        and SCHEMES[ort.scheme].gguf
+        and cfg.model.source not in ("gguf", "package")
+    ):
         problems.append(
             f"quant.ort.scheme={ort.scheme!r} needs a GGUF model; model.source="
             f"{cfg.model.source!r} is not allowed; allowed: gguf, package"

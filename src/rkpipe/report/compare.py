@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rkpipe.backends.ort.schemes import SCHEMES, OrtScheme
 from rkpipe.hostinfo import measuring_machine
 from rkpipe.report import NO_BOARD, llm_bench_skipped, measured_on
 
@@ -72,20 +73,6 @@ OTHER_HOST = "other host: not comparable"
 BENCH_PROVENANCE = "measured.deploy_bench."
 
 
-# How each onnxruntime scheme is named in tables; block-quantized ones also show block size
-# and accuracy level, the others weight type and granularity.
-ORT_SCHEME_NAMES = {
-    "dynamic": "dynamic",
-    "static_qdq": "static QDQ",
-    "matmul_nbits": "MatMulNBits",
-    "gguf_exact": "GGUF blocks",
-    "genai_int4": "genai builder",
-    "genai_int8": "genai builder",
-    "genai_gguf_exact": "genai builder + GGUF blocks",
-}
-BLOCK_SCHEMES = ("matmul_nbits", "gguf_exact", "genai_int4", "genai_int8", "genai_gguf_exact")
-
-
 def quant_label(params: Mapping[str, Any]) -> str:
     """The quant type from a variant's flattened params (a run's, or a config's), e.g. ``w8a8``,
     ``ort int8 dynamic (QInt8, per-tensor)``, ``ort int4 MatMulNBits (block 32, acc 4)``."""
@@ -96,18 +83,21 @@ def quant_label(params: Mapping[str, Any]) -> str:
     backend, dtype = get("quant.backend"), get("quant.dtype")
     if backend != "onnxruntime":
         return dtype
-    scheme = get("quant.ort.scheme", "dynamic")
-    if scheme in BLOCK_SCHEMES:
-        details = [f"block {get('quant.ort.block_size')}", f"acc {get('quant.ort.accuracy_level')}"]
+    name = get("quant.ort.scheme", "dynamic")
+    scheme = SCHEMES.get(name) or OrtScheme(name, (), name)  # a run of a since-removed scheme
+    if scheme.block:
+        size = get("quant.ort.block_size")
+        size = str(scheme.block_size(int(size))) if size.isdigit() else size
+        details = [f"block {size}", f"acc {get('quant.ort.accuracy_level')}"]
         mode = get("quant.ort.q4_1_mode", "residual")
-        if scheme in ("gguf_exact", "genai_gguf_exact") and mode != "residual":
+        if scheme.gguf and mode != "residual":
             details.append(f"Q4_1 {mode}")
     else:
         per_channel = get("quant.ort.per_channel") in ("True", "true")
         details = [get("quant.ort.weight_type"), "per-channel" if per_channel else "per-tensor"]
     if get("quant.ort.embedding_bits", "0") not in ("0", "None"):
         details.append(f"{get('quant.ort.embedding_bits')}-bit embedding")
-    return f"ort {dtype} {ORT_SCHEME_NAMES.get(scheme, scheme)} ({', '.join(details)})"
+    return f"ort {dtype} {scheme.label} ({', '.join(details)})"
 
 
 @dataclass(frozen=True)

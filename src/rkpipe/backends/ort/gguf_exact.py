@@ -44,15 +44,15 @@ from rkpipe.backends.ort.nbits import (
     weight_nodes,
     weight_value,
 )
+from rkpipe.backends.ort.schemes import EMBEDDING_BITS, GGUF_BLOCK_SIZE, Q4_1_MODES
 from rkpipe.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-BLOCK = 32
+BLOCK = GGUF_BLOCK_SIZE
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
 SUPPORTED_TYPES = (Q4_0, Q4_1, Q8_0)
 PERMUTED_TENSORS = ("attn_q.weight", "attn_k.weight")
-Q4_1_MODES = ("residual", "folded", "mse")
 
 
 def encode_blocks(raw: np.ndarray, ggml_type: str, source: str = "") -> BlockWeight:
@@ -290,7 +290,7 @@ def apply_gguf_exact(
         BackendError: no node matched, or a quantized GGUF tensor matched no node (the float
             model was not made from this GGUF).
     """
-    if q4_1_mode not in Q4_1_MODES or embedding_bits not in (0, 4, 8):
+    if q4_1_mode not in Q4_1_MODES or embedding_bits not in EMBEDDING_BITS:
         raise ValueError(
             f"apply_gguf_exact: q4_1_mode={q4_1_mode!r} (allowed: "
             f"{', '.join(Q4_1_MODES)}), embedding_bits={embedding_bits} (0, 4, 8)"
