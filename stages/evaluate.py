@@ -14,10 +14,10 @@ def body(cfg, run):
     try:
         metrics = evaluate_variant(cfg)
     except BrokenVariantError as exc:
-        run.set_tags({"gate": "broken", "gate.broken": exc.summary})
+        run.set_tags({"gate": "broken", "gate.broken_reason": exc.summary})
         raise
     if metrics.get(BROKEN_METRIC):
-        run.set_tags({"gate": "broken", "gate.broken": "kept by eval.keep_broken"})
+        run.set_tags({"gate": "broken", "gate.broken_reason": "kept by eval.keep_broken"})
     run.log_metrics(metrics)
     run.set_tags(provenance_tags("evaluate", metrics["provenance"]))
     write_json_atomic(Path(cfg.paths.metrics_dir) / "evaluate.json", metrics)

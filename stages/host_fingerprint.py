@@ -23,7 +23,7 @@ def body(cfg, run):
     log.info("host %s: %s", host["id"], describe(host))
     for warning in isa_warnings(host):
         log.warning("this host has %s", warning)
-    board = board_fingerprint(cfg.board, host["id"], cfg.bench.threads)
+    board = board_fingerprint(cfg.board, host, cfg.bench.threads)
     write_fingerprint(board_file(cfg.paths.data_dir), board)
 
 

@@ -8,6 +8,7 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.config import variant_id
+    from rkpipe.hostinfo import provenance_tags
     from rkpipe.io import write_text_atomic
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
@@ -18,6 +19,8 @@ def body(cfg, run):
     write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg), ctx))
     run.log_metrics(metrics)
     run.set_tags(gate_tags)
+    for stage, prov in provenance.items():  # again: stages restored from DVC's run cache
+        run.set_tags(provenance_tags(stage, prov))  # logged nothing to this variant's run
     run.log_artifact(out, "report")
 
 

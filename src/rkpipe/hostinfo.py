@@ -9,7 +9,7 @@ measuring stage depends on a fingerprint of the machine that measured:
   flags, logical cores, threads, total memory, the runtimes' versions), and nothing that
   changes from run to run (no timestamps, no load, no free memory);
 * :func:`write_fingerprint` writes it as canonical JSON (sorted keys), so its bytes, and DVC's
-  hash of it, change only when the machine does;
+  hash of it, change only when the machine, its runtimes or the thread count do;
 * :func:`provenance` is what each metrics file, MLflow run and report row carries: the
   fingerprint id, the CPU, the board and the time of the measurement.
 
@@ -103,6 +103,14 @@ def runtime_versions() -> dict[str, str]:
     return versions
 
 
+def usable_cores() -> int:
+    """The logical cores this process may run on (CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 0
+
+
 def host_fingerprint(threads: int) -> dict[str, Any]:
     """The facts of this host that change a measurement (see the module docstring)."""
     try:
@@ -113,7 +121,7 @@ def host_fingerprint(threads: int) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "kind": "host",
-        "cpu": cpu | {"logical_cores": os.cpu_count() or 0},
+        "cpu": cpu | {"logical_cores": usable_cores()},
         "memory_total_gb": memory_total_gb(meminfo),
         "threads": threads,
         "versions": runtime_versions(),
@@ -122,9 +130,11 @@ def host_fingerprint(threads: int) -> dict[str, Any]:
 
 def fingerprint_id(facts: Mapping[str, Any]) -> str:
     """A short stable id of the machine a fingerprint describes: sha256 of its canonical JSON
-    without ``threads`` (a setting of the run, not of the machine: two runs with different
-    thread counts on one machine are comparable, that is what a threads sweep compares)."""
-    body = {k: v for k, v in facts.items() if k not in ("id", "threads")}
+    without ``threads`` (a setting of the run: two thread counts on one machine are comparable,
+    that is what a threads sweep compares) and without ``versions`` (an upgraded onnxruntime
+    reruns the measuring stages, because the file's bytes change, but the machine is the same;
+    ``rkpipe reproduce`` reports version changes on their own)."""
+    body = {k: v for k, v in facts.items() if k not in ("id", "threads", "versions")}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()[:12]
 
 

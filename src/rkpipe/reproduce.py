@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -28,7 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.errors import ReproduceError
-from rkpipe.workspace import declared_outputs, measurement_outputs, run_git
+from rkpipe.workspace import (
+    declared_outputs,
+    host_dependent_metrics,
+    measurement_outputs,
+    run_git,
+)
 
 log = logging.getLogger(__name__)
 
@@ -223,14 +229,22 @@ def within_spread(name: str, recorded: float, rebuilt: float, metrics: Mapping[s
 
 
 def compare_metrics(
-    recorded: Mapping[str, float], rebuilt: Mapping[str, float], same_host: bool = True
+    recorded: Mapping[str, float],
+    rebuilt: Mapping[str, float],
+    same_host: bool = True,
+    host_dependent: Iterable[str] = (),
 ) -> MetricComparison:
-    """Compare the run's metrics with the rebuilt ones (see :class:`MetricComparison`)."""
+    """Compare the run's metrics with the rebuilt ones (see :class:`MetricComparison`).
+
+    On another host, the timings and the ``host_dependent`` metrics (those of the stages that
+    measure on the host: PPL, KLD ...) are listed apart; the rest (sizes, counts) must still
+    be equal."""
     result = MetricComparison()
+    measured_here = set(host_dependent)
     for name, value in sorted(recorded.items()):
         if name not in rebuilt:
             result.only_recorded.append(name)
-        elif not same_host:
+        elif not same_host and (name in measured_here or is_timing(name)):
             result.other_host[name] = (value, rebuilt[name])
         elif is_timing(name):
             result.timings[name] = (value, rebuilt[name])
@@ -238,7 +252,9 @@ def compare_metrics(
                 name, value, rebuilt[name], recorded
             ):
                 result.outside_spread[name] = (value, rebuilt[name])
-        elif float(value) == float(rebuilt[name]):
+        elif float(value) == float(rebuilt[name]) or (
+            math.isnan(value) and math.isnan(rebuilt[name])
+        ):
             result.equal[name] = value
         else:
             result.differ[name] = (value, rebuilt[name])
@@ -249,14 +265,23 @@ def metrics_from_files(metrics_dir: Path) -> dict[str, float]:
     """The numeric entries of every ``*.json`` in ``metrics_dir`` (what the stages logged)."""
     metrics: dict[str, float] = {}
     for path in sorted(metrics_dir.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            metrics |= {
-                k: float(v)
-                for k, v in data.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
+        metrics |= metrics_in(path)
     return metrics
+
+
+def metrics_in(path: Path) -> dict[str, float]:
+    """The numeric entries of one metrics file ({} when it is missing or not an object)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: float(v)
+        for k, v in data.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,9 +459,11 @@ def reproduce(
         hosts = (records.tags.get(HOST_ID_TAG, ""), _host_id(worktree, paths))
         same_host = not all(hosts) or hosts[0] == hosts[1]
         outputs = compare_outputs(records.outputs, output_record(worktree, params))
+        measured = [worktree / p for p in host_dependent_metrics(worktree / "dvc.yaml", params)]
         metrics = compare_metrics(
-            records.metrics, metrics_from_files(worktree / metrics_dir), same_host
-        )
+            records.metrics, metrics_from_files(worktree / metrics_dir), same_host,
+            host_dependent=[k for path in measured for k in metrics_in(path)],
+        )  # fmt: skip
     finally:
         if not keep:
             remove_worktree(repo, worktree)

@@ -123,20 +123,48 @@ def measurement_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
     return [path for path, measured in _outputs(dvc_yaml, params) if measured]
 
 
-def _outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[tuple[str, bool]]:
+def host_dependent_metrics(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
+    """The metrics files of the stages that depend on an always-changed stage's outputs (the
+    host and board fingerprints): their figures belong to the machine that measured them."""
+    stages = _stages(dvc_yaml)
+    fingerprints = {
+        path for stage in stages.values() if stage.get("always_changed")
+        for path, _, _ in _stage_outputs(stage, params)
+    }  # fmt: skip
+    return [
+        path
+        for stage in stages.values()
+        if fingerprints & {_interpolate(str(d), params) for d in stage.get("deps", [])}
+        for path, kind, _ in _stage_outputs(stage, params)
+        if kind == "metrics"
+    ]
+
+
+def _stages(dvc_yaml: Path) -> dict[str, Any]:
     import yaml
 
     if not dvc_yaml.is_file():
-        return []
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+        return {}
+    return (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+
+
+def _stage_outputs(
+    stage: Mapping[str, Any], params: Mapping[str, Any]
+) -> list[tuple[str, str, bool]]:
+    """(path, kind, is a measurement) of every output of one stage."""
     outs = []
-    for stage in stages.values():
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind, []):
-                path = next(iter(out)) if isinstance(out, dict) else out
-                options = (out.get(path) or {}) if isinstance(out, dict) else {}
-                measured = kind != "outs" or MEASUREMENT_LABEL in (options.get("labels") or [])
-                outs.append((_interpolate(str(path), params), measured))
+    for kind in ("outs", "metrics", "plots"):
+        for out in stage.get(kind, []):
+            path = next(iter(out)) if isinstance(out, dict) else out
+            options = (out.get(path) or {}) if isinstance(out, dict) else {}
+            measured = kind != "outs" or MEASUREMENT_LABEL in (options.get("labels") or [])
+            outs.append((_interpolate(str(path), params), kind, measured))
     return outs
 
 
+def _outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[tuple[str, bool]]:
+    return [
+        (path, measured)
+        for stage in _stages(dvc_yaml).values()
+        for path, _, measured in _stage_outputs(stage, params)
+    ]

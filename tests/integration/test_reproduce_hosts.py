@@ -15,11 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rkpipe.hostinfo import provenance, provenance_tags
 from rkpipe.reproduce import output_record, render_result, reproduce
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-XEON = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
+XEON = (
+    "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
+)
 EPYC = "model name\t: AMD EPYC 7B12\nflags\t\t: avx2 fma\n"
 DVC_YAML = """
 stages:
@@ -36,6 +39,9 @@ stages:
     cmd: python build.py
     deps: [build.py]
     outs: [models/weights.bin]
+    metrics:
+      - metrics/build.json:
+          cache: false
   evaluate:
     cmd: python evaluate.py
     deps: [evaluate.py, models/weights.bin, data/host/host.json]
@@ -46,7 +52,11 @@ stages:
       - reports/samples.json:
           cache: false
 """
-BUILD = "import os; os.makedirs('models', exist_ok=True); open('models/weights.bin', 'wb').write(bytes(range(256)))\n"
+BUILD = """import json, os
+os.makedirs("models", exist_ok=True); os.makedirs("metrics", exist_ok=True)
+open("models/weights.bin", "wb").write(bytes(range(256)))
+json.dump({"size_mb": 0.000256}, open("metrics/build.json", "w"))
+"""
 # PPL depends on the CPU's int8 kernels (as ort_int8's 48.16 vs 46.88); the timing is noise.
 EVALUATE = """import json, os, random
 cpu = json.load(open("data/host/host.json"))["cpu"]["model"]
@@ -93,34 +103,49 @@ def built_run(tmp_path, monkeypatch):
     store = Store(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", root=tmp_path)
     client = make_client(store.uri)
     run_id = client.create_run(store.experiment_id("rkpipe"), run_name="variant").info.run_id
-    tags = {"git.sha": git(repo, "rev-parse", "HEAD"), "git.dirty": "false",
-            "measured.evaluate.host_id": host["id"]}  # fmt: skip
+    tags = {"git.sha": git(repo, "rev-parse", "HEAD"), "git.dirty": "false"}
+    tags |= provenance_tags("evaluate", provenance(host))  # as the evaluate stage tags the run
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    metrics = json.loads((repo / "metrics/build.json").read_text()) | metrics
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.log_dict(run_id, output_record(repo, params), "outputs/sha256.json")
     client.log_text(run_id, (repo / "params.yaml").read_text(), "dvc/params.yaml")
-    return repo, store, run_id, cpus, monkeypatch
+    return repo, store, run_id, cpus, monkeypatch, client
 
 
 def test_a_second_host_reproduces_the_artifacts_and_lists_its_measurements_apart(built_run):
-    repo, store, run_id, cpus, monkeypatch = built_run
+    repo, store, run_id, cpus, monkeypatch, _ = built_run
     monkeypatch.setenv("RKPIPE_CPUINFO", str(cpus["epyc"]))
     result = reproduce(run_id, repo, store)
     text = render_result(result)
     assert result.ok, text
-    assert result.outputs.identical == ["models/weights.bin"] and not result.outputs.differ
+    assert result.outputs.identical == ["metrics/build.json", "models/weights.bin"]
+    assert not result.outputs.differ
     assert set(result.outputs.measurements) >= {"data/host/host.json", "metrics/evaluate.json"}
     assert result.hosts[0] != result.hosts[1] and all(result.hosts)
     assert result.metrics.other_host["ppl"] == (48.16, 46.88) and not result.metrics.differ
+    assert result.metrics.equal["size_mb"] == 0.000256  # a fact of the artifact: still compared
     assert "made on another host" in text and "REPRODUCED: byte-identical artifacts" in text
 
 
 def test_the_same_host_compares_measurements(built_run):
-    repo, store, run_id, cpus, monkeypatch = built_run
+    repo, store, run_id, cpus, monkeypatch, _ = built_run
     result = reproduce(run_id, repo, store)
     assert result.ok and result.hosts[0] == result.hosts[1]
-    assert result.metrics.equal == {"ppl": 48.16} and not result.metrics.other_host
+    assert result.metrics.equal == {"ppl": 48.16, "size_mb": 0.000256}
+    assert not result.metrics.other_host
     assert "ttft_ms" in result.metrics.timings and not result.metrics.outside_spread
     assert "measurements (same host" in render_result(result)
+
+
+def test_a_real_artifact_difference_still_fails(built_run):
+    repo, store, run_id, cpus, monkeypatch, client = built_run
+    record = json.loads(store.read_artifact(run_id, "outputs/sha256.json"))
+    record["files"]["models/weights.bin"] = "0" * 64  # what another build of it recorded
+    client.log_dict(run_id, record, "outputs/sha256.json")
+    monkeypatch.setenv("RKPIPE_CPUINFO", str(cpus["epyc"]))  # even from another host
+    result = reproduce(run_id, repo, store)
+    assert not result.ok and result.outputs.differ == ["models/weights.bin"]
+    assert "NOT REPRODUCED" in render_result(result)

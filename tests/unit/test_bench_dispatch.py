@@ -158,7 +158,7 @@ def write_fingerprints(data_dir: Path, board, board_facts: dict | None = None) -
     """What the host_fingerprint stage writes before deploy_bench runs."""
     host = write_fingerprint(host_file(data_dir), host_fingerprint(2))
     write_fingerprint(
-        board_file(data_dir), board_facts or local_board_fingerprint(board, host["id"], 2)
+        board_file(data_dir), board_facts or local_board_fingerprint(board, host, 2)
     )
 
 

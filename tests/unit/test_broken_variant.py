@@ -125,5 +125,5 @@ def test_the_evaluate_stage_tags_the_run_broken_and_writes_no_metrics(
     run = RecordingRun()
     with pytest.raises(BrokenVariantError):
         stage.body(cfg, run)
-    assert run.tags["gate"] == "broken" and "9446261" in run.tags["gate.broken"]
+    assert run.tags["gate"] == "broken" and "9446261" in run.tags["gate.broken_reason"]
     assert run.metrics == {} and not (tmp_path / "evaluate.json").exists()

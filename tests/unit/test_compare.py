@@ -179,3 +179,15 @@ def test_speed_from_another_host_is_not_a_delta_but_accuracy_is():
     assert compare_runs([board_a, board_b]).rows[1].speed_comparable
     legacy = Run("f" * 32, "old", CAND.metrics, CAND.params)  # made before provenance
     assert compare_runs([base, legacy]).rows[1].speed_comparable
+
+
+def test_a_kept_broken_variant_is_never_passed():
+    """eval.keep_broken keeps a NaN variant's figures; its NaN PPL delta is skipped by the PPL
+    gate, so without the built-in broken gate the ASR gate alone would call it passed."""
+    broken = Run("g" * 32, "nan", {"ppl_delta_pct": float("nan"), "asr_wer_delta": 0.0,
+                                   "llm_broken": 1.0}, ort_params(True))  # fmt: skip
+    comparison = compare_runs([BASE, broken], rules=RULES)
+    row = comparison.rows[1]
+    assert gate_verdict(row.gates) == "broken" and row in comparison.gate_failures
+    assert gate_tags(row.gates)["gate"] == "broken"
+    assert "**BROKEN**: llm_broken=1 > max 0" in comparison.to_markdown()

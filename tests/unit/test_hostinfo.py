@@ -189,7 +189,12 @@ def test_a_board_without_facts_answers_no_fingerprint(tmp_path, monkeypatch):
     with pytest.raises(BoardError, match="answered no fingerprint"):
         remote_board_fingerprint(board, LocalTransport(), threads=2)
     monkeypatch.setattr("rkpipe.board.fingerprint.make_transport", lambda b: LocalTransport())
-    facts = board_fingerprint(board, "h1", 2)  # the stage records the error, deploy_bench stops
+    facts = board_fingerprint(board, {"id": "h1"}, 2)  # recorded: deploy_bench stops on it
     assert "answered no fingerprint" in facts["error"]
-    local = board_fingerprint(dataclasses.replace(board, transport="local"), "h1", 2)
+    host = {"id": "h1", "versions": {"onnxruntime": "1.32.0"}}
+    local = board_fingerprint(dataclasses.replace(board, transport="local"), host, 2)
     assert local["host_id"] == "h1" and "error" not in local
+    # an upgraded onnxruntime on the host changes what deploy_bench depends on
+    upgraded = board_fingerprint(dataclasses.replace(board, transport="local"),
+                                 host | {"versions": {"onnxruntime": "1.33.0"}}, 2)  # fmt: skip
+    assert upgraded != local

@@ -1,10 +1,11 @@
 """The fingerprint of the board ``deploy_bench`` measures on (see :mod:`rkpipe.hostinfo`).
 
 For ``board=local`` the board is this host: its fingerprint names the host's and the
-benchmark's thread count. A remote board is read in one command through its transport,
+benchmark's thread count. A remote board is read through its transport in three commands,
 before anything is pushed: SoC, NPU driver, the runtime library's sha256 (it identifies the
 exact ``librkllmrt.so``; preflight reads its version string at deploy time), CPU cores and
-flags, total memory, and the clocks (CPU policies, NPU, DDR) with their governors.
+flags, total memory, the clocks (CPU policies, NPU, DDR) with their governors, and the
+board's Python and onnxruntime versions (its onnxruntime runs the ORT variants).
 
 Clocks are recorded as the benchmark will run them: with ``board.pin_frequency`` every clock
 is pinned at its maximum, so the fingerprint says so rather than reading the governor the
@@ -16,6 +17,7 @@ its momentary frequency.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from rkpipe.board.preflight import (
@@ -27,6 +29,7 @@ from rkpipe.board.preflight import (
     soc_from_compatible,
 )
 from rkpipe.board.transport import Transport, make_transport
+from rkpipe.config.platforms import normalise_name
 from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import SCHEMA, memory_total_gb, parse_cpuinfo
@@ -41,15 +44,20 @@ _READ_SCRIPT = (
     'root=$1; lib=$2; shift 2; for f in "$@" "$root"' + CPU_DIR + "/cpufreq/policy[0-9]*/"
     'scaling_governor "$root"' + CPU_DIR + "/cpufreq/policy[0-9]*/scaling_cur_freq "
     '"$root"' + CPU_DIR + "/cpufreq/policy[0-9]*/scaling_available_frequencies; do "
-    '[ -r "$f" ] && printf "%s\\0%s\\0" "${f#"$root"}" "$(tr "\\000" "\\n" < "$f")"; done; '
-    '[ -r "$lib" ] && printf "lib\\0%s\\0" "$(sha256sum "$lib" | cut -d" " -f1)"; true'
+    '[ -r "$f" ] && printf "%s\\0%s\\0" "${f#"$root"}" "$(tr "\\000" "\\n" < "$f" 2>/dev/null)"; '
+    "done; "
+    '[ -r "$lib" ] && printf "lib\\0%s\\0" "$(sha256sum "$lib" 2>/dev/null | cut -d" " -f1)"; true'
 )
 
 
-def local_board_fingerprint(board: BoardConfig, host_id: str, threads: int) -> dict[str, Any]:
-    """``board=local``: the benchmark runs on the host whose fingerprint is ``host_id``."""
+def local_board_fingerprint(
+    board: BoardConfig, host: Mapping[str, Any], threads: int
+) -> dict[str, Any]:
+    """``board=local``: the benchmark runs on ``host`` (its fingerprint: the id names the machine,
+    the versions the runtimes that will run the benchmark)."""
     return {"schema": SCHEMA, "kind": "board", "board": board.name, "transport": "local",
-            "host_id": host_id, "threads": threads}  # fmt: skip
+            "host_id": host["id"], "versions": dict(host.get("versions") or {}),
+            "threads": threads}  # fmt: skip
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -102,7 +110,7 @@ def _devfreq_files(soc: str | None) -> list[str]:
 def remote_board_fingerprint(
     board: BoardConfig, transport: Transport, threads: int
 ) -> dict[str, Any]:
-    """Read a remote board's fingerprint in two commands (see the module docstring).
+    """Read a remote board's fingerprint in three commands (see the module docstring).
 
     Raises:
         BoardError: the board cannot be reached, or it answers no SoC and no CPU facts.
@@ -111,7 +119,9 @@ def remote_board_fingerprint(
     timeout = min(board.timeout_s, 120.0)
     base_files = ["/proc/device-tree/compatible", "/proc/cpuinfo", "/proc/meminfo", *DRIVER_FILES]
     first = _read(transport, root, board.rkllm_lib, base_files, timeout)
-    soc = soc_from_compatible(first.get("/proc/device-tree/compatible", "").replace("\n", "\0"))
+    compatible = first.get("/proc/device-tree/compatible", "").replace("\n", "\0")
+    # the SoC as deploy_bench resolves it: the device tree, else the board config's platform
+    soc = soc_from_compatible(compatible) or (board.platform and normalise_name(board.platform))
     readings = first | _read(transport, root, board.rkllm_lib, _devfreq_files(soc), timeout)
     if not soc and not first.get("/proc/cpuinfo"):
         raise BoardError(
@@ -128,9 +138,32 @@ def remote_board_fingerprint(
         "runtime_lib": {"path": board.rkllm_lib, "sha256": readings.get("lib", "missing")},
         "cpu": parse_cpuinfo(cpuinfo, "x86_64" if "\nflags" in cpuinfo else "aarch64"),
         "memory_total_gb": memory_total_gb(readings.get("/proc/meminfo", "")),
-        "clocks": board_clocks(readings, soc, board.pin_frequency),
+        # pinned only where deploy_bench can pin: an SoC with a Rockchip fix_freq table
+        "clocks": board_clocks(readings, soc, board.pin_frequency and soc in NPU_TARGETS),
+        "versions": _board_versions(transport, board, timeout),
         "threads": threads,
     }  # fmt: skip
+
+
+# Prints "python\0<version>\0onnxruntime\0<version or 'not installed'>\0".
+_VERSIONS_SCRIPT = (
+    "import importlib.metadata as m, platform, sys\n"
+    "try:\n    ort = m.version('onnxruntime')\nexcept m.PackageNotFoundError:\n"
+    "    ort = 'not installed'\n"
+    "sys.stdout.write('python\\0' + platform.python_version() + '\\0onnxruntime\\0' + ort"
+    " + '\\0')\n"
+)
+
+
+def _board_versions(transport: Transport, board: BoardConfig, timeout: float) -> dict[str, str]:
+    """The board's Python and onnxruntime versions (``unknown`` when its python cannot run)."""
+    try:
+        result = transport.run([board.python, "-c", _VERSIONS_SCRIPT], timeout)
+    except (OSError, BoardError) as exc:  # no such interpreter on a local stand-in
+        log.warning("board %s: cannot run %s for its versions: %s", board.name, board.python, exc)
+        return {"python": "unknown", "onnxruntime": "unknown"}
+    versions = _pairs(result.stdout) if result.returncode == 0 else {}
+    return {name: versions.get(name, "unknown") for name in ("python", "onnxruntime")}
 
 
 def _read(
@@ -144,7 +177,9 @@ def _read(
     return _pairs(result.stdout)
 
 
-def board_fingerprint(board: BoardConfig, host_id: str, threads: int) -> dict[str, Any]:
+def board_fingerprint(
+    board: BoardConfig, host: Mapping[str, Any], threads: int
+) -> dict[str, Any]:
     """The fingerprint of ``board``: local (the host) or read through its transport.
 
     A remote board that cannot be reached gives ``{"error": ...}`` instead of raising, so that
@@ -152,9 +187,13 @@ def board_fingerprint(board: BoardConfig, host_id: str, threads: int) -> dict[st
     before pushing anything.
     """
     if board.transport == "local":
-        return local_board_fingerprint(board, host_id, threads)
+        return local_board_fingerprint(board, host, threads)
     try:
-        return remote_board_fingerprint(board, make_transport(board), threads)
+        transport = make_transport(board)
+        try:
+            return remote_board_fingerprint(board, transport, threads)
+        finally:
+            getattr(transport, "close", lambda: None)()  # SSH / adb connections
     except BoardError as exc:
         log.warning("board %s: %s", board.name, exc)
         return {"schema": SCHEMA, "kind": "board", "board": board.name,

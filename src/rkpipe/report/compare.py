@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rkpipe.backends.ort.schemes import SCHEMES, OrtScheme
+from rkpipe.evaluate.sanity import BROKEN_METRIC
 from rkpipe.hostinfo import measuring_machine
 from rkpipe.report import NO_BOARD, llm_bench_skipped, measured_on
 
@@ -70,6 +71,7 @@ TEXT_COLUMNS = ("run", "model", "platform", "quant type", "measured on")
 LLM_SPEED_KEYS = ("ttft_ms", "decode_tok_per_s", "memory_gb")
 # What a speed cell says when the row was measured on another machine than the baseline.
 OTHER_HOST = "other host: not comparable"
+BROKEN_GATE = "broken"  # the built-in gate a numerically broken variant fails
 BENCH_PROVENANCE = "measured.deploy_bench."
 
 
@@ -115,6 +117,8 @@ class GateResult:
         """``ppl_delta_pct=66.9 > max 5``, ``asr_wer_delta=0 ok``, or ``... absent``."""
         if self.value is None:
             return f"{self.metric} absent"
+        if self.passed is None:  # NaN: not judged
+            return f"{self.metric}={self.value} not judged"
         if self.passed:
             return f"{self.metric}={self.value:.4g} ok"
         if self.maximum is not None and self.value > self.maximum:
@@ -127,8 +131,13 @@ def _field(rule: Any, key: str) -> Any:
 
 
 def evaluate_gates(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> list[GateResult]:
-    """Apply every rule (``metric``, ``min``, ``max``; a GateRule or a dict) to ``metrics``."""
+    """Apply every rule (``metric``, ``min``, ``max``; a GateRule or a dict) to ``metrics``,
+    plus the built-in ``broken`` gate: a variant evaluate kept although it is numerically broken
+    (``llm_broken``, eval.keep_broken) fails it whatever the other rules say."""
     results = []
+    if metrics.get(BROKEN_METRIC):
+        value = float(metrics[BROKEN_METRIC])
+        results.append(GateResult(BROKEN_GATE, BROKEN_METRIC, value, None, 0.0, False))
     for name, rule in rules.items():
         metric, low, high = _field(rule, "metric"), _field(rule, "min"), _field(rule, "max")
         value = metrics.get(metric)
@@ -140,7 +149,10 @@ def evaluate_gates(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> li
 
 
 def gate_verdict(results: Sequence[GateResult]) -> str:
-    """``failed`` if any gate failed, ``passed`` if all evaluated ones passed, else ``n/a``."""
+    """``broken`` if the built-in broken gate failed, ``failed`` if any gate failed, ``passed``
+    if all evaluated ones passed, else ``n/a``."""
+    if any(r.name == BROKEN_GATE and r.passed is False for r in results):
+        return "broken"
     if any(r.passed is False for r in results):
         return "failed"
     return "passed" if any(r.passed for r in results) else "n/a"
@@ -213,7 +225,7 @@ class Comparison:
     @property
     def gate_failures(self) -> list[Row]:
         """Rows that failed at least one gate."""
-        return [r for r in self.rows if gate_verdict(r.gates) == "failed"]
+        return [r for r in self.rows if gate_verdict(r.gates) in ("failed", "broken")]
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -237,9 +249,10 @@ def _cell(row: Row, column: Column) -> str:
 
 def _gate_cell(row: Row) -> str:
     verdict = gate_verdict(row.gates)
-    if verdict != "failed":
+    if verdict not in ("failed", "broken"):
         return verdict
-    return "**FAILED**: " + "; ".join(r.explain() for r in row.gates if r.passed is False)
+    failed = "; ".join(r.explain() for r in row.gates if r.passed is False)
+    return f"**{verdict.upper()}**: {failed}"
 
 
 def _csv_record(row: Row, columns: Sequence[Column]) -> dict[str, Any]:

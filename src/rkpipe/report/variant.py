@@ -4,7 +4,7 @@ Each measuring stage writes its figures with a ``provenance`` object (see
 :func:`rkpipe.hostinfo.provenance`); they are kept apart here, per stage, so the report can say
 which host measured which figure and flag a report that mixes two hosts. The acceptance gates
 (``conf/gates``) run on every variant here, not only in ``rkpipe compare``; a variant that
-``evaluate`` found broken (``llm_broken``) gets the verdict ``broken`` whatever the gates say.
+``evaluate`` kept although broken (``llm_broken``) fails the built-in ``broken`` gate.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rkpipe.evaluate.sanity import BROKEN_METRIC
 from rkpipe.report import ReportContext
-from rkpipe.report.compare import evaluate_gates, gate_tags
+from rkpipe.report.compare import evaluate_gates, gate_tags, gate_verdict
 
 
 def read_metrics(metrics_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
@@ -37,14 +36,11 @@ def _stage_of(stem: str) -> str:
 
 
 def judge(metrics: Mapping[str, Any], rules: Mapping[str, Any]) -> tuple[str, str, dict[str, str]]:
-    """(verdict, what failed, MLflow tags): ``broken`` / ``failed`` / ``passed`` / ``n/a``."""
+    """(verdict, what failed, MLflow tags): ``broken`` / ``failed`` / ``passed`` / ``n/a``
+    (the same verdict ``rkpipe compare`` gives the run)."""
     results = evaluate_gates(metrics, rules)
-    tags = gate_tags(results)
-    if metrics.get(BROKEN_METRIC):
-        tags["gate"] = "broken"
-        return "broken", "numerically broken (see evaluate)", tags
     failed = "; ".join(r.explain() for r in results if r.passed is False)
-    return tags["gate"], failed, tags
+    return gate_verdict(results), failed, gate_tags(results)
 
 
 def report_context(
@@ -52,16 +48,26 @@ def report_context(
     run_id: str, root: Path,
 ) -> tuple[ReportContext, dict[str, str]]:  # fmt: skip
     """The report's context and the gate tags for the variant's run."""
-    from rkpipe.hostinfo import host_file
-    from rkpipe.io import read_json
     from rkpipe.workspace import git_state
 
     rules = cfg.gates.rules if cfg.gates.enabled else {}
     verdict, notes, tags = judge(metrics, rules)
-    host = host_file(cfg.paths.data_dir)
-    versions = dict(read_json(host).get("versions", {})) if host.is_file() else {}
+    remote = bool((provenance.get("deploy_bench") or {}).get("board_id"))
+    versions = _versions(cfg.paths.data_dir, board=remote)
     ctx = ReportContext(
         provenance=dict(provenance), verdict=verdict, gate_notes=notes,
         git_sha=git_state(root)["git.sha"], run_id=run_id, versions=versions,
     )  # fmt: skip
     return ctx, tags
+
+
+def _versions(data_dir: str, board: bool) -> dict[str, str]:
+    """The runtimes' versions where the speed was measured: the board's, or this host's."""
+    from rkpipe.hostinfo import board_file, host_file
+    from rkpipe.io import read_json
+
+    path = board_file(data_dir) if board else host_file(data_dir)
+    try:
+        return dict(read_json(path).get("versions") or {})
+    except (OSError, ValueError):
+        return {}
