@@ -16,7 +16,9 @@ import yaml
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-XEON = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
+XEON = (
+    "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
+)
 EPYC = "model name\t: AMD EPYC 7B12\nflags\t\t: avx2 fma\n"
 DVC_YAML = """
 stages:

@@ -157,9 +157,7 @@ def local_cfg(default_cfg, root: Path, rkllm_lib: Path):
 def write_fingerprints(data_dir: Path, board, board_facts: dict | None = None) -> None:
     """What the host_fingerprint stage writes before deploy_bench runs."""
     host = write_fingerprint(host_file(data_dir), host_fingerprint(2))
-    write_fingerprint(
-        board_file(data_dir), board_facts or local_board_fingerprint(board, host, 2)
-    )
+    write_fingerprint(board_file(data_dir), board_facts or local_board_fingerprint(board, host, 2))
 
 
 @pytest.fixture

@@ -177,9 +177,7 @@ def _read(
     return _pairs(result.stdout)
 
 
-def board_fingerprint(
-    board: BoardConfig, host: Mapping[str, Any], threads: int
-) -> dict[str, Any]:
+def board_fingerprint(board: BoardConfig, host: Mapping[str, Any], threads: int) -> dict[str, Any]:
     """The fingerprint of ``board``: local (the host) or read through its transport.
 
     A remote board that cannot be reached gives ``{"error": ...}`` instead of raising, so that
