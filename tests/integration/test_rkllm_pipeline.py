@@ -127,8 +127,8 @@ def test_bench_carries_the_fake_runtime_timings(pipeline):
     report = (repo / "reports/report.md").read_text(encoding="utf-8")
     row = next(line for line in report.splitlines() if line.startswith("| smollm2"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:4] == ["smollm2-135m-instruct", "rk3588", "w8a8", "local"]
-    assert float(cells[4]) == pytest.approx(PREFILL_MS, rel=0.05)
+    assert [cells[0], *cells[2:4]] == ["smollm2-135m-instruct", "rk3588", "w8a8"]
+    assert float(cells[7]) == pytest.approx(PREFILL_MS, rel=0.05)  # TTFT (ms)
     recorded = read_json(repo / "reports/outputs.sha256.json")
     assert "models/llm/quantized/model.rkllm" in json.dumps(recorded)
 
@@ -176,7 +176,8 @@ def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, t
     missing = tmp_path / "no-npu-here" / "librkllmrt.so"
     params(repo, env, f"quant.rkllm.python={pipeline['python']}", f"board.rkllm_lib={missing}")
     out = run(["dvc", "repro"], repo, env, timeout=1200)
-    assert stages_run(out.stdout) == {"deploy_bench", "report", "record"}
+    # host_fingerprint always runs; board.rkllm_lib leaves the board's fingerprint unchanged
+    assert stages_run(out.stdout) == {"host_fingerprint", "deploy_bench", "report", "record"}
     said = " ".join((out.stdout + out.stderr).split())  # the log handler wraps long lines
     assert "LLM benchmark skipped" in said and "board.rkllm_lib" in said
     bench = read_json(repo / "metrics/bench.json")
@@ -185,7 +186,7 @@ def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, t
     assert read_json(repo / "reports/bench_llm_samples.json") == []
     report = (repo / "reports/report.md").read_text(encoding="utf-8")
     row = next(line for line in report.splitlines() if line.startswith("| smollm2"))
-    assert row.count("n/a (no board)") == 3 and "The LLM was not benchmarked" in report
+    assert row.count("n/a (no board)") == 4 and "The LLM was not benchmarked" in report
     s = store(repo)
     skipped = s.search([s.experiment_id("rkpipe")], f"params.`board.rkllm_lib` = '{missing}'")
     assert len(skipped) == 1 and skipped[0].status == "FINISHED"

@@ -196,7 +196,7 @@ def test_sweep_restores_upstream_stages_from_the_run_cache(repo, env, swept):
     for index in range(2):
         logs = run(["dvc", "queue", "logs", job_name(swept[0], index)], repo, environ).stdout
         ran = set(re.findall(r"Running stage '(\w+)'", logs))
-        assert ran == {"deploy_bench", "report", "record"}, logs[-3000:]
+        assert ran == {"host_fingerprint", "deploy_bench", "report", "record"}, logs[-3000:]
         assert "Stage 'quantize_llm' is cached - skipping run" in logs
 
 
@@ -208,7 +208,9 @@ def test_compare_cli_by_sweep_and_by_baseline(repo, env, swept):
         repo,
         environ,
     )
-    assert out.stdout.startswith("run_id,run,model,platform,quant_type,baseline,ttft_ms,")
+    assert out.stdout.startswith(
+        "run_id,run,model,platform,quant_type,baseline,measured_on,speed_comparable,ttft_ms,"
+    )
     assert len(out.stdout.strip().splitlines()) == 3
     base, cand = children[0].run_id, children[1].run_id
     out = run([sys.executable, "-m", "rkpipe.cli", "compare", "--baseline", base, "--candidate", cand,
@@ -224,8 +226,8 @@ def test_reproduce_one_child_gives_byte_identical_artifacts(repo, env, swept):
               timeout=3600)  # fmt: skip
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "REPRODUCED: byte-identical artifacts" in out.stdout
-    assert re.search(r"outputs: \d+ byte-identical, 0 differ, 0 missing", out.stdout)
-    assert "metrics: " in out.stdout and "0 differ" in out.stdout
+    assert re.search(r"artifacts: \d+ byte-identical, 0 differ, 0 missing", out.stdout)
+    assert re.search(r"measurements \(same host \w+\): \d+ metrics equal, 0 differ", out.stdout)
     print(out.stdout)
 
 
