@@ -6,27 +6,16 @@ the measuring stages to it."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fingerprint_repo import REPO, make_repo, write_cpus
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-XEON = (
-    "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
-)
-EPYC = "model name\t: AMD EPYC 7B12\nflags\t\t: avx2 fma\n"
-DVC_YAML = """
-stages:
-  host_fingerprint:
-    cmd: python stages/host_fingerprint.py
-    always_changed: true
-    deps: [stages/host_fingerprint.py]
-    outs: [data/host/host.json, data/host/board.json]
+STAGES = """
   build:
     cmd: python -c "open('artifact.txt', 'w').write('weights')"
     outs: [artifact.txt]
@@ -58,19 +47,9 @@ def ran(stdout: str) -> set[str]:
 
 
 def test_measuring_stages_rerun_on_another_machine_only(tmp_path):
-    xeon, epyc = tmp_path / "xeon", tmp_path / "epyc"
-    xeon.write_text(XEON)
-    epyc.write_text(EPYC)
-    repo = tmp_path / "repo"
-    (repo / "stages").mkdir(parents=True)
-    shutil.copy2(REPO / "stages" / "host_fingerprint.py", repo / "stages")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["tracking"]["enabled"] = False
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "measure.py").write_text(MEASURE)
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    run(["dvc", "init", "-q"], repo, xeon)
+    cpus = write_cpus(tmp_path)
+    xeon, epyc = cpus["xeon"], cpus["epyc"]
+    repo = make_repo(tmp_path / "repo", STAGES, {"measure.py": MEASURE})
 
     assert ran(run(["dvc", "repro"], repo, xeon)) == {"host_fingerprint", "build", "measure"}
     first = (repo / "data/host/host.json").read_bytes()

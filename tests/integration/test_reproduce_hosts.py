@@ -7,34 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fingerprint_repo import make_repo, write_cpus
 
 from rkpipe.hostinfo import provenance, provenance_tags
 from rkpipe.reproduce import output_record, render_result, reproduce
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-XEON = (
-    "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 fma avx512f avx512_vnni amx_int8\n"
-)
-EPYC = "model name\t: AMD EPYC 7B12\nflags\t\t: avx2 fma\n"
-DVC_YAML = """
-stages:
-  host_fingerprint:
-    cmd: python stages/host_fingerprint.py
-    always_changed: true
-    deps: [stages/host_fingerprint.py]
-    outs:
-      - data/host/host.json:
-          labels: [measurement]
-      - data/host/board.json:
-          labels: [measurement]
+STAGES = """
   build:
     cmd: python build.py
     deps: [build.py]
@@ -78,22 +63,11 @@ def built_run(tmp_path, monkeypatch):
     from rkpipe.tracking import make_client
     from rkpipe.tracking.store import Store
 
-    cpus = {"xeon": tmp_path / "xeon", "epyc": tmp_path / "epyc"}
-    cpus["xeon"].write_text(XEON)
-    cpus["epyc"].write_text(EPYC)
-    repo = tmp_path / "repo"
-    (repo / "stages").mkdir(parents=True)
-    shutil.copy2(REPO / "stages" / "host_fingerprint.py", repo / "stages")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["tracking"]["enabled"] = False
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "build.py").write_text(BUILD)
-    (repo / "evaluate.py").write_text(EVALUATE)
+    cpus = write_cpus(tmp_path)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.setenv("RKPIPE_CPUINFO", str(cpus["xeon"]))
-    git(repo, "init", "-q")
-    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    repo = make_repo(tmp_path / "repo", STAGES, {"build.py": BUILD, "evaluate.py": EVALUATE})
+    params = yaml.safe_load((repo / "params.yaml").read_text())
     subprocess.run(["dvc", "repro"], cwd=repo, check=True, capture_output=True)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "variant")
