@@ -48,7 +48,7 @@ def report_context(
     run_id: str, root: Path,
 ) -> tuple[ReportContext, dict[str, str]]:  # fmt: skip
     """The report's context and the gate tags for the variant's run."""
-    from rkpipe.workspace import git_state
+    from rkpipe.workspace import git_output
 
     rules = cfg.gates.rules if cfg.gates.enabled else {}
     verdict, notes, tags = judge(metrics, rules)
@@ -56,7 +56,8 @@ def report_context(
     versions = _versions(cfg.paths.data_dir, board=remote)
     ctx = ReportContext(
         provenance=dict(provenance), verdict=verdict, gate_notes=notes,
-        git_sha=git_state(root)["git.sha"], run_id=run_id, versions=versions,
+        git_sha=git_output(root, "rev-parse", "HEAD").strip() or "unknown", run_id=run_id,
+        versions=versions,
     )  # fmt: skip
     return ctx, tags
 
