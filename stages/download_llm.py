@@ -7,7 +7,7 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.hub import acquire_llm
+    from rkpipe.llm.acquire import acquire_llm
     from rkpipe.io import write_json_atomic
 
     out = Path(cfg.paths.models_dir) / "llm" / "float"

@@ -68,7 +68,10 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows if not r["warmup"])
 
 
-def within(measured: float, expected: float, rel: float = 0.01) -> bool:
+def within(measured: float, expected: float, rel: float = 0.04) -> bool:
+    # The fake sleeps to absolute deadlines, so only the last wake-up's latency shows; under a
+    # loaded CI host that reached 1 % of a 200 ms decode. 4 % still fails a token count that is
+    # off by one (>= 9 % with 11 new tokens) or a field read from the wrong place.
     return abs(measured - expected) <= rel * expected
 
 

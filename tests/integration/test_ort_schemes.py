@@ -24,7 +24,7 @@ from rkpipe.backends.ort import genai  # noqa: E402
 from rkpipe.backends.ort.gguf_exact import unpermute_order  # noqa: E402
 from rkpipe.config.schema import QuantConfig  # noqa: E402
 from rkpipe.engines.ort_llm import OrtCausalLM  # noqa: E402
-from rkpipe.hub import sha256_file  # noqa: E402
+from rkpipe.io import sha256_file  # noqa: E402
 from rkpipe.llm.export import export_fp32_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -49,7 +49,7 @@ def test_importing_the_registry_is_cheap() -> None:
 
 
 def test_register_adds_a_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backends, "_REGISTERED", {})
+    monkeypatch.setattr(backends.BACKENDS, "_registered", {})
 
     @register("fake")
     class Fake:

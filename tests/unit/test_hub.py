@@ -23,12 +23,9 @@ import pytest
 
 from rkpipe.config.schema import ModelConfig
 from rkpipe.errors import ModelSourceError
-from rkpipe.hub import (
-    acquire_llm,
-    estimate_conversion_memory_gb,
-    memory_preflight,
-    sanitize_endpoint,
-)
+from rkpipe.hub import sanitize_endpoint
+from rkpipe.llm.acquire import acquire_llm
+from rkpipe.llm.memory import estimate_conversion_memory_gb, memory_preflight
 
 REPO_ID = "tiny-org/tiny-llama"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -428,12 +425,12 @@ def _stub_convert(tiny_files, seen):
 
 
 def test_gguf_from_hub_is_pinned_to_the_sha(fake_hub, tiny_files, monkeypatch, tmp_path):
-    import rkpipe.hub
+    from rkpipe.llm.sources import gguf_file
 
     gguf = b"GGUF" + b"\1" * 4096
     fake_hub.add_repo("acme/tiny-gguf", {"tiny.Q4_1.gguf": gguf, "README.md": b"x"})
     seen: list[bytes] = []
-    monkeypatch.setattr(rkpipe.hub, "convert_gguf", _stub_convert(tiny_files, seen))
+    monkeypatch.setattr(gguf_file, "convert_gguf", _stub_convert(tiny_files, seen))
     cfg = ModelConfig(source="gguf", repo_id="acme/tiny-gguf", gguf_file="tiny.Q4_1.gguf")
     manifest = acquire_llm(cfg, tmp_path / "model")
     assert seen == [gguf]
@@ -443,11 +440,11 @@ def test_gguf_from_hub_is_pinned_to_the_sha(fake_hub, tiny_files, monkeypatch, t
 
 
 def test_local_gguf_in_a_directory(tiny_files, monkeypatch, tmp_path):
-    import rkpipe.hub
+    from rkpipe.llm.sources import gguf_file
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF-local")
     seen: list[bytes] = []
-    monkeypatch.setattr(rkpipe.hub, "convert_gguf", _stub_convert(tiny_files, seen))
+    monkeypatch.setattr(gguf_file, "convert_gguf", _stub_convert(tiny_files, seen))
     cfg = ModelConfig(source="gguf", path=str(tmp_path), gguf_file="m.gguf")
     manifest = acquire_llm(cfg, tmp_path / "model")
     assert seen == [b"GGUF-local"] and manifest["gguf_file"] == "m.gguf"
@@ -504,7 +501,7 @@ def test_missing_gguf_file(tmp_path):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ModelSourceError, match="unknown model.source 'ftp'"):
+    with pytest.raises(ModelSourceError, match="model.source='ftp' is not registered; registered: gguf, hub, local, package"):
         acquire_llm(ModelConfig(source="ftp"), tmp_path / "model")
 
 
@@ -565,7 +562,7 @@ class _FakeGgufTokenizer:
 def test_convert_gguf_applies_the_gguf_tokenizer_settings(monkeypatch, tmp_path):
     from types import SimpleNamespace
 
-    import rkpipe.hub
+    from rkpipe.llm import gguf
 
     model = SimpleNamespace(
         config=SimpleNamespace(eos_token_id=1, pad_token_id=None),
@@ -574,9 +571,9 @@ def test_convert_gguf_applies_the_gguf_tokenizer_settings(monkeypatch, tmp_path)
     )
     tokenizer = _FakeGgufTokenizer()
     meta = {"add_bos_token": False, "eos_token_id": 2, "padding_token_id": 2, "n_elements": 10}
-    monkeypatch.setattr(rkpipe.hub, "gguf_metadata", lambda path: meta)
-    monkeypatch.setattr(rkpipe.hub, "_load_gguf", lambda path, trust: (model, tokenizer))
-    fixes = rkpipe.hub.convert_gguf(tmp_path / "m.gguf", tmp_path)
+    monkeypatch.setattr(gguf, "gguf_metadata", lambda path: meta)
+    monkeypatch.setattr(gguf, "_load_gguf", lambda path, trust: (model, tokenizer))
+    fixes = gguf.convert_gguf(tmp_path / "m.gguf", tmp_path)
     assert tokenizer.add_bos_token is False
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
     assert model.config.eos_token_id == model.generation_config.eos_token_id == 2

@@ -166,7 +166,7 @@ def test_apply_gguf_exact_rejects_a_model_not_made_from_the_gguf(tmp_path: Path)
 
 
 def test_gguf_path_from_manifest(tmp_path: Path) -> None:
-    from rkpipe.hub import sha256_file
+    from rkpipe.io import sha256_file
 
     path = tmp_path / "m.gguf"
     write_tiny_gguf(path)

@@ -57,7 +57,7 @@ def test_gguf_schemes_label_the_gguf_block_size_not_the_config_value():
 
 
 def test_a_backend_registered_at_run_time_passes_validation(default_cfg, monkeypatch):
-    monkeypatch.setattr("rkpipe.backends._REGISTERED", {})
+    monkeypatch.setattr("rkpipe.backends.BACKENDS._registered", {})
 
     @register("fake_npu")
     class FakeNpu:

@@ -21,8 +21,8 @@ from rkpipe.config.platforms import (
 )
 from rkpipe.config.schema import PipelineConfig
 from rkpipe.errors import ConfigError
+from rkpipe.llm.sources import SOURCES
 
-MODEL_SOURCES = ("package", "hub", "local", "gguf")
 ASR_SOURCES = ("random_init", "hub", "local")
 ASR_ARCHITECTURES = ("whisper", "wav2vec2")
 ASR_SCHEMES = ("dynamic", "static_qdq", "matmul_nbits4")
@@ -158,7 +158,7 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
 def _source_problems(cfg: PipelineConfig) -> list[str]:
     problems: list[str] = []
     m, c = cfg.model, cfg.calib
-    _check_choice(problems, "model.source", m.source, MODEL_SOURCES)
+    _check_choice(problems, "model.source", m.source, SOURCES.names())
     if m.source == "hub" and not m.repo_id:
         problems.append("model.repo_id is required when model.source='hub'")
     if m.source == "local" and not m.path:

@@ -1,1 +1,1 @@
-"""LLM-side steps that are independent of the quantization backend (ONNX export)."""
+"""The LLM, independent of the quantization backend: acquire (sources, GGUF, manifest), export."""

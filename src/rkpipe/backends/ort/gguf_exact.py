@@ -403,7 +403,7 @@ def gguf_path_from_manifest(float_model_dir: Path) -> Path:
     import json
 
     from rkpipe.errors import ConfigError
-    from rkpipe.hub import sha256_file
+    from rkpipe.io import sha256_file
 
     manifest_path = Path(float_model_dir) / "manifest.json"
     try:
@@ -431,7 +431,7 @@ def gguf_path_from_manifest(float_model_dir: Path) -> Path:
 def _locate_gguf(manifest: dict[str, Any]) -> Path:
     source, name = manifest.get("source"), manifest["gguf_file"]
     if source == "package":
-        from rkpipe.hub import locate_package
+        from rkpipe.llm.sources.package import locate_package
 
         return locate_package(manifest["package"])[0] / name
     if manifest.get("path"):
