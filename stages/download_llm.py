@@ -7,8 +7,8 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.llm.acquire import acquire_llm
     from rkpipe.io import write_json_atomic
+    from rkpipe.llm.acquire import acquire_llm
 
     out = Path(cfg.paths.models_dir) / "llm" / "float"
     manifest = acquire_llm(cfg.model, out)

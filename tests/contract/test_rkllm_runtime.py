@@ -20,12 +20,17 @@ from fake_runtime.build import build_fake_runtime, build_llm_demo
 
 from rkpipe.board.deploy import bench_llm
 from rkpipe.board.llm_demo import bench_llm_demo, llm_demo_argv, rows_from_output
-from rkpipe.board.perf import parse_perf_table, parse_perf_tables, parse_runtime_info, table_row
 from rkpipe.board.transport import LocalTransport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.engines import rkllm_runner
 from rkpipe.engines.rkllm_runner import abi_for_version
 from rkpipe.errors import BoardError
+from rkpipe.measure.rkllm_log import (
+    parse_perf_table,
+    parse_perf_tables,
+    parse_runtime_info,
+    table_row,
+)
 
 pytestmark = [
     pytest.mark.contract,

@@ -501,7 +501,10 @@ def test_missing_gguf_file(tmp_path):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(ModelSourceError, match="model.source='ftp' is not registered; registered: gguf, hub, local, package"):
+    with pytest.raises(
+        ModelSourceError,
+        match="model.source='ftp' is not registered; registered: gguf, hub, local, package",
+    ):
         acquire_llm(ModelConfig(source="ftp"), tmp_path / "model")
 
 

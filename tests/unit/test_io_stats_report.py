@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from rkpipe.bench.stats import percentile, summarize, summarize_samples
 from rkpipe.io import atomic_path, read_json, write_json_atomic
+from rkpipe.measure.stats import percentile, summarize, summarize_samples
 from rkpipe.report import ReportContext, render_report
 
 

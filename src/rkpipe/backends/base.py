@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -54,41 +52,3 @@ class Backend(Protocol):
     def quantize(self, request: QuantizeRequest) -> QuantizeResult:
         """Quantize ``request`` into ``request.out_dir``; raise BackendError on failure."""
         ...
-
-
-class PeakRss:
-    """Context manager measuring this process's peak resident memory inside the block.
-
-    On Linux it resets the kernel's high-water mark (``/proc/self/clear_refs``) on entry
-    and reads ``VmHWM`` on exit; elsewhere (or if the reset is refused) it falls back to
-    the process-lifetime peak of ``getrusage``. ``peak_mb`` is in MB (10^6 bytes).
-    """
-
-    def __init__(self) -> None:
-        self.peak_mb = 0.0
-        self.since_start = False
-
-    def __enter__(self) -> PeakRss:
-        try:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")
-            self.since_start = True
-        except OSError:
-            self.since_start = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.peak_mb = peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB, from VmHWM or ``getrusage``."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 1e6 if sys.platform == "darwin" else maxrss * 1024 / 1e6

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.backends import register
-from rkpipe.backends.base import PeakRss, QuantizeRequest, QuantizeResult
+from rkpipe.backends.base import QuantizeRequest, QuantizeResult
 from rkpipe.backends.ort.reduce_range import resolve_reduce_range
 from rkpipe.backends.ort.schemes import EMBEDDING_BITS, Q4_1_MODES, get_scheme
 from rkpipe.config.schema import OrtQuantConfig, QuantConfig
 from rkpipe.errors import BackendError, ConfigError
 from rkpipe.io import atomic_path, dir_size_mb, write_json_atomic
 from rkpipe.llm.export import ONNX_MODEL_FILE, copy_inference_files
+from rkpipe.measure.memory import PeakRss
 
 log = logging.getLogger(__name__)
 

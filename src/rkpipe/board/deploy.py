@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkpipe.bench.stats import summarize_samples
 from rkpipe.board.transport import Transport, make_transport
 from rkpipe.config.schema import BenchConfig, BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import provenance
+from rkpipe.measure.stats import summarize_samples
 
 log = logging.getLogger(__name__)
 

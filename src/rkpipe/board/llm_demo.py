@@ -13,12 +13,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from rkpipe.bench.stats import summarize_samples
 from rkpipe.board.deploy import LLM_KEYS, BenchResult
-from rkpipe.board.perf import parse_perf_tables, parse_runtime_info, table_row
 from rkpipe.board.transport import Transport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.errors import BoardError
+from rkpipe.measure.rkllm_log import parse_perf_tables, parse_runtime_info, table_row
+from rkpipe.measure.stats import summarize_samples
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rkpipe.board.perf import parse_runtime_info, version_key
 from rkpipe.board.transport import Transport
 from rkpipe.config.platforms import PLATFORMS, normalise_name
 from rkpipe.errors import BoardError
+from rkpipe.measure.rkllm_log import parse_runtime_info, version_key
 
 log = logging.getLogger(__name__)
 

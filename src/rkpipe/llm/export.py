@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rkpipe.backends.base import PeakRss
 from rkpipe.errors import BackendError
 from rkpipe.io import atomic_path, dir_size_mb
+from rkpipe.measure.memory import PeakRss
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,12 @@ def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
                 f"GGUF file not found: {gguf_path} (model.gguf_file); give an "
                 "existing path, or set model.repo_id to fetch it from the hub"
             )
-        info = {"source": "gguf", "path": str(gguf_path), "revision": None, "revision_resolved": None}
+        info = {
+            "source": "gguf",
+            "path": str(gguf_path),
+            "revision": None,
+            "revision_resolved": None,
+        }
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
     return {
         **info,

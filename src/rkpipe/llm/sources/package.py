@@ -1,4 +1,4 @@
-"""``model.source=package``: a GGUF file inside an installed Python package (the offline default)."""
+"""``model.source=package``: a GGUF file inside an installed Python package (offline default)."""
 
 from __future__ import annotations
 

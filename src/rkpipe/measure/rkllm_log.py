@@ -1,4 +1,4 @@
-"""What the rkllm runtime prints about itself, parsed into benchmark rows.
+"""What the rkllm runtime prints about itself (its performance log), parsed into benchmark rows.
 
 With ``RKLLM_LOG_LEVEL=1`` the runtime prints its version line at ``rkllm_init``
 (``rkllm-runtime version: X, rknpu driver version: Y, platform: Z``), the toolkit version the

@@ -1,1 +1,0 @@
-"""Benchmark statistics and result rows."""

@@ -1,0 +1,104 @@
+"""The logging handle a stage gets for its variant's MLflow run."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rkpipe.tracking.client import with_retry
+
+log = logging.getLogger(__name__)
+
+
+class VariantRun:
+    """Logging handle for the current stage inside the variant's MLflow run."""
+
+    def __init__(self, client: Any, run_id: str, stage: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.stage = stage
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (values stringified); a key already logged with the same value is fine."""
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = [Param(k, _param_value(v)) for k, v in params.items() if k not in existing]
+        for start in range(0, len(fresh), 100):
+            batch = fresh[start : start + 100]
+            with_retry(lambda b=batch: self.client.log_batch(self.run_id, params=b))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Log numeric metrics (names carry units, e.g. ``ttft_ms``); non-numbers are skipped."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if entries:
+            with_retry(lambda: self.client.log_batch(self.run_id, metrics=entries))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags (stringified)."""
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        with_retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        """Copy a file or directory into the run's artifacts."""
+        path = Path(path)
+        if not path.exists():
+            log.warning("not logging missing artifact %s", path)
+            return
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        """Store ``data`` as a JSON/YAML artifact (by extension)."""
+        self.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_dataset(self, path: Path, digest: str, name: str, context: str) -> None:
+        """Record a file (e.g. the calibration JSON) as an MLflow dataset input of the run."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # two registered local sources match; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+        dataset = MetaDataset(source=source, name=name, digest=digest[:36])
+        inputs = [
+            DatasetInput(
+                dataset=dataset._to_mlflow_entity(),
+                tags=[InputTag(key=mlflow.utils.mlflow_tags.MLFLOW_DATASET_CONTEXT, value=context)],
+            )
+        ]
+        with_retry(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+class NullRun(VariantRun):
+    """Used when ``tracking.enabled`` is false: every call does nothing."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(None, "", stage)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.startswith("log_") or name == "set_tags":
+            return lambda *args, **kwargs: None
+        return super().__getattribute__(name)
