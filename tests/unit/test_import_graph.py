@@ -102,3 +102,63 @@ def test_the_detector_sees_a_cycle_hidden_in_a_function(tmp_path):
 
 def test_rkpipe_has_no_import_cycles():
     assert cycles(import_graph(SRC)) == []
+
+
+# The allowed imports drawn in docs/architecture.md: part -> parts it must never import.
+# ``foundation`` is the set of modules every part may use and that use only each other.
+FOUNDATION = {"errors", "io", "registry", "workspace", "hub", "hostinfo"}
+FORBIDDEN = {
+    "engines": "everything",  # copied alone to a board: stdlib, numpy, onnxruntime only
+    "board": {"backends", "tracking", "report", "sweep", "reproduce", "cli", "stage"},
+    "backends": {"board", "tracking", "report", "sweep", "reproduce", "cli", "stage"},
+    "measure": {"board", "backends", "tracking", "report"},
+    "llm": {"board", "tracking", "report", "evaluate"},
+    "asr": {"board", "tracking", "report", "backends"},
+    "tracking": {"board", "backends", "report", "sweep", "cli", "stage"},
+}
+
+
+def part(module: str) -> str:
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 else "rkpipe"
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(graph.items()):
+        source = part(module)
+        for target in sorted(targets):
+            dest = part(target)
+            if dest == source or dest == "rkpipe":
+                continue
+            forbidden = FORBIDDEN.get(source, set())
+            if source in FOUNDATION and dest not in FOUNDATION:
+                found.append(f"{module} -> {target} (foundation imports a part)")
+            elif forbidden == "everything" or dest in forbidden:
+                found.append(f"{module} -> {target}")
+    return found
+
+
+def test_the_parts_import_only_what_docs_architecture_allows():
+    assert layering_violations(import_graph(SRC)) == []
+
+
+def test_the_layering_check_sees_a_board_importing_a_backend(tmp_path):
+    pkg = tmp_path / "rkpipe"
+    (pkg / "board").mkdir(parents=True)
+    (pkg / "backends").mkdir()
+    for init in (pkg, pkg / "board", pkg / "backends"):
+        (init / "__init__.py").write_text("")
+    (pkg / "backends" / "x.py").write_text("")
+    (pkg / "board" / "deploy.py").write_text("def f():\n    from rkpipe.backends import x\n")
+    assert "rkpipe.board.deploy -> rkpipe.backends.x" in layering_violations(import_graph(tmp_path))
+
+
+def test_only_tracking_imports_mlflow():
+    importers = set()
+    for path in (SRC / "rkpipe").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = imported(node, "")
+            if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
+                importers.add(path.relative_to(SRC / "rkpipe").parts[0])
+    assert importers == {"tracking"}

@@ -28,13 +28,11 @@ the calls as made, each step's ret and seconds, simulator agreement) and ``rknn_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -43,6 +41,7 @@ from typing import Any
 from rkpipe.config.schema import AsrRknnConfig
 from rkpipe.errors import AsrError, BackendError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+from rkpipe.toolchain import Toolchain
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,14 @@ WORKER = Path(__file__).with_name("rknn_worker.py")
 ENV_PYTHON = "RKPIPE_RKNN_PYTHON"
 VENV_PYTHON = Path(".venv-rknn") / "bin" / "python"
 SETUP_HINT = "create it with: bash scripts/setup_rknn.sh (makes .venv-rknn)"
+TOOLKIT = Toolchain(
+    name="rknn-toolkit2",
+    env_var=ENV_PYTHON,
+    config_key="asr.rknn.python",
+    module="rknn",
+    setup_hint=SETUP_HINT,
+    venv_python=VENV_PYTHON,
+)
 RKNN_FILE = "encoder.rknn"
 MANIFEST = "rknn_manifest.json"
 TOOLKIT_LOG = "rknn_toolkit.log"
@@ -132,22 +139,8 @@ def check_opset(model: Path) -> int:
 
 
 def resolve_python(configured: str | None) -> str:
-    """The interpreter holding rknn-toolkit2 (see the module doc). Raises BackendError."""
-    candidate = os.environ.get(ENV_PYTHON) or configured
-    if candidate:
-        found = shutil.which(candidate) if os.sep not in candidate else candidate
-        if found and os.path.isfile(found) and os.access(found, os.X_OK):
-            return os.path.abspath(found)
-        source = ENV_PYTHON if os.environ.get(ENV_PYTHON) else "asr.rknn.python"
-        raise BackendError(f"{source}={candidate!r} is not an executable interpreter; {SETUP_HINT}")
-    if VENV_PYTHON.is_file():
-        return os.path.abspath(VENV_PYTHON)
-    if importlib.util.find_spec("rknn") is not None:
-        return sys.executable
-    raise BackendError(
-        f"rknn-toolkit2 is not importable in {sys.executable}, {VENV_PYTHON} does not exist and "
-        f"neither {ENV_PYTHON} nor asr.rknn.python is set; {SETUP_HINT}"
-    )
+    """The interpreter holding rknn-toolkit2 (:data:`TOOLKIT`). Raises BackendError."""
+    return TOOLKIT.python(configured)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from rkpipe.errors import BackendError, ConfigError
+from rkpipe.toolchain import Toolchain
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +37,25 @@ BUILDER_TIMEOUT_S = 3600
 LOG_TAIL_LINES = 30
 
 
-def genai_python(configured: str | None = None) -> str:
-    """The interpreter that has onnxruntime-genai's builder.
+BUILDER = Toolchain(
+    name="onnxruntime-genai's model builder",
+    env_var=GENAI_PYTHON_ENV,
+    config_key="quant.ort.genai_python",
+    module="onnxruntime_genai",
+    setup_hint="the genai_* schemes run it in its own interpreter; create it with: bash "
+    "scripts/setup_genai.sh (a python with onnxruntime_genai, transformers>=5, onnx-ir)",
+    venv_python=Path(GENAI_VENV) / "bin" / "python",
+    error=ConfigError,
+)
 
-    Order: ``configured`` (``quant.ort.genai_python``), ``$RKPIPE_GENAI_PYTHON``, then
-    ``.venv-genai/bin/python`` under the current directory.
+
+def genai_python(configured: str | None = None) -> str:
+    """The interpreter that has onnxruntime-genai's builder (:data:`BUILDER`).
 
     Raises:
-        ConfigError: none of them exists (the message gives the setup command).
+        ConfigError: none is found (the message gives the setup command).
     """
-    candidates = [
-        configured,
-        os.environ.get(GENAI_PYTHON_ENV),
-        str(Path(GENAI_VENV) / "bin" / "python"),
-    ]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return candidate
-    raise ConfigError(
-        "the genai_* schemes need onnxruntime-genai's builder in its own interpreter; "
-        "create it with: bash scripts/setup_genai.sh (or set quant.ort.genai_python / "
-        f"${GENAI_PYTHON_ENV} to a python that has onnxruntime_genai, transformers>=5, onnx-ir)"
-    )
+    return BUILDER.python(configured)
 
 
 def builder_args(precision: str, block_size: int, accuracy_level: int) -> list[str]:

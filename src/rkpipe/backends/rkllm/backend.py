@@ -19,7 +19,6 @@ directory next to ``out_dir``, so a failed or killed conversion never leaves a
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from rkpipe.config.platforms import PLATFORMS, algorithm_allowed, group_size, no
 from rkpipe.config.schema import QuantConfig
 from rkpipe.errors import BackendError, ConfigError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+from rkpipe.toolchain import Toolchain
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,14 @@ MANIFEST_FILE = "quant_manifest.json"
 TOOLKIT_LOG = "rkllm_toolkit.log"
 PPL_LOG = "rkllm_toolkit_ppl.log"
 ENV_PYTHON = "RKPIPE_RKLLM_PYTHON"
+TOOLKIT = Toolchain(
+    name="rkllm-toolkit",
+    env_var=ENV_PYTHON,
+    config_key="quant.rkllm.python",
+    module="rkllm.api",
+    setup_hint="install Rockchip's wheel (rkllm-toolkit/packages/ in airockchip/rknn-llm) into its "
+    "own venv and set quant.rkllm.python=<venv>/bin/python",
+)
 OOM_EXIT_CODES = (-9, 137)  # SIGKILL seen directly / through a shell
 OOM_ISSUES = "airockchip/rknn-llm issues #21, #30, #112, #197"
 TAIL_LINES = 12
@@ -363,36 +371,8 @@ def extra_qparams_path(quant: QuantConfig) -> str | None:
 
 
 def resolve_python(configured: str | None) -> str:
-    """The interpreter that runs rkllm-toolkit: ``$RKPIPE_RKLLM_PYTHON``, else
-    ``configured`` (``quant.rkllm.python``), else this interpreter when ``rkllm.api`` is
-    importable here. Symlinks are kept (a venv's python must stay a venv's python).
-
-    Raises BackendError when the chosen path is not executable or no toolkit is found.
-    """
-    candidate = os.environ.get(ENV_PYTHON) or configured
-    if candidate:
-        found = shutil.which(candidate) if os.sep not in candidate else candidate
-        if found and os.path.isfile(found) and os.access(found, os.X_OK):
-            return os.path.abspath(found)
-        source = ENV_PYTHON if os.environ.get(ENV_PYTHON) else "quant.rkllm.python"
-        raise BackendError(
-            f"{source}={candidate!r} is not an executable interpreter; point it "
-            "at the python of the venv holding Rockchip's rkllm-toolkit wheel"
-        )
-    if _importable("rkllm.api"):
-        return sys.executable
-    raise BackendError(
-        f"rkllm-toolkit is not importable in {sys.executable} and neither {ENV_PYTHON} nor "
-        "quant.rkllm.python is set; install Rockchip's wheel (rkllm-toolkit/packages/ in "
-        "airockchip/rknn-llm) into its own venv and set quant.rkllm.python=<venv>/bin/python"
-    )
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
+    """The interpreter that runs rkllm-toolkit (:data:`TOOLKIT`); raises BackendError."""
+    return TOOLKIT.python(configured)
 
 
 def new_marker() -> str:
