@@ -703,7 +703,7 @@ def _node_count(path: Path) -> int:
     import onnx
 
     sys.path.insert(0, str(ROOT / "src"))
-    from rkpipe.backends.ort.nbits import branch_nodes
+    from rkpipe.backends.ort.decode_split import branch_nodes
 
     # a decode/prefill split graph: the nodes of one branch (the prefill one)
     return len(branch_nodes(onnx.load(str(path / "model.onnx"), load_external_data=False).graph))

@@ -19,7 +19,8 @@ pytest.importorskip("optimum.exporters.onnx")
 
 from rkpipe.backends import get_backend  # noqa: E402
 from rkpipe.backends.base import QuantizeRequest  # noqa: E402
-from rkpipe.backends.onnxruntime import MANIFEST_FILE, count_ops  # noqa: E402
+from rkpipe.backends.onnxruntime import MANIFEST_FILE  # noqa: E402
+from rkpipe.backends.ort.graph import count_ops  # noqa: E402
 from rkpipe.config.schema import QuantConfig  # noqa: E402
 from rkpipe.engines import ort_llm  # noqa: E402
 from rkpipe.engines.ort_llm import OrtCausalLM  # noqa: E402

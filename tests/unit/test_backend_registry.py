@@ -105,7 +105,7 @@ def test_fold_weight_transposes_unties_a_shared_weight() -> None:
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from rkpipe.backends.onnxruntime import fold_weight_transposes
+    from rkpipe.backends.ort.graph import fold_weight_transposes
 
     emb = np.arange(12, dtype=np.float32).reshape(4, 3)  # [vocab, hidden]
     graph = helper.make_graph(

@@ -201,7 +201,7 @@ def _q4_1_weight(seed: int = 3, shape: tuple[int, int] = (16, 1536)):
 
 
 def test_fold_residual_error_is_bounded_by_half_a_residual_step() -> None:
-    from rkpipe.backends.ort.nbits import fold_residual, folded_weight
+    from rkpipe.backends.ort.blocks import fold_residual, folded_weight
 
     weight, exact = _q4_1_weight()
     folded = fold_residual(weight)
@@ -224,11 +224,8 @@ def test_fold_residual_error_is_bounded_by_half_a_residual_step() -> None:
 
 
 def test_folded_matmulnbits_computes_x_times_effective_weight() -> None:
-    from rkpipe.backends.ort.nbits import (
-        NBitsRewriter,
-        fold_residual,
-        folded_weight,
-    )
+    from rkpipe.backends.ort.blocks import fold_residual, folded_weight
+    from rkpipe.backends.ort.nbits import NBitsRewriter
 
     weight, exact = _q4_1_weight(seed=5, shape=(24, 576))
     x = np.random.default_rng(0).standard_normal((1, 3, 576)).astype(np.float32)
@@ -269,7 +266,7 @@ def test_residual_free_never_worse_than_dropping_the_residual() -> None:
 
 
 def test_quantize_mse_beats_rtn() -> None:
-    from rkpipe.backends.ort.nbits import quantize_mse, quantize_rtn
+    from rkpipe.backends.ort.blocks import quantize_mse, quantize_rtn
 
     w = np.random.default_rng(2).standard_normal((64, 128)).astype(np.float32)
     mse, rtn = quantize_mse(w, 4, 32), quantize_rtn(w, 4, 32)
@@ -303,7 +300,7 @@ def test_apply_gguf_exact_lossy_modes_stay_close(tmp_path: Path, mode: str) -> N
 
 
 def test_split_decode_branch_gives_one_token_steps_their_own_level(tmp_path: Path) -> None:
-    from rkpipe.backends.ort.nbits import branch_nodes, split_decode_branch
+    from rkpipe.backends.ort.decode_split import branch_nodes, split_decode_branch
 
     path = tmp_path / "tiny.gguf"
     hf = write_tiny_gguf(path)

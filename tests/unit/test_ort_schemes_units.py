@@ -15,15 +15,15 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from rkpipe.backends.ort.nbits import (  # noqa: E402
+from rkpipe.backends.ort.blocks import (  # noqa: E402
     BlockWeight,
     concat_rows,
     pack_codes,
     pack_zero_points,
     quantize_rtn,
-    quantize_tied_embedding,
     unpack_codes,
 )
+from rkpipe.backends.ort.embedding import quantize_tied_embedding  # noqa: E402
 from rkpipe.backends.ort.static_qdq import (  # noqa: E402
     CalibrationReader,
     input_specs,

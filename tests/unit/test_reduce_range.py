@@ -55,14 +55,17 @@ def tiny_matmul(path, rows=64, cols=32):
 
 @pytest.mark.parametrize("reduce_range", [False, True])
 def test_quantize_dynamic_weights_fit_7_bits_with_reduce_range(tmp_path, reduce_range):
+    from types import SimpleNamespace
+
     import onnx
     from onnx import numpy_helper
 
-    from rkpipe.backends.onnxruntime import _quantize_int8
+    from rkpipe.backends.ort.schemes import get_scheme
 
     tiny_matmul(tmp_path / "f.onnx")
     cfg = OrtQuantConfig(per_channel=True, reduce_range=str(reduce_range).lower())
-    _quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", cfg, False, "dynamic")
+    job = SimpleNamespace(cfg=cfg)  # the quantizer call reads only the ORT config
+    get_scheme("dynamic").quantize(tmp_path / "f.onnx", tmp_path / "q.onnx", job, False, None)
     model = onnx.load(str(tmp_path / "q.onnx"))
     int8 = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == 3]
     (weight,) = [a for a in int8 if a.shape == (64, 32)]  # not the per-channel zero points

@@ -1,10 +1,14 @@
 """The onnxruntime schemes live in one registry (rkpipe.backends.ort.schemes): the validator,
 the report/compare labels and the backend's checks read it, so a scheme registered there
-validates and labels with no other edit, and a name that is not registered is refused by all."""
+validates, runs and labels with no other edit, and a name that is not registered is refused
+by all."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,13 +19,25 @@ from rkpipe.errors import ConfigError
 from rkpipe.report.compare import quant_label
 
 
+@dataclasses.dataclass(frozen=True)
+class SixBitTest(schemes.OrtScheme):
+    """A scheme defined only here: what a new module of rkpipe.backends.ort.schemes holds."""
+
+    def run(self, job):
+        shutil.copy(job.src, job.out_dir / "model.onnx")  # stands in for a real quantizer
+        return {"six_bit_rows": 3}
+
+    def params(self, cfg, dtype, facts):
+        return {"bits": "6", "block_size": str(cfg.block_size)}
+
+
 @pytest.fixture
 def dummy_scheme(monkeypatch):
     monkeypatch.setattr(schemes, "SCHEMES", dict(schemes.SCHEMES))
     # the modules that read the table hold the same dict object
     for module in ("rkpipe.config.validate", "rkpipe.report.compare"):
         monkeypatch.setattr(f"{module}.SCHEMES", schemes.SCHEMES)
-    return schemes.register(schemes.OrtScheme("int6_test", ("int4",), "six-bit test", block=True))
+    return schemes.register(SixBitTest("int6_test", ("int4",), "six-bit test", block=True))
 
 
 def with_quant(cfg, **ort):
@@ -46,7 +62,7 @@ def test_an_unregistered_scheme_is_refused_naming_the_registry(default_cfg):
         validate(with_quant(default_cfg, scheme="int6_test"))
     for name in schemes.SCHEMES:
         assert name in str(caught.value)
-    with pytest.raises(ConfigError, match="allowed: dynamic, matmul_nbits"):
+    with pytest.raises(ConfigError, match="allowed: dynamic, genai_gguf_exact, genai_int4"):
         schemes.get_scheme("int6_test")
 
 
@@ -66,3 +82,42 @@ def test_a_backend_registered_at_run_time_passes_validation(default_cfg, monkeyp
     assert "fake_npu" in available()
     quant = dataclasses.replace(default_cfg.quant, backend="fake_npu")
     validate(dataclasses.replace(default_cfg, quant=quant))  # no table of backends elsewhere
+
+
+def _tiny_fp32_export(root: Path) -> Path:
+    np = pytest.importorskip("numpy")
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), "w")],
+    )
+    (root / "onnx").mkdir(parents=True)
+    onnx.save(helper.make_model(graph), str(root / "onnx" / "model.onnx"))
+    (root / "onnx" / "config.json").write_text("{}")
+    return root / "onnx"
+
+
+def test_a_registered_scheme_runs_through_the_backend(default_cfg, dummy_scheme, tmp_path):
+    from rkpipe.backends import get_backend
+    from rkpipe.backends.base import QuantizeRequest
+
+    cfg = validate(with_quant(default_cfg, scheme="int6_test", block_size=64))
+    request = QuantizeRequest(
+        float_model_dir=tmp_path / "float",
+        onnx_fp32_dir=_tiny_fp32_export(tmp_path),
+        calibration_json=tmp_path / "calib.json",
+        quant=cfg.quant,
+        platform="host",
+        out_dir=tmp_path / "out",
+    )
+    result = get_backend("onnxruntime").quantize(request)
+    manifest = json.loads((tmp_path / "out" / "quant_manifest.json").read_text())
+    assert manifest["scheme"] == "int6_test" and manifest["block_size"] == 64
+    assert result.params["bits"] == "6" and result.params["accuracy_level"] == "4"
+    assert result.metrics["six_bit_rows"] == 3.0
+    assert result.metrics["float_matmul_count"] == 1.0  # the backend counted the scheme's graph

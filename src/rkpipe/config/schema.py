@@ -193,7 +193,7 @@ class OrtQuantConfig:
     8-bit ones this backend writes itself. ``q4_1_mode`` (GGUF schemes): ``residual`` (exact),
     ``folded`` or ``mse`` (see :mod:`rkpipe.backends.ort.gguf_exact`). ``decode_accuracy_level``
     (GGUF and genai schemes) gives one-token steps their own level (see
-    :func:`rkpipe.backends.ort.nbits.split_decode_branch`).
+    :func:`rkpipe.backends.ort.decode_split.split_decode_branch`).
     """
 
     scheme: str = "dynamic"

@@ -116,7 +116,7 @@ def _ort_problems(cfg: PipelineConfig) -> list[str]:
     q, ort = cfg.quant, cfg.quant.ort
     problems: list[str] = []
     _check_choice(problems, "quant.dtype", q.dtype, ORT_DTYPES)
-    _check_choice(problems, "quant.ort.scheme", ort.scheme, SCHEMES)
+    _check_choice(problems, "quant.ort.scheme", ort.scheme, sorted(SCHEMES))
     _check_choice(problems, "quant.ort.weight_type", ort.weight_type, ORT_WEIGHT_TYPES)
     _check_choice(problems, "quant.ort.activation_type", ort.activation_type, ORT_WEIGHT_TYPES)
     _check_choice(problems, "quant.ort.block_size", ort.block_size, ORT_BLOCK_SIZES)

@@ -12,11 +12,11 @@ only adds error. Instead each quantized GGUF tensor is re-encoded block for bloc
 Variants (``q4_1_mode``, ``embedding_bits``; not lossless, for speed):
 
 * ``folded``: the Q4_1 residual folded into the MatMulNBits as extra 4-bit K blocks
-  (:func:`~rkpipe.backends.ort.nbits.fold_residual`): no side branch per projection;
+  (:func:`~rkpipe.backends.ort.blocks.fold_residual`): no side branch per projection;
 * ``mse``: no residual at all: per block the scale, integer zero point and codes minimising the
   squared error against ``d*q + m`` (:func:`residual_free`);
 * ``embedding_bits=4``: the Q8_0 embedding / lm_head re-quantized to 4 bits with a per-block
-  MSE-optimal scale (:func:`~rkpipe.backends.ort.nbits.quantize_mse`).
+  MSE-optimal scale (:func:`~rkpipe.backends.ort.blocks.quantize_mse`).
 
 llama.cpp stores the q/k projections with rows permuted per head; both orders are offered and
 the graph's own weights decide. Tensors are matched to the graph by value (never by name):
@@ -35,15 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from rkpipe.backends.ort.nbits import (
-    BlockWeight,
-    NBitsRewriter,
-    concat_rows,
-    pack_codes,
-    quantize_mse,
-    weight_nodes,
-    weight_value,
-)
+from rkpipe.backends.ort.blocks import BlockWeight, concat_rows, pack_codes, quantize_mse
+from rkpipe.backends.ort.nbits import NBitsRewriter, weight_nodes, weight_value
 from rkpipe.backends.ort.schemes import EMBEDDING_BITS, GGUF_BLOCK_SIZE, Q4_1_MODES
 from rkpipe.errors import BackendError
 

@@ -25,3 +25,14 @@ def resolve_reduce_range(cfg: Any, scheme: str) -> tuple[bool, str]:
     if cfg.per_channel:
         return True, "auto: per-channel QInt8 weights saturate u8 x s8 on x86 without VNNI"
     return False, "auto: per-tensor QInt8 weights rarely reach the saturating range"
+
+
+def int8_weight_params(cfg: Any, scheme: str) -> dict[str, str]:
+    """The params of an int8 MatMulInteger/QDQ scheme: weight type, granularity, 7-bit or not."""
+    reduce_range, why = resolve_reduce_range(cfg, scheme)
+    return {
+        "weight_type": cfg.weight_type,
+        "per_channel": str(cfg.per_channel),
+        "reduce_range": str(reduce_range),
+        "reduce_range_reason": why,
+    }
