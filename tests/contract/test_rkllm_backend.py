@@ -22,7 +22,8 @@ import pytest
 from rkpipe.backends.base import QuantizeRequest
 from rkpipe.backends.rkllm import RkllmBackend
 from rkpipe.backends.rkllm import protocol as P
-from rkpipe.backends.rkllm.backend import build_spec, new_marker
+from rkpipe.backends.rkllm.run import new_marker
+from rkpipe.backends.rkllm.spec import build_spec
 from rkpipe.config.platforms import PLATFORMS, RKLLM_DTYPES
 from rkpipe.config.schema import QuantConfig, RkllmQuantConfig
 from rkpipe.errors import BackendError, ConfigError

@@ -29,7 +29,7 @@ def retie_embeddings(model: Any, folded: list[str]) -> list[str]:
     """Make every ``Gather`` of a folded weight's source read the quantized copy (in place).
 
     ``model`` is a quantized ``onnx.ModelProto``; ``folded`` the names
-    :func:`rkpipe.asr.quantize.fold_transposed_weights` returned. Only lookups with rank-2
+    :func:`rkpipe.asr.graph.fold_transposed_weights` returned. Only lookups with rank-2
     indices (``input_ids`` ``[batch, seq]``) are rewritten. Returns the re-tied source names.
     """
     graph = model.graph
