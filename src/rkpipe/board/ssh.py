@@ -176,6 +176,11 @@ class RemoteTransport:
         python: the board's Python that runs the runners.
     """
 
+    @classmethod
+    def for_board(cls, board: BoardConfig) -> RemoteTransport:
+        """The transport to ``board``, running the engines with ``board.python``."""
+        return cls(board, python=board.python)
+
     def __init__(self, board: BoardConfig, python: str = "python3") -> None:
         self.board = board
         self.python = python

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
+from rkpipe.registry import Registry
 
 
 class Transport(Protocol):
@@ -32,6 +33,10 @@ class Transport(Protocol):
 class LocalTransport:
     """The host is the board: run the engines from the installed package, no copy needed."""
 
+    @classmethod
+    def for_board(cls, board: BoardConfig) -> LocalTransport:
+        return cls()
+
     def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
@@ -45,16 +50,18 @@ class LocalTransport:
         return str(local.resolve())
 
 
+# board.transport -> the class that reaches the board; adding a transport is one line here.
+TRANSPORTS: Registry[type] = Registry(
+    "board.transport",
+    {
+        "local": "rkpipe.board.transport:LocalTransport",
+        "ssh": "rkpipe.board.ssh:SshTransport",
+        "adb": "rkpipe.board.adb:AdbTransport",
+    },
+    error=BoardError,
+)
+
+
 def make_transport(board: BoardConfig) -> Transport:
-    """The transport for ``board.transport`` (``local``, ``ssh`` or ``adb``)."""
-    if board.transport == "ssh":
-        from rkpipe.board.ssh import SshTransport
-
-        return SshTransport(board, python=board.python)
-    if board.transport == "adb":
-        from rkpipe.board.adb import AdbTransport
-
-        return AdbTransport(board, python=board.python)
-    if board.transport == "local":
-        return LocalTransport()
-    raise BoardError(f"board.transport={board.transport!r}; available: local, ssh, adb")
+    """The transport registered as ``board.transport`` (see :data:`TRANSPORTS`), for ``board``."""
+    return TRANSPORTS.get(board.transport).for_board(board)

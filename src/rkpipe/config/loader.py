@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.config.registration import register_configs
-from rkpipe.config.schema import SCHEMA_NAME, PipelineConfig
+from rkpipe.config.schema import PipelineConfig
 from rkpipe.config.validate import validate
 from rkpipe.errors import ConfigError
 
@@ -120,14 +120,3 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-__all__ = [
-    "SCHEMA_NAME",
-    "compose",
-    "compose_yaml",
-    "config_dict",
-    "flatten",
-    "load_params",
-    "variant_id",
-]

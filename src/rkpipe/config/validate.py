@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from rkpipe.backends import available as available_backends
 from rkpipe.backends.ort.schemes import EMBEDDING_BITS, Q4_1_MODES, SCHEMES
+from rkpipe.board.transport import TRANSPORTS
 from rkpipe.config.platforms import (
     ORT_DTYPES,
     PLATFORMS,
@@ -36,7 +37,6 @@ ORT_WEIGHT_TYPES = ("QInt8", "QUInt8")
 ORT_BLOCK_SIZES = (16, 32, 64, 128, 256)
 ORT_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 ORT_REDUCE_RANGE = ("auto", "true", "false")
-BOARD_TRANSPORTS = ("local", "ssh", "adb")
 
 
 def _allowed(key: str, value: object, allowed: Iterable[object]) -> str:
@@ -214,7 +214,7 @@ def _asr_problems(cfg: PipelineConfig) -> list[str]:
 def _run_problems(cfg: PipelineConfig) -> list[str]:
     problems: list[str] = []
     _check_choice(problems, "platform.name", cfg.platform.name, PLATFORMS)
-    _check_choice(problems, "board.transport", cfg.board.transport, BOARD_TRANSPORTS)
+    _check_choice(problems, "board.transport", cfg.board.transport, TRANSPORTS.names())
     if cfg.board.transport != "local" and not cfg.board.host:
         problems.append(f"board.host is required when board.transport={cfg.board.transport!r}")
     b = cfg.bench

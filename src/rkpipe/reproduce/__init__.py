@@ -14,41 +14,18 @@ the run's. Timings (latency, throughput, RTF, peak RSS) are inherently nondeterm
 they are reported, never counted as mismatches.
 """
 
-from rkpipe.reproduce.compare import (
-    MetricComparison,
-    OutputComparison,
-    compare_metrics,
-    compare_outputs,
-    metrics_from_files,
-    metrics_in,
-    within_spread,
-)
-from rkpipe.reproduce.rebuild import (
-    ReproduceResult,
-    RunRecords,
-    load_records,
-    render_result,
-    reproduce,
-)
-from rkpipe.reproduce.record import hash_outputs, output_record, record_outputs, stable_digests
+from rkpipe.reproduce.compare import compare_metrics, compare_outputs
+from rkpipe.reproduce.rebuild import render_result, reproduce
+from rkpipe.reproduce.record import hash_outputs, output_record, record_outputs
 from rkpipe.reproduce.timings import is_timing
 
 __all__ = [
-    "MetricComparison",
-    "OutputComparison",
-    "ReproduceResult",
-    "RunRecords",
     "compare_metrics",
     "compare_outputs",
     "hash_outputs",
     "is_timing",
-    "load_records",
-    "metrics_from_files",
-    "metrics_in",
     "output_record",
     "record_outputs",
     "render_result",
     "reproduce",
-    "stable_digests",
-    "within_spread",
 ]
