@@ -100,7 +100,7 @@ def test_engine_name_reads_engine_json(tmp_path):
     (tmp_path / "engine.json").write_text(json.dumps({"engine": "ort_ctc"}))
     assert engine_name(tmp_path) == "ort_ctc"
     (tmp_path / "engine.json").write_text(json.dumps({"engine": "ort_rnnt"}))
-    with pytest.raises(AsrError, match="known: ort_whisper, ort_ctc"):
+    with pytest.raises(AsrError, match="known engines: ort_ctc, ort_whisper"):
         engine_name(tmp_path)
 
 
@@ -113,16 +113,18 @@ def test_unsupported_architecture_errors_name_the_supported_ones(tmp_path):
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "conformer"}))
-    with pytest.raises(AsrError, match=r"'conformer'.*supported: whisper, wav2vec2"):
+    with pytest.raises(AsrError, match=r"'conformer'.*registered: wav2vec2, whisper"):
         export_fp32_onnx(tmp_path / "m", tmp_path / "out")
-    with pytest.raises(AsrError, match=r"'conformer'.*supported: whisper, wav2vec2"):
+    with pytest.raises(AsrError, match=r"'conformer'.*registered: wav2vec2, whisper"):
         acquire_asr(AsrConfig(architecture="conformer"), tmp_path / "acq")
     assert not (tmp_path / "out").exists() and not (tmp_path / "acq").exists()
 
 
 def test_quantize_rejects_unknown_architecture_in_engine_json(tmp_path):
     (tmp_path / "engine.json").write_text(json.dumps({"architecture": "conformer"}))
-    with pytest.raises(AsrError, match="supported: whisper, wav2vec2"):
+    with pytest.raises(
+        AsrError, match="'conformer' is not registered; registered: wav2vec2, whisper"
+    ):
         quantize_asr(tmp_path, tmp_path / "q", AsrQuantConfig())
 
 
@@ -145,7 +147,7 @@ def test_random_wav2vec2_checks_its_dimensions():
         ("asr.quant.encoder_scheme=fp8", "asr.quant.encoder_scheme='fp8'"),
         ("asr.quant.block_size=48", "power of 2"),
         ("asr.quant.calibrate_method=Magic", "allowed: MinMax, Entropy, Percentile"),
-        ("asr.architecture=conformer", "allowed: whisper, wav2vec2"),
+        ("asr.architecture=conformer", "allowed: wav2vec2, whisper"),
         ("asr.backend=tflite", "allowed: onnxruntime, rknn"),
     ],
 )

@@ -101,7 +101,7 @@ def test_engine_imports_only_stdlib_numpy_onnxruntime():
 def tokenizer():
     if importlib.util.find_spec("whisper") is None:
         pytest.skip("openai-whisper not installed: pip install --no-deps openai-whisper")
-    from rkpipe.asr.model import build_whisper_tokenizer
+    from rkpipe.asr.whisper_tokenizer import build_whisper_tokenizer
 
     return build_whisper_tokenizer()
 

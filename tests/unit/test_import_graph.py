@@ -31,6 +31,23 @@ def imported(node: ast.AST, package: str) -> list[str]:
     return []
 
 
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node that runs, i.e. all but the bodies of ``if TYPE_CHECKING:`` blocks."""
+    skipped = {
+        id(child)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for child in ast.walk(stmt)
+    }
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
+def _packages_of(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def import_graph(root: Path) -> dict[str, set[str]]:
     """Module -> the rkpipe modules it imports anywhere in its body (functions included)."""
     mods = module_names(root)
@@ -44,17 +61,14 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     for mod in graph:
         path = mods[mod]
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
             for name in imported(node, package):
                 target = resolve(name)
                 # a package's own __init__ is not a cycle with its submodules' "from . import"
-                if (
-                    target
-                    and target != mod
-                    and target in graph
-                    and not mod.startswith(target + ".")
-                ):
-                    graph[mod].add(target)
+                # importing a.b.c also runs a/__init__ and a/b/__init__: those edges are real
+                for dest in [target, *_packages_of(target)] if target else []:
+                    if dest != mod and dest in graph and not mod.startswith(dest + "."):
+                        graph[mod].add(dest)
     return graph
 
 
@@ -98,6 +112,20 @@ def test_the_detector_sees_a_cycle_hidden_in_a_function(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from rkpipe import a\n")
     (pkg / "c.py").write_text("import rkpipe.a\n")
     assert cycles(import_graph(tmp_path)) == [["rkpipe.a", "rkpipe.b"]]
+
+
+def test_the_detector_sees_a_cycle_through_a_package_init(tmp_path):
+    pkg = tmp_path / "rkpipe"
+    (pkg / "config").mkdir(parents=True)
+    (pkg / "asr").mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "asr" / "__init__.py").write_text("")
+    (pkg / "config" / "__init__.py").write_text("from rkpipe.config.validate import check\n")
+    (pkg / "config" / "schema.py").write_text("")
+    (pkg / "config" / "validate.py").write_text("from rkpipe.asr.model import SOURCES\n")
+    (pkg / "asr" / "model.py").write_text("from rkpipe.config.schema import AsrConfig\n")
+    found = cycles(import_graph(tmp_path))
+    assert found and "rkpipe.asr.model" in found[0] and "rkpipe.config" in found[0]
 
 
 def test_rkpipe_has_no_import_cycles():
@@ -162,3 +190,28 @@ def test_only_tracking_imports_mlflow():
             if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
                 importers.add(path.relative_to(SRC / "rkpipe").parts[0])
     assert importers == {"tracking"}
+
+
+def test_every_module_imports_first_in_a_fresh_process():
+    """What the graph check approximates: each module imported before any other rkpipe
+    module (a partial-initialisation cycle fails only when entered at the right module)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    for loaded in [m for m in sys.modules if m == 'rkpipe' or m.startswith('rkpipe.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except ImportError as exc:\n"
+        "        failed.append(f'{name}: {exc}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    modules = sorted(m for m in module_names(SRC) if m.startswith("rkpipe"))
+    out = subprocess.run(
+        [sys.executable, "-c", code, *modules], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""

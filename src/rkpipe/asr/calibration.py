@@ -38,7 +38,6 @@ CALIB_SENTENCES = (
     "The museum opens at ten and closes at six.",
     "They planted tomatoes and beans in the garden.",
 )
-MAX_DECODER_STEPS = 24  # teacher-forced steps per clip fed to decoder_with_past
 
 
 def calibration_sentences(sentences_file: str | None, count: int) -> list[str]:
@@ -88,58 +87,12 @@ def calibration_feeds(fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
     ``fp32_dir`` is the fp32 export (its ``engine.json`` says the architecture). Raises
     :class:`AsrError` for an unknown engine or unreadable model.
     """
+    from rkpipe.asr.architectures import by_engine
     from rkpipe.asr.engine import engine_name, load_engine
 
     engine = load_engine(Path(fp32_dir), threads=2)
-    if engine_name(Path(fp32_dir)) == "ort_ctc":
-        return {"model.onnx": [{"input_values": engine.features(audio)} for _, audio, _ in clips]}
-    return _whisper_feeds(engine, Path(fp32_dir), clips)
-
-
-def _whisper_feeds(engine: Any, fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
-    import numpy as np
-
-    tokenizer = _whisper_tokenizer(fp32_dir)
-    feeds: dict[str, list[dict]] = {k: [] for k in _WHISPER_FILES}
-    prompt = engine.prompt_ids("en", "transcribe")
-    for _, audio, text in clips:
-        features = engine.features(audio)
-        hidden = engine.encode(features)
-        tokens = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
-        tokens = tokens[:MAX_DECODER_STEPS]
-        feeds["encoder_model.onnx"].append({"input_features": features})
-        sequence = np.asarray([prompt + tokens], dtype=np.int64)
-        feeds["decoder_model.onnx"].append({"input_ids": sequence, "encoder_hidden_states": hidden})
-        feeds["decoder_with_past_model.onnx"].extend(_past_feeds(engine, hidden, prompt, tokens))
-    return feeds
-
-
-_WHISPER_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
-
-
-def _past_feeds(engine: Any, hidden: Any, prompt: list[int], tokens: list[int]) -> list[dict]:
-    """Teacher-forced ``decoder_with_past`` feeds with the fp32 KV cache of the steps before."""
-    import numpy as np
-
-    names = {i.name for i in engine.decoder_with_past.get_inputs()}
-    _, past = engine._first_step(hidden, prompt)
-    out = []
-    for token in tokens:
-        feed = {"input_ids": np.asarray([[token]], dtype=np.int64), **past}
-        if "encoder_hidden_states" in names:
-            feed["encoder_hidden_states"] = hidden
-        out.append({k: v for k, v in feed.items() if k in names})
-        _, past = engine._next_step(hidden, token, past)
-    return out
-
-
-def _whisper_tokenizer(fp32_dir: Path) -> Any:
-    from transformers import WhisperTokenizerFast
-
-    try:
-        return WhisperTokenizerFast.from_pretrained(fp32_dir)
-    except (OSError, ValueError) as exc:
-        raise AsrError(f"cannot load the Whisper tokenizer from {fp32_dir}: {exc}") from exc
+    architecture = by_engine(engine_name(Path(fp32_dir)))
+    return architecture.calibration_feeds(engine, Path(fp32_dir), clips)
 
 
 class FeedsReader:

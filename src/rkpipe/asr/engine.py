@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rkpipe.asr.architectures import by_engine
 from rkpipe.errors import AsrError
 
-ENGINES = {"ort_whisper": "OrtWhisper", "ort_ctc": "OrtCtc"}
-DEFAULT_ENGINE = "ort_whisper"
+DEFAULT_ENGINE = "ort_whisper"  # directories exported before engine.json named one
 
 
 def engine_name(model_dir: Path) -> str:
@@ -30,8 +30,10 @@ def engine_name(model_dir: Path) -> str:
     except (OSError, ValueError) as exc:
         raise AsrError(f"cannot read {path}: {exc}; run the ASR export stage first") from exc
     name = info.get("engine", DEFAULT_ENGINE)
-    if name not in ENGINES:
-        raise AsrError(f"{path} names engine {name!r}; known: {', '.join(ENGINES)}")
+    try:
+        by_engine(name)
+    except AsrError as exc:
+        raise AsrError(f"{path}: {exc}") from None
     return name
 
 
@@ -43,6 +45,6 @@ def load_engine(model_dir: Path, threads: int = 2) -> Any:
     name = engine_name(model_dir)
     module = importlib.import_module(f"rkpipe.engines.{name}")
     try:
-        return getattr(module, ENGINES[name])(str(model_dir), threads=threads)
+        return getattr(module, by_engine(name).engine_class)(str(model_dir), threads=threads)
     except (FileNotFoundError, ValueError) as exc:
         raise AsrError(f"cannot load the ASR model from {model_dir}: {exc}") from exc

@@ -31,14 +31,13 @@ file (If branches included), else :class:`AsrError`.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 from rkpipe.asr.graph import fold_transposed_weights, op_counts
+from rkpipe.asr.quantizers import QUANTIZERS, SCHEMES
 from rkpipe.config.schema import AsrQuantConfig
 from rkpipe.errors import AsrError
 from rkpipe.io import atomic_path, onnx_size_mb
@@ -48,9 +47,6 @@ logger = logging.getLogger(__name__)
 SPLIT_FILES = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 MERGED_FILE = "decoder_model_merged.onnx"
 ONNX_FILES = (*SPLIT_FILES, MERGED_FILE)
-CTC_FILES = ("model.onnx",)
-ENCODER_FILES = ("encoder_model.onnx", "model.onnx")
-SCHEMES = ("dynamic", "static_qdq", "matmul_nbits4")
 WEIGHT_TYPES = ("QInt8", "QUInt8")
 CALIBRATE_METHODS = ("MinMax", "Entropy", "Percentile")
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
@@ -113,23 +109,22 @@ def quantized_files(fp32_dir: Path) -> tuple[str, ...]:
 
     Raises :class:`AsrError` when ``engine.json`` is missing or names an unknown architecture.
     """
-    path = Path(fp32_dir) / "engine.json"
-    if not path.is_file():
-        raise AsrError(f"{path} not found: run the ASR export stage first")
-    architecture = json.loads(path.read_text(encoding="utf-8")).get("architecture", "whisper")
-    files = {"whisper": SPLIT_FILES, "wav2vec2": CTC_FILES}
-    if architecture not in files:
-        raise AsrError(
-            f"cannot quantize ASR architecture {architecture!r}; supported: {', '.join(files)}"
-        )
-    return files[architecture]
+    from rkpipe.asr.architectures import of_export
+
+    return of_export(Path(fp32_dir)).quantized_files
 
 
 def file_scheme(name: str, q: AsrQuantConfig) -> str:
     """The scheme for ONNX file ``name``: ``q.encoder_scheme`` for the encoder if set."""
-    if name in ENCODER_FILES and q.encoder_scheme:
+    if q.encoder_scheme and name in _encoder_files():
         return q.encoder_scheme
     return q.scheme
+
+
+def _encoder_files() -> set[str]:
+    from rkpipe.asr.architectures import ARCHITECTURES
+
+    return {ARCHITECTURES.get(name).encoder_file for name in ARCHITECTURES.names()}
 
 
 def _onnx_names(model_dir: Path) -> list[str]:
@@ -196,14 +191,15 @@ def quantize_file(
         logger.info("%s: folded Transpose into MatMul weight(s): %s", src.name, folded)
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
     try:
-        if scheme == "matmul_nbits4":
-            _quantize_nbits4(model, dst, q, large)
+        quantizer = QUANTIZERS[scheme]
+        if quantizer.in_memory:
+            quantizer.run(model, dst, q, large, feeds)
             return
         staged = dst.with_name(f".{dst.stem}.folded.onnx")
         onnx.save(model, str(staged), save_as_external_data=large)
         del model
         try:
-            _QUANTIZERS[scheme](staged, dst, q, large, feeds)
+            quantizer.run(staged, dst, q, large, feeds)
         finally:
             for path in staged.parent.glob(f"{staged.name}*"):
                 path.unlink()
@@ -226,74 +222,6 @@ def _retie(path: Path, folded: list[str], large: bool) -> None:
     if tied:
         onnx.save(model, str(path), save_as_external_data=large)
         logger.info("%s: embedding lookup re-tied to the int8 LM head: %s", path.name, tied)
-
-
-def _quantize_dynamic(src: Path, dst: Path, q: AsrQuantConfig, large: bool, feeds: Any) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        model_input=str(src),
-        model_output=str(dst),
-        op_types_to_quantize=list(q.op_types),
-        per_channel=q.per_channel,
-        weight_type=getattr(QuantType, q.weight_type),
-        use_external_data_format=large,
-    )
-
-
-def _quantize_static(src: Path, dst: Path, q: AsrQuantConfig, large: bool, feeds: Any) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from rkpipe.asr.calibration import FeedsReader
-
-    if not feeds:
-        raise AsrError(f"static_qdq needs calibration inputs for {dst.name}; none were made")
-    quantize_static(
-        model_input=str(src),
-        model_output=str(dst),
-        calibration_data_reader=FeedsReader(feeds),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(q.op_types),
-        per_channel=q.per_channel,
-        activation_type=getattr(QuantType, q.activation_type),
-        weight_type=getattr(QuantType, q.weight_type),
-        calibrate_method=getattr(CalibrationMethod, q.calibrate_method),
-        use_external_data_format=large,
-        extra_options={"MatMulConstBOnly": True},
-    )
-
-
-def _quantize_nbits4(model: Any, dst: Path, q: AsrQuantConfig, large: bool) -> None:
-    try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError as exc:
-        raise AsrError(
-            f"matmul_nbits4: cannot import MatMulNBitsQuantizer ({exc}); "
-            "install onnx-ir: pip install onnx-ir==1.1.0"
-        ) from exc
-    noisy = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level = noisy.level
-    noisy.setLevel(logging.WARNING)  # it logs every node at INFO
-    try:
-        quantizer = _nbits_quantizer(MatMulNBitsQuantizer, model, q)
-        quantizer.process()
-    finally:
-        noisy.setLevel(level)
-    quantizer.model.save_model_to_file(str(dst), use_external_data_format=large)
-
-
-def _nbits_quantizer(cls: Any, model: Any, q: AsrQuantConfig) -> Any:
-    return cls(
-        model,
-        bits=4,
-        block_size=q.block_size,
-        is_symmetric=q.symmetric,
-        accuracy_level=q.accuracy_level or None,
-        op_types_to_quantize=tuple(q.op_types),
-    )
-
-
-_QUANTIZERS = {"dynamic": _quantize_dynamic, "static_qdq": _quantize_static}
 
 
 def merge_split_decoders(model_dir: Path) -> None:

@@ -38,7 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from rkpipe.config.schema import AsrRknnConfig
+from rkpipe.config.schema import AsrConfig, AsrRknnConfig
 from rkpipe.errors import AsrError, BackendError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
 from rkpipe.toolchain import Toolchain
@@ -64,6 +64,13 @@ MAX_OPSET = 19
 MARKER_PREFIX = "@@rkpipe-rknn:"
 SIM_INPUTS = 2  # calibration clips also run through the simulator
 TAIL_LINES = 12
+
+
+def convert_for_stage(fp32_dir: Path, quantized_dir: Path, cfg: AsrConfig) -> dict:
+    """``asr.backend=rknn`` in the quantize_asr stage: the encoder into ``quantized_dir/rknn``."""
+    return convert_encoder_rknn(
+        fp32_dir, quantized_dir / "rknn", cfg.rknn, calib_sentences=cfg.quant.calib_sentences
+    )
 
 
 def convert_encoder_rknn(
@@ -108,16 +115,12 @@ def encoder_spec(fp32_dir: Path, cfg: AsrRknnConfig) -> dict:
 
     Raises :class:`AsrError` for a missing export, an unknown engine or an opset above 19.
     """
+    from rkpipe.asr.architectures import by_engine
     from rkpipe.asr.engine import engine_name
 
     name = engine_name(fp32_dir)
     info = json.loads((fp32_dir / "engine.json").read_text(encoding="utf-8"))
-    if name == "ort_ctc":
-        samples = int(round(cfg.input_seconds * info["sampling_rate"]))
-        spec = {"model": fp32_dir / "model.onnx", "input": "input_values", "shape": [1, samples]}
-    else:
-        shape = [1, int(info["n_mels"]), int(info["nb_max_frames"])]
-        spec = {"model": fp32_dir / "encoder_model.onnx", "input": "input_features", "shape": shape}
+    spec = by_engine(name).encoder_spec(fp32_dir, info, cfg)
     if not spec["model"].is_file():
         raise AsrError(f"{spec['model']} not found: run the ASR export stage first")
     check_opset(spec["model"])
@@ -191,9 +194,9 @@ def _fixed(x: Any, shape: list[int]) -> Any:
 
 
 def _reference(engine: Any, spec: dict, x: Any) -> Any:
-    if spec["engine"] == "ort_ctc":
-        return engine.session.run(None, {"input_values": x})[0]
-    return engine.encode(x)
+    from rkpipe.asr.architectures import by_engine
+
+    return by_engine(spec["engine"]).encoder_reference(engine, x)
 
 
 # --------------------------------------------------------------------------- worker

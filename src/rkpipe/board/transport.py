@@ -7,11 +7,13 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.registry import Registry
+
+if TYPE_CHECKING:
+    from rkpipe.config.schema import BoardConfig
 
 
 class Transport(Protocol):

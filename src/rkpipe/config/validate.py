@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from rkpipe.asr.architectures import ARCHITECTURES
+from rkpipe.asr.backends import ASR_BACKENDS
+from rkpipe.asr.quantizers import SCHEMES as ASR_SCHEMES
+from rkpipe.asr.sources import ASR_SOURCES
 from rkpipe.backends import available as available_backends
 from rkpipe.backends.ort.schemes import EMBEDDING_BITS, Q4_1_MODES, SCHEMES
 from rkpipe.board.transport import TRANSPORTS
@@ -24,10 +28,6 @@ from rkpipe.config.schema import PipelineConfig
 from rkpipe.errors import ConfigError
 from rkpipe.llm.sources import SOURCES
 
-ASR_SOURCES = ("random_init", "hub", "local")
-ASR_ARCHITECTURES = ("whisper", "wav2vec2")
-ASR_SCHEMES = ("dynamic", "static_qdq", "matmul_nbits4")
-ASR_BACKENDS = ("onnxruntime", "rknn")
 ASR_CALIBRATE_METHODS = ("MinMax", "Entropy", "Percentile")
 ASR_ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 RKNN_PLATFORMS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106", "rv1126b")
@@ -185,8 +185,8 @@ def _asr_problems(cfg: PipelineConfig) -> list[str]:
     """Problems of the ``asr`` section: source, architecture, quantization scheme, rknn."""
     a, q = cfg.asr, cfg.asr.quant
     problems: list[str] = []
-    _check_choice(problems, "asr.source", a.source, ASR_SOURCES)
-    _check_choice(problems, "asr.architecture", a.architecture, ASR_ARCHITECTURES)
+    _check_choice(problems, "asr.source", a.source, ASR_SOURCES.names())
+    _check_choice(problems, "asr.architecture", a.architecture, ARCHITECTURES.names())
     if a.source == "hub" and not a.repo_id:
         problems.append("asr.repo_id is required when asr.source='hub'")
     _check_choice(problems, "asr.quant.scheme", q.scheme, ASR_SCHEMES)
@@ -202,7 +202,7 @@ def _asr_problems(cfg: PipelineConfig) -> list[str]:
         problems.append(f"asr.quant.calib_clips={q.calib_clips} must be a positive integer")
     if not q.op_types:
         problems.append("asr.quant.op_types is empty; allowed: e.g. [MatMul] or [MatMul, Gather]")
-    _check_choice(problems, "asr.backend", a.backend, ASR_BACKENDS)
+    _check_choice(problems, "asr.backend", a.backend, ASR_BACKENDS.names())
     if a.backend == "rknn":
         _check_choice(problems, "asr.rknn.target_platform", a.rknn.target_platform, RKNN_PLATFORMS)
         _check_choice(problems, "asr.rknn.quantized_dtype", a.rknn.quantized_dtype, RKNN_DTYPES)
