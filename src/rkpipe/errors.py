@@ -35,3 +35,7 @@ class TrackingError(RkpipeError):
 
 class ReproduceError(RkpipeError):
     """A run cannot be rebuilt (missing commit or records) or the rebuild failed."""
+
+
+class ArtifactError(RkpipeError):
+    """A stage's output is missing, unreadable or written by an older rkpipe."""

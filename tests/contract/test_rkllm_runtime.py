@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fake_runtime.build import build_fake_runtime, build_llm_demo
 
+from rkpipe.backends.rkllm.backend import rkllm_run_with
 from rkpipe.board.deploy import bench_llm
 from rkpipe.board.llm_demo import bench_llm_demo, llm_demo_argv, rows_from_output
 from rkpipe.board.transport import LocalTransport
@@ -155,11 +156,12 @@ def test_deploy_bench_llm_through_the_rkllm_runner(fake_libs, tmp_path, monkeypa
     quantized = tmp_path / "quantized"
     quantized.mkdir()
     (quantized / "model.rkllm").write_bytes(b"not a real model")
-    (quantized / "quant_manifest.json").write_text(json.dumps({"artifact": "model.rkllm"}))
+    run_with = rkllm_run_with("rk3588", "1.3.0").as_dict()
+    (quantized / "quant_manifest.json").write_text(json.dumps({"run_with": run_with}))
     for key, value in TIMING_ENV.items():
         monkeypatch.setenv(key, value)
     bench = BenchConfig(prompt_tokens=16, new_tokens=11, warmup=1, repetitions=3, threads=1)
-    result = bench_llm(LocalTransport(), quantized, bench, 60, backend="rkllm",
+    result = bench_llm(LocalTransport(), quantized, bench, 60,
                        rkllm_lib=str(fake_libs["1.3"]))  # fmt: skip
     assert {r["runtime"] for r in result.samples} == {"rkllm"}
     assert [r["warmup"] for r in result.samples] == [True, False, False, False]

@@ -305,6 +305,10 @@ def tiny_onnx_llm(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_llama")
     transformers.LlamaForCausalLM(config).eval().save_pretrained(root / "float")
     export_fp32_onnx(root / "float", root / "onnx")
+    from rkpipe.backends.onnxruntime import RUN_WITH  # what the backend's manifest says
+
+    manifest = {"run_with": RUN_WITH.as_dict()}
+    (root / "onnx" / "quant_manifest.json").write_text(json.dumps(manifest))
     return root / "onnx"
 
 

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from rkpipe.backends.onnxruntime import RUN_WITH as ORT_RUN_WITH
+from rkpipe.backends.rkllm.backend import rkllm_run_with
 from rkpipe.board import deploy
 from rkpipe.board.deploy import LLM_KEYS, bench_llm, deploy_and_bench, llm_runner_argv
 from rkpipe.board.fingerprint import local_board_fingerprint
 from rkpipe.config.schema import BenchConfig
-from rkpipe.errors import BoardError
+from rkpipe.errors import ArtifactError, BoardError
 from rkpipe.hostinfo import (
     FingerprintError,
     board_file,
@@ -85,7 +87,17 @@ def rkllm_dir(root: Path) -> Path:
     quantized.mkdir(parents=True)
     (quantized / "model.rkllm").write_bytes(b"FAKE-RKLLM\n")
     (quantized / "rkllm_toolkit.log").write_text("INFO: Model has been saved\n")
-    manifest = {"backend": "rkllm", "artifact": "model.rkllm", "toolkit_version": "1.3.0"}
+    run_with = rkllm_run_with("rk3588", "1.3.0").as_dict()
+    manifest = {"backend": "rkllm", "artifact": "model.rkllm", "run_with": run_with}
+    (quantized / "quant_manifest.json").write_text(json.dumps(manifest))
+    return quantized
+
+
+def onnx_dir(root: Path) -> Path:
+    """What the onnxruntime backend leaves in models/llm/quantized (the manifest's part)."""
+    quantized = root / "quantized"
+    quantized.mkdir()
+    manifest = {"backend": "onnxruntime", "run_with": ORT_RUN_WITH.as_dict()}
     (quantized / "quant_manifest.json").write_text(json.dumps(manifest))
     return quantized
 
@@ -95,7 +107,7 @@ def rkllm_dir(root: Path) -> Path:
 
 def test_rkllm_backend_runs_rkllm_runner_with_the_board_lib(tmp_path):
     transport = RecordingTransport()
-    result = bench_llm(transport, rkllm_dir(tmp_path), BENCH, 60, backend="rkllm",
+    result = bench_llm(transport, rkllm_dir(tmp_path), BENCH, 60,
                        rkllm_lib="/opt/rk/librkllmrt.so")  # fmt: skip
     assert transport.calls == [
         ["runner", "rkllm_runner", "--lib", "/opt/rk/librkllmrt.so", "--model",
@@ -109,24 +121,36 @@ def test_rkllm_backend_runs_rkllm_runner_with_the_board_lib(tmp_path):
 
 
 def test_onnxruntime_backend_keeps_ort_llm_and_the_same_metric_names(tmp_path):
-    onnx_dir = tmp_path / "quantized"
-    onnx_dir.mkdir()
     transport = RecordingTransport()
-    ort = bench_llm(transport, onnx_dir, BENCH, 60)
+    ort = bench_llm(transport, onnx_dir(tmp_path), BENCH, 60)
     assert transport.calls == [["runner", "ort_llm", "--model", "/board/quantized", *TAIL]]
     assert {row["runtime"] for row in ort.samples} == {"onnxruntime"}
-    rkllm = bench_llm(transport, rkllm_dir(tmp_path), BENCH, 60, backend="rkllm")
+    rkllm = bench_llm(transport, rkllm_dir(tmp_path), BENCH, 60)
     assert "--lib" in transport.calls[-1] and "/usr/lib/librkllmrt.so" in transport.calls[-1]
     speed = {k for k in ort.metrics if k.split("_")[0] in ("ttft", "prefill", "decode", "peak")}
     assert speed <= set(rkllm.metrics)
     assert {*LLM_KEYS, "peak_rss_mb"} <= speed
 
 
-def test_rkllm_without_an_rkllm_file_or_unknown_backend_is_refused(tmp_path):
-    with pytest.raises(BoardError, match="no model.rkllm in .*quant.backend=rkllm"):
-        llm_runner_argv(RecordingTransport(), tmp_path, BENCH, backend="rkllm")
-    with pytest.raises(BoardError, match="no LLM runner for quant.backend='tflite'"):
-        llm_runner_argv(RecordingTransport(), tmp_path, BENCH, backend="tflite")
+def test_the_runner_comes_from_the_manifest_and_a_missing_one_is_named(tmp_path):
+    with pytest.raises(ArtifactError, match="cannot read .*quant_manifest.json.*quantize_llm"):
+        llm_runner_argv(RecordingTransport(), tmp_path, BENCH)
+    (tmp_path / "quant_manifest.json").write_text(json.dumps({"backend": "onnxruntime"}))
+    with pytest.raises(ArtifactError, match="has no run_with .*older rkpipe.*quantize_llm"):
+        llm_runner_argv(RecordingTransport(), tmp_path, BENCH)
+    quantized = rkllm_dir(tmp_path)
+    (quantized / "model.rkllm").unlink()
+    with pytest.raises(BoardError, match="no model.rkllm in .*run the quantize_llm stage"):
+        llm_runner_argv(RecordingTransport(), quantized, BENCH)
+    # a third backend needs no edit here: its manifest names its runner
+    third = {"runtime": "tflite", "runner": "tflite_llm", "model": ".", "host_evaluable": False}
+    (tmp_path / "quant_manifest.json").write_text(json.dumps({"run_with": third}))
+    assert llm_runner_argv(RecordingTransport(), tmp_path, BENCH)[:4] == [
+        "runner",
+        "tflite_llm",
+        "--model",
+        f"/board/{tmp_path.name}",
+    ]
 
 
 # ------------------------------------------------------------------ board=local

@@ -22,12 +22,14 @@ from rkpipe.errors import BackendError, ConfigError
 from rkpipe.io import atomic_path, dir_size_mb, write_json_atomic
 from rkpipe.llm.export import ONNX_MODEL_FILE, copy_inference_files
 from rkpipe.measure.memory import PeakRss
+from rkpipe.quant_manifest import MANIFEST_FILE, RunWith
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "quant_manifest.json"
 DTYPES = ("int8", "int4")
 WEIGHT_TYPES = ("QInt8", "QUInt8")
+# onnxruntime runs the directory here and on a board, through the same engine.
+RUN_WITH = RunWith(runtime="onnxruntime", runner="ort_llm", model=".", host_evaluable=True)
 
 
 @register("onnxruntime")
@@ -196,4 +198,5 @@ def _manifest(
             manifest[key] = int(params[key])
     # Timings (the genai builder's builder_s) are metrics: an artifact holds none.
     manifest["facts"] = {k: v for k, v in facts.items() if not k.endswith("_s")}
+    manifest["run_with"] = RUN_WITH.as_dict()
     return manifest

@@ -5,8 +5,9 @@ numpy and onnxruntime only), run as separate processes so that each reports its
 own peak RSS and the host's imports do not distort it. They print one JSON
 object per line (warm-ups flagged), which this module collects and summarises.
 
-The LLM runner follows ``quant.backend``: ``ort_llm`` for an onnxruntime model, and
-``rkllm_runner`` (ctypes over ``board.rkllm_lib``) for an ``.rkllm`` model. Both report the
+The LLM runner is the one the backend named in ``quant_manifest.json`` (``run_with``,
+:mod:`rkpipe.quant_manifest`): ``ort_llm`` for an onnxruntime model, ``rkllm_runner`` (ctypes
+over ``board.rkllm_lib``) for an ``.rkllm`` model. Both report the
 same keys, so the metrics have the same names whichever runtime produced them; each sample
 says which one it was (``runtime``).
 """
@@ -29,6 +30,7 @@ from rkpipe.config.schema import BenchConfig, BoardConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import provenance
 from rkpipe.measure.stats import summarize_samples
+from rkpipe.quant_manifest import RunWith, run_with
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ LLM_KEYS = ("ttft_ms", "prefill_ms", "prefill_tok_per_s", "decode_ms", "decode_t
 # own clock: a large gap between the two means the measurement, not the model, is off.
 RKLLM_RUNTIME_KEYS = ("rt_prefill_ms", "rt_prefill_tok_per_s", "rt_decode_tok_per_s")
 ASR_KEYS = ("rtf", "encoder_ms", "decoder_ms", "total_ms")
-# quant.backend -> (the runtime a sample is tagged with, the runner in rkpipe.engines)
-LLM_RUNNERS = {"onnxruntime": ("onnxruntime", "ort_llm"), "rkllm": ("rkllm", "rkllm_runner")}
 # The metric deploy_bench records instead of the LLM figures when it could not measure them.
 LLM_SKIPPED = "llm_bench_skipped"
 
@@ -51,12 +51,12 @@ def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:
     from rkpipe.io import dir_size_mb
 
     models = Path(cfg.paths.models_dir)
-    rkllm = cfg.quant.backend == "rkllm"
+    facts = run_with(models / "llm" / "quantized")
     size = dir_size_mb(models / "llm" / "quantized") + dir_size_mb(models / "asr" / "quantized")
     return preflight(
         transport,
-        model_platform=cfg.platform.name if rkllm else None,
-        toolkit_version=_toolkit_version(models / "llm" / "quantized") if rkllm else None,
+        model_platform=facts.platform,
+        toolkit_version=facts.toolkit_version,
         model_size_mb=size,
         board_root=cfg.board.root,
         workdir=cfg.board.workdir,
@@ -65,29 +65,15 @@ def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:
     )
 
 
-def _toolkit_version(quantized: Path) -> str | None:
-    manifest = quantized / "quant_manifest.json"
-    if not manifest.is_file():
-        return None
-    return json.loads(manifest.read_text(encoding="utf-8")).get("toolkit_version")
-
-
-def rkllm_model_file(quantized: Path) -> Path:
-    """The ``.rkllm`` file the rkllm backend wrote into ``quantized``: the manifest's
-    ``artifact`` (``model.rkllm``; a LoRA variant's ``model_lora.rkllm`` sits next to it).
+def runner_model(quantized: Path, facts: RunWith) -> Path:
+    """The file (or directory) the runner loads: ``run_with.model`` inside ``quantized``.
 
     Raises:
-        BoardError: no such file (the quantize_llm stage did not run with quant.backend=rkllm).
+        BoardError: it is not there (the quantize_llm stage did not write it).
     """
-    manifest = quantized / "quant_manifest.json"
-    name = "model.rkllm"
-    if manifest.is_file():
-        name = json.loads(manifest.read_text(encoding="utf-8")).get("artifact") or name
-    model = quantized / name
-    if not model.is_file():
-        raise BoardError(
-            f"no {name} in {quantized}: run quantize_llm with quant.backend=rkllm first"
-        )
+    model = quantized / facts.model
+    if not model.exists():
+        raise BoardError(f"no {facts.model} in {quantized}: run the quantize_llm stage first")
     return model
 
 
@@ -131,30 +117,25 @@ def llm_runner_argv(
     model_dir: Path,
     bench: BenchConfig,
     *,
-    backend: str = "onnxruntime",
     rkllm_lib: str = DEFAULT_RKLLM_LIB,
 ) -> list[str]:
-    """The argv that benchmarks the quantized LLM in ``model_dir`` with ``backend``'s runner.
+    """The argv that benchmarks the quantized LLM in ``model_dir`` with the runner its
+    manifest names (``run_with``).
 
-    ``onnxruntime``: ``ort_llm --model <dir>``. ``rkllm``: ``rkllm_runner --lib <rkllm_lib>
-    --model <the .rkllm file>``; ``rkllm_lib`` is a path on the board, never pushed (it must
-    match the board's NPU driver, so it is installed there, not shipped with each model).
-    Getting the argv pushes the runner and the model to a remote board.
+    onnxruntime: ``ort_llm --model <dir>``. rkllm: ``rkllm_runner --lib <rkllm_lib> --model
+    <the .rkllm file>``; ``rkllm_lib`` is a path on the board, never pushed (it must match the
+    board's NPU driver, so it is installed there, not shipped with each model). Getting the argv
+    pushes the runner and the model to a remote board.
 
     Raises:
-        BoardError: unknown backend, or no ``.rkllm`` file in ``model_dir``.
+        ArtifactError: no manifest, or one without ``run_with``.
+        BoardError: the model file the manifest names is not in ``model_dir``.
     """
-    if backend not in LLM_RUNNERS:
-        raise BoardError(
-            f"no LLM runner for quant.backend={backend!r}; available: {', '.join(LLM_RUNNERS)}"
-        )
-    _, engine = LLM_RUNNERS[backend]
-    if backend == "rkllm":
-        model = rkllm_model_file(model_dir)
-        target = ["--lib", rkllm_lib, "--model", transport.model_path(model)]
-    else:
-        target = ["--model", transport.model_path(model_dir)]
-    return transport.runner_command(engine) + target + [
+    facts = run_with(model_dir)
+    target = ["--model", transport.model_path(runner_model(Path(model_dir), facts))]
+    if facts.needs_runtime_lib:
+        target = ["--lib", rkllm_lib, *target]
+    return transport.runner_command(facts.runner) + target + [
         "--prompt-tokens", str(bench.prompt_tokens),
         "--new-tokens", str(bench.new_tokens),
         "--warmup", str(bench.warmup),
@@ -169,21 +150,20 @@ def bench_llm(
     bench: BenchConfig,
     timeout: float,
     *,
-    backend: str = "onnxruntime",
     rkllm_lib: str = DEFAULT_RKLLM_LIB,
 ) -> BenchResult:
     """TTFT, prefill/decode tokens/s and peak RSS of the quantized LLM (Rockchip's
-    methodology), measured by the runner of ``backend`` (see :func:`llm_runner_argv`).
+    methodology), measured by the runner its manifest names (see :func:`llm_runner_argv`).
 
     The metrics have the same names for every runtime; an rkllm run adds the runtime's
     self-reported ``rt_*`` figures. Each sample carries ``runtime`` (``onnxruntime``/``rkllm``).
     """
-    argv = llm_runner_argv(transport, model_dir, bench, backend=backend, rkllm_lib=rkllm_lib)
-    runtime, _ = LLM_RUNNERS[backend]
+    argv = llm_runner_argv(transport, model_dir, bench, rkllm_lib=rkllm_lib)
+    runtime = run_with(model_dir).runtime
     rows = [row | {"runtime": runtime} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, LLM_KEYS)
     metrics["peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
-    if backend == "rkllm":
+    if any(key in row for row in rows for key in RKLLM_RUNTIME_KEYS):  # the runtime's own
         metrics |= summarize_samples(rows, RKLLM_RUNTIME_KEYS)
         memory = [float(r["rt_memory_mb"]) for r in rows if r.get("rt_memory_mb") is not None]
         if memory:
@@ -230,7 +210,9 @@ def local_rkllm_unavailable(cfg: Any) -> str | None:
     ``board.rkllm_lib`` normally does not exist; that is a missing board, not a failure of
     the conversion the stages before spent their time on.
     """
-    if cfg.board.transport != "local" or cfg.quant.backend != "rkllm":
+    if cfg.board.transport != "local":
+        return None
+    if not run_with(Path(cfg.paths.models_dir) / "llm" / "quantized").needs_runtime_lib:
         return None
     if Path(cfg.board.rkllm_lib).is_file():
         return None
@@ -348,7 +330,6 @@ def _bench_models(cfg: Any, transport: Transport) -> tuple[BenchResult, BenchRes
             models / "llm" / "quantized",
             cfg.bench,
             cfg.board.timeout_s,
-            backend=cfg.quant.backend,
             rkllm_lib=_board_lib_path(cfg.board),
         )
     asr = bench_asr(

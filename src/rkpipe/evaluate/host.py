@@ -50,18 +50,19 @@ def evaluate_variant(cfg: Any) -> dict[str, Any]:
     from rkpipe.asr.evaluate import evaluate_asr
     from rkpipe.evaluate.llm import evaluate_against_reference
     from rkpipe.hostinfo import host_file, load_fingerprint, provenance
+    from rkpipe.quant_manifest import run_with
 
     host = load_fingerprint(host_file(cfg.paths.data_dir))
     llm = Path(cfg.paths.models_dir) / "llm"
     asr = Path(cfg.paths.models_dir) / "asr"
     metrics: dict[str, Any] = {}
-    if cfg.quant.backend == "onnxruntime":
+    if run_with(llm / "quantized").host_evaluable:
         metrics |= evaluate_against_reference(
             reference_path(cfg), llm / "quantized", threads=cfg.eval.threads
         )
         metrics |= _sanity(metrics, llm / "quantized", host, cfg.eval.keep_broken)
     else:
-        log.info("host LLM evaluation skipped: backend %s has no host runtime", cfg.quant.backend)
+        log.info("host LLM evaluation skipped: a %s model has no host runtime", cfg.quant.backend)
     metrics |= evaluate_asr(
         fp32_dir=asr / "onnx_fp32",
         quant_dir=asr / "quantized",

@@ -30,7 +30,6 @@ from rkpipe.backends.base import QuantizeRequest, QuantizeResult
 from rkpipe.backends.rkllm import protocol as P
 from rkpipe.backends.rkllm.run import (
     ARTIFACT_NAME,
-    MANIFEST_FILE,
     PPL_LOG,
     TOOLKIT_LOG,
     WorkerRun,
@@ -41,6 +40,7 @@ from rkpipe.backends.rkllm.run import (
 from rkpipe.backends.rkllm.spec import ConversionSpec, build_spec, perplexity_step
 from rkpipe.errors import BackendError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+from rkpipe.quant_manifest import MANIFEST_FILE, RunWith
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,21 @@ def build_manifest(
         "artifact": ARTIFACT_NAME,
         "files": {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in files},
         "toolkit_log": TOOLKIT_LOG,
+        "run_with": rkllm_run_with(spec.platform, response.toolkit_version).as_dict(),
     }
+
+
+def rkllm_run_with(platform: str, toolkit_version: str) -> RunWith:
+    """How an ``.rkllm`` runs: only through librkllmrt on an RK35xx NPU, by the rkllm runner."""
+    return RunWith(
+        runtime="rkllm",
+        runner="rkllm_runner",
+        model=ARTIFACT_NAME,
+        host_evaluable=False,
+        needs_runtime_lib=True,
+        platform=platform,
+        toolkit_version=toolkit_version,
+    )
 
 
 def public_kwargs(kwargs: dict[str, Any], request: QuantizeRequest) -> dict[str, Any]:

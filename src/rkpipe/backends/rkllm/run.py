@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 WORKER = Path(__file__).with_name("worker.py")
 ARTIFACT_NAME = "model.rkllm"
-MANIFEST_FILE = "quant_manifest.json"
 TOOLKIT_LOG = "rkllm_toolkit.log"
 PPL_LOG = "rkllm_toolkit_ppl.log"
 ENV_PYTHON = "RKPIPE_RKLLM_PYTHON"
