@@ -16,6 +16,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from rkpipe.asr.whisper_tokenizer import load_whisper_tokenizer
 from rkpipe.errors import AsrError
 from rkpipe.io import write_text_atomic
 
@@ -146,15 +147,6 @@ def evaluate_asr(
     return metrics
 
 
-def _load_tokenizer(tokenizer_dir: Path) -> Any:
-    from transformers import WhisperTokenizerFast
-
-    try:
-        return WhisperTokenizerFast.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError) as exc:
-        raise AsrError(f"cannot load the Whisper tokenizer from {tokenizer_dir}: {exc}") from exc
-
-
 def _load_engines(fp32_dir: Path, quant_dir: Path, threads: int) -> dict:
     """Both variants' engines; :class:`AsrError` if one cannot load or their engines differ."""
     from rkpipe.asr.engine import engine_name, load_engine
@@ -175,7 +167,7 @@ def _decoder(engine: Any, tokenizer_dir: Path) -> Any:
     """ids -> text: the CTC engine's character table, else the Whisper tokenizer."""
     if hasattr(engine, "text"):
         return engine.text
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    tokenizer = load_whisper_tokenizer(tokenizer_dir)
     return lambda ids: _decode(tokenizer, ids)
 
 

@@ -149,3 +149,13 @@ def _check_tokenizer(tokenizer: Any) -> None:
     got = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in expected}
     if got != expected or len(tokenizer) != VOCAB_SIZE:
         raise AsrError(f"offline Whisper tokenizer ids are wrong: expected {expected}, got {got}")
+
+
+def load_whisper_tokenizer(model_dir: Path) -> Any:
+    """The Whisper tokenizer saved in ``model_dir``; raises :class:`AsrError` naming the dir."""
+    from transformers import WhisperTokenizerFast
+
+    try:
+        return WhisperTokenizerFast.from_pretrained(model_dir)
+    except (OSError, ValueError) as exc:
+        raise AsrError(f"cannot load the Whisper tokenizer from {model_dir}: {exc}") from exc

@@ -20,6 +20,7 @@ from rkpipe.asr.whisper_tokenizer import (
     TRANSLATE_ID,
     VOCAB_SIZE,
     build_whisper_tokenizer,
+    load_whisper_tokenizer,
     whisper_version,
 )
 from rkpipe.config.schema import AsrInitConfig, AsrRknnConfig
@@ -222,7 +223,7 @@ def _first(value: Any) -> int:
 def _whisper_feeds(engine: Any, fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
     import numpy as np
 
-    tokenizer = _whisper_tokenizer(fp32_dir)
+    tokenizer = load_whisper_tokenizer(fp32_dir)
     feeds: dict[str, list[dict]] = {k: [] for k in SPLIT_FILES}
     prompt = engine.prompt_ids("en", "transcribe")
     for _, audio, text in clips:
@@ -251,12 +252,3 @@ def _past_feeds(engine: Any, hidden: Any, prompt: list[int], tokens: list[int]) 
         out.append({k: v for k, v in feed.items() if k in names})
         _, past = engine._next_step(hidden, token, past)
     return out
-
-
-def _whisper_tokenizer(fp32_dir: Path) -> Any:
-    from transformers import WhisperTokenizerFast
-
-    try:
-        return WhisperTokenizerFast.from_pretrained(fp32_dir)
-    except (OSError, ValueError) as exc:
-        raise AsrError(f"cannot load the Whisper tokenizer from {fp32_dir}: {exc}") from exc
