@@ -40,8 +40,9 @@ from rkpipe.asr.evaluate import evaluate_asr, token_agreement
 from rkpipe.asr.export import export_fp32_onnx
 from rkpipe.asr.model import acquire_asr
 from rkpipe.asr.quantize import quantize_asr
-from rkpipe.config.schema import AsrConfig, AsrInitConfig, AsrQuantConfig
+from rkpipe.config.schema import AsrConfig, AsrInitConfig, AsrQuantConfig, PathsConfig
 from rkpipe.io import onnx_size_mb
+from rkpipe.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("asr_host")
@@ -214,7 +215,7 @@ def table(title: str, dirs: dict, stats: dict, cosines: dict, wers: dict | None)
 
 def testset_clips(count: int, work: Path) -> tuple[Path, list[Path]]:
     """The project's synthetic test set (synthesized into ``work`` if absent), first clips."""
-    testset = ROOT / "data" / "asr" / "testset"
+    testset = Layout.from_paths(PathsConfig(), ROOT).asr_testset
     if not (testset / "transcripts.jsonl").is_file():
         from rkpipe.asr.testset import synthesize_testset
 

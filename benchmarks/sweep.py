@@ -32,6 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from rkpipe.config.schema import PathsConfig
+from rkpipe.layout import Layout
+
 REPO = Path(__file__).resolve().parents[1]
 SKIP = (".venv", ".mlflow", ".dvc/cache", ".dvc/tmp", "models/", "metrics/", "reports/")
 # N variants on the host (onnxruntime): two quantization schemes x benchmark threads.
@@ -76,8 +79,9 @@ def fresh_copy(dst: Path, env: dict[str, str], as_is: bool) -> Path:
         if (REPO / name).is_file() and not name.startswith(SKIP) and name != "dvc.lock":
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dst / name)
-    (dst / "data" / "calib" / "calibration.json").unlink(missing_ok=True)
-    shutil.rmtree(dst / "data" / "asr" / "testset", ignore_errors=True)
+    layout = Layout.from_paths(PathsConfig(), dst)
+    layout.calibration.unlink(missing_ok=True)
+    shutil.rmtree(layout.asr_testset, ignore_errors=True)
     if not as_is:
         run_cacheable(dst / "dvc.yaml")
     git = ["git", "-c", "user.email=b@b", "-c", "user.name=bench"]

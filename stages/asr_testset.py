@@ -8,7 +8,7 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.asr.testset import synthesize_testset
 
-    out = Path(cfg.paths.data_dir) / "asr" / "testset"
+    out = cfg.layout.asr_testset
     summary = synthesize_testset(Path(cfg.asr.eval_sentences), out)
     run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
 

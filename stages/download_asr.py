@@ -1,14 +1,12 @@
 """DVC stage download_asr: acquire (or create, offline) the ASR model plus manifest."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
     from rkpipe.asr.model import acquire_asr
 
-    out = Path(cfg.paths.models_dir) / "asr" / "float"
+    out = cfg.layout.asr.float
     manifest = acquire_asr(cfg.asr, out)
     run.log_params({"asr.revision_resolved": manifest.get("commit_sha") or "none"})
     run.log_metrics({"asr_model_params": manifest["parameters"]})

@@ -1,7 +1,5 @@
 """DVC stage download_llm: acquire the LLM as a normalised HF checkpoint plus manifest."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
@@ -10,13 +8,13 @@ def body(cfg, run):
     from rkpipe.io import write_json_atomic
     from rkpipe.llm.acquire import acquire_llm
 
-    out = Path(cfg.paths.models_dir) / "llm" / "float"
+    out = cfg.layout.llm.float
     manifest = acquire_llm(cfg.model, out)
     run.log_params({"model.revision_resolved": manifest.get("revision_resolved") or "none"})
     metrics = {"model_params": manifest["parameter_count"], "float_size_mb": manifest["size_mb"]}
     run.log_metrics(metrics)
     run.log_artifact(out / "manifest.json", "manifests/llm")
-    metrics_file = Path(cfg.paths.metrics_dir) / "download_llm.json"
+    metrics_file = cfg.layout.metrics_file("download_llm")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 

@@ -1,7 +1,5 @@
 """DVC stage evaluate: host accuracy of the quantized LLM (PPL, KLD, top-1) and ASR (WER, CER)."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
@@ -20,7 +18,7 @@ def body(cfg, run):
         run.set_tags({"gate": "broken", "gate.broken_reason": "kept by eval.keep_broken"})
     run.log_metrics(metrics)
     run.set_tags(provenance_tags("evaluate", metrics["provenance"]))
-    write_json_atomic(Path(cfg.paths.metrics_dir) / "evaluate.json", metrics)
+    write_json_atomic(cfg.layout.metrics_file("evaluate"), metrics)
 
 
 if __name__ == "__main__":

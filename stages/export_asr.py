@@ -1,15 +1,13 @@
 """DVC stage export_asr: fp32 ONNX export of the ASR model (encoder, decoders with KV cache)."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
     from rkpipe.asr.export import export_fp32_onnx
 
-    models = Path(cfg.paths.models_dir) / "asr"
-    facts = export_fp32_onnx(models / "float", models / "onnx_fp32")
+    models = cfg.layout.asr
+    facts = export_fp32_onnx(models.float, models.onnx_fp32)
     run.log_metrics({f"export_asr_{k}": v for k, v in facts.items() if isinstance(v, (int, float))})
 
 

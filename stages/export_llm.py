@@ -1,16 +1,14 @@
 """DVC stage export_llm: the fp32 ONNX export with KV cache (host reference for every variant)."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
     from rkpipe.llm.export import export_fp32_onnx
 
-    models = Path(cfg.paths.models_dir) / "llm"
+    models = cfg.layout.llm
     facts = export_fp32_onnx(
-        models / "float", models / "onnx_fp32", trust_remote_code=cfg.model.trust_remote_code
+        models.float, models.onnx_fp32, trust_remote_code=cfg.model.trust_remote_code
     )
     run.log_metrics({f"export_llm_{k}": v for k, v in facts.items() if isinstance(v, (int, float))})
 

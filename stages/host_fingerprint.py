@@ -10,21 +10,19 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.board.fingerprint import board_fingerprint
     from rkpipe.hostinfo import (
-        board_file,
         describe,
-        host_file,
         host_fingerprint,
         isa_warnings,
         write_fingerprint,
     )  # fmt: skip
 
-    host = write_fingerprint(host_file(cfg.paths.data_dir), host_fingerprint(cfg.eval.threads))
+    host = write_fingerprint(cfg.layout.host_fingerprint, host_fingerprint(cfg.eval.threads))
     log = logging.getLogger("rkpipe.host_fingerprint")
     log.info("host %s: %s", host["id"], describe(host))
     for warning in isa_warnings(host):
         log.warning("this host has %s", warning)
     board = board_fingerprint(cfg.board, host, cfg.bench.threads)
-    write_fingerprint(board_file(cfg.paths.data_dir), board)
+    write_fingerprint(cfg.layout.board_fingerprint, board)
 
 
 if __name__ == "__main__":

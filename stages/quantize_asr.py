@@ -1,7 +1,5 @@
 """DVC stage quantize_asr: onnxruntime quantization of the ASR model, then what asr.backend adds."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
@@ -12,14 +10,14 @@ def body(cfg, run):
     from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
-    models = Path(cfg.paths.models_dir) / "asr"
-    result = quantize_asr(models / "onnx_fp32", models / "quantized", cfg.asr.quant)
+    models = cfg.layout.asr
+    result = quantize_asr(models.onnx_fp32, models.quantized, cfg.asr.quant)
     metrics = {f"asr_{k}": v for k, v in flatten(result).items() if isinstance(v, (int, float))}
     convert = ASR_BACKENDS.get(cfg.asr.backend)
-    extra = convert(models / "onnx_fp32", models / "quantized", cfg.asr)
+    extra = convert(models.onnx_fp32, models.quantized, cfg.asr)
     metrics |= {f"asr_{k}": v for k, v in extra.items() if isinstance(v, (int, float))}
     run.log_metrics(metrics)
-    metrics_file = Path(cfg.paths.metrics_dir) / "quantize_asr.json"
+    metrics_file = cfg.layout.metrics_file("quantize_asr")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 

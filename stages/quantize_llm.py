@@ -1,7 +1,5 @@
 """DVC stage quantize_llm: quantize the LLM with the configured backend (see rkpipe.backends)."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
@@ -11,14 +9,14 @@ def body(cfg, run):
     from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 
-    models = Path(cfg.paths.models_dir) / "llm"
+    models = cfg.layout.llm
     request = QuantizeRequest(
-        float_model_dir=models / "float",
-        onnx_fp32_dir=models / "onnx_fp32",
-        calibration_json=Path(cfg.paths.data_dir) / "calib" / "calibration.json",
+        float_model_dir=models.float,
+        onnx_fp32_dir=models.onnx_fp32,
+        calibration_json=cfg.layout.calibration,
         quant=cfg.quant,
         platform=cfg.platform.name,
-        out_dir=models / "quantized",
+        out_dir=models.quantized,
     )
     result = get_backend(cfg.quant.backend).quantize(request)
     run.log_params(result.params)
@@ -26,7 +24,7 @@ def body(cfg, run):
     run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
     for toolkit_log in result.out_dir.glob("*.log"):
         run.log_artifact(toolkit_log, "logs")
-    metrics_file = Path(cfg.paths.metrics_dir) / "quantize_llm.json"
+    metrics_file = cfg.layout.metrics_file("quantize_llm")
     write_json_atomic(metrics_file, result.metrics | {"provenance": provenance_here()})
 
 

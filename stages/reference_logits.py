@@ -1,8 +1,6 @@
 """DVC stage reference_logits: the float model's logits on the evaluation text, once per model
 and text, so that every variant's evaluate stage scores against the same cached reference."""
 
-from pathlib import Path
-
 from rkpipe.stage import run_stage
 
 
@@ -13,7 +11,7 @@ def body(cfg, run):
 
     metrics = write_reference_logits(cfg)
     run.log_metrics(metrics)
-    metrics_file = Path(cfg.paths.metrics_dir) / "reference_logits.json"
+    metrics_file = cfg.layout.metrics_file("reference_logits")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
 
 

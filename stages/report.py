@@ -13,9 +13,9 @@ def body(cfg, run):
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
 
-    metrics, provenance = read_metrics(Path(cfg.paths.metrics_dir))
+    metrics, provenance = read_metrics(cfg.layout.metrics)
     ctx, gate_tags = report_context(cfg, metrics, provenance, run.run_id, Path.cwd())
-    out = Path(cfg.paths.reports_dir) / "report.md"
+    out = cfg.layout.report
     write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg), ctx))
     run.log_metrics(metrics)
     run.set_tags(gate_tags)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.board.transport import Transport, make_transport
-from rkpipe.config.schema import BenchConfig, BoardConfig
+from rkpipe.config.schema import BenchConfig, BoardConfig, PipelineConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import provenance
 from rkpipe.measure.stats import summarize_samples
@@ -45,14 +45,14 @@ ASR_KEYS = ("rtf", "encoder_ms", "decoder_ms", "total_ms")
 LLM_SKIPPED = "llm_bench_skipped"
 
 
-def check_board(cfg: Any, transport: Transport) -> dict[str, Any]:
+def check_board(cfg: PipelineConfig, transport: Transport) -> dict[str, Any]:
     """Preflight a remote board for this variant's models (SoC, driver, runtime, disk, memory)."""
     from rkpipe.board.preflight import preflight
     from rkpipe.io import dir_size_mb
 
-    models = Path(cfg.paths.models_dir)
-    facts = run_with(models / "llm" / "quantized")
-    size = dir_size_mb(models / "llm" / "quantized") + dir_size_mb(models / "asr" / "quantized")
+    layout = cfg.layout
+    facts = run_with(layout.llm.quantized)
+    size = dir_size_mb(layout.llm.quantized) + dir_size_mb(layout.asr.quantized)
     return preflight(
         transport,
         model_platform=facts.platform,
@@ -203,7 +203,7 @@ def _testset_audio(testset_dir: Path) -> list[Path]:
     return clips
 
 
-def local_rkllm_unavailable(cfg: Any) -> str | None:
+def local_rkllm_unavailable(cfg: PipelineConfig) -> str | None:
     """Why an rkllm variant cannot be benchmarked on ``board=local``, or None when it can.
 
     An ``.rkllm`` runs only through librkllmrt on a Rockchip NPU, so on an x86 host
@@ -212,7 +212,7 @@ def local_rkllm_unavailable(cfg: Any) -> str | None:
     """
     if cfg.board.transport != "local":
         return None
-    if not run_with(Path(cfg.paths.models_dir) / "llm" / "quantized").needs_runtime_lib:
+    if not run_with(cfg.layout.llm.quantized).needs_runtime_lib:
         return None
     if Path(cfg.board.rkllm_lib).is_file():
         return None
@@ -224,7 +224,7 @@ def local_rkllm_unavailable(cfg: Any) -> str | None:
     )
 
 
-def _pin_clocks(cfg: Any, transport: Transport, facts: dict[str, Any]) -> int:
+def _pin_clocks(cfg: PipelineConfig, transport: Transport, facts: dict[str, Any]) -> int:
     """Pin the board's CPU/NPU/DDR clocks at their maximum (Rockchip's fix_freq scripts) so
     that runs are comparable; returns the number of settings written (0 on this host)."""
     from rkpipe.board.preflight import pin_frequency
@@ -238,7 +238,7 @@ def _pin_clocks(cfg: Any, transport: Transport, facts: dict[str, Any]) -> int:
     return len(pin_frequency(transport, soc, board_root=cfg.board.root, timeout=timeout))
 
 
-def deploy_and_bench(cfg: Any) -> BenchResult:
+def deploy_and_bench(cfg: PipelineConfig) -> BenchResult:
     """Benchmark the variant's quantized LLM and ASR model on ``cfg.board``.
 
     Returns the raw samples (each tagged with board, model and runtime) and the summary
@@ -266,17 +266,17 @@ def deploy_and_bench(cfg: Any) -> BenchResult:
     return BenchResult(samples, llm.metrics | asr.metrics, facts, prov)
 
 
-def measuring_fingerprints(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def measuring_fingerprints(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """This host's and the board's fingerprints (the host_fingerprint stage's files).
 
     Raises:
         FingerprintError: a file is missing or unreadable.
         BoardError: the board answered no fingerprint when the stage read it.
     """
-    from rkpipe.hostinfo import board_file, host_file, load_fingerprint
+    from rkpipe.hostinfo import load_fingerprint
 
-    host = load_fingerprint(host_file(cfg.paths.data_dir))
-    board = load_fingerprint(board_file(cfg.paths.data_dir))
+    host = load_fingerprint(cfg.layout.host_fingerprint)
+    board = load_fingerprint(cfg.layout.board_fingerprint)
     if board.get("error"):
         raise BoardError(
             f"board {cfg.board.name} answered no fingerprint ({board['error']}); nothing was "
@@ -316,10 +316,9 @@ def exclusive_board(board: BoardConfig) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _bench_models(cfg: Any, transport: Transport) -> tuple[BenchResult, BenchResult]:
+def _bench_models(cfg: PipelineConfig, transport: Transport) -> tuple[BenchResult, BenchResult]:
     """The LLM and ASR benchmarks of the variant (the LLM one skipped where it cannot run)."""
-    models = Path(cfg.paths.models_dir)
-    testset = Path(cfg.paths.data_dir) / "asr" / "testset"
+    layout = cfg.layout
     skipped = local_rkllm_unavailable(cfg)
     if skipped:
         log.warning(skipped)
@@ -327,15 +326,15 @@ def _bench_models(cfg: Any, transport: Transport) -> tuple[BenchResult, BenchRes
     else:
         llm = bench_llm(
             transport,
-            models / "llm" / "quantized",
+            layout.llm.quantized,
             cfg.bench,
             cfg.board.timeout_s,
             rkllm_lib=_board_lib_path(cfg.board),
         )
     asr = bench_asr(
         transport,
-        models / "asr" / "quantized",
-        _testset_audio(testset),
+        layout.asr.quantized,
+        _testset_audio(layout.asr_testset),
         cfg.bench,
         cfg.asr.max_new_tokens,
         cfg.board.timeout_s,

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rkpipe.layout import Layout
+
 
 @dataclass
 class PathsConfig:
@@ -348,6 +350,11 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gates: GatesConfig = field(default_factory=GatesConfig)
+
+    @property
+    def layout(self) -> Layout:
+        """Where every stage output lives (:class:`rkpipe.layout.Layout` of ``paths``)."""
+        return Layout.from_paths(self.paths)
 
 
 SCHEMA_NAME = "rkpipe_schema"

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkpipe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rkpipe.config.schema import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -17,27 +20,27 @@ def _read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def reference_path(cfg: Any) -> Path:
+def reference_path(cfg: PipelineConfig) -> Path:
     """Where the ``reference_logits`` stage keeps the float model's evaluation logits."""
-    return Path(cfg.paths.data_dir) / "eval" / "reference_logits.npz"
+    return cfg.layout.reference_logits
 
 
-def write_reference_logits(cfg: Any) -> dict[str, float]:
+def write_reference_logits(cfg: PipelineConfig) -> dict[str, float]:
     """The ``reference_logits`` stage: the float ONNX export's logits on the evaluation text."""
     from rkpipe.evaluate.llm import write_reference
 
-    llm = Path(cfg.paths.models_dir) / "llm"
+    llm = cfg.layout.llm
     return write_reference(
-        llm / "onnx_fp32",
+        llm.onnx_fp32,
         _read_text(Path(cfg.eval.text_file)),
-        tokenizer_dir=llm / "float",
+        tokenizer_dir=llm.float,
         seqlen=cfg.eval.seqlen,
         threads=cfg.eval.threads,
         out=reference_path(cfg),
     )
 
 
-def evaluate_variant(cfg: Any) -> dict[str, Any]:
+def evaluate_variant(cfg: PipelineConfig) -> dict[str, Any]:
     """PPL, KLD and top-1 agreement of the quantized LLM vs the fp32 ONNX export, and
     WER/CER/RTF of the quantized ASR model vs its fp32 export, as one flat metrics dict, plus
     ``provenance`` (where and when they were measured, :func:`rkpipe.hostinfo.provenance`).
@@ -49,25 +52,24 @@ def evaluate_variant(cfg: Any) -> dict[str, Any]:
     """
     from rkpipe.asr.evaluate import evaluate_asr
     from rkpipe.evaluate.llm import evaluate_against_reference
-    from rkpipe.hostinfo import host_file, load_fingerprint, provenance
+    from rkpipe.hostinfo import load_fingerprint, provenance
     from rkpipe.quant_manifest import run_with
 
-    host = load_fingerprint(host_file(cfg.paths.data_dir))
-    llm = Path(cfg.paths.models_dir) / "llm"
-    asr = Path(cfg.paths.models_dir) / "asr"
+    host = load_fingerprint(cfg.layout.host_fingerprint)
+    llm, asr = cfg.layout.llm, cfg.layout.asr
     metrics: dict[str, Any] = {}
-    if run_with(llm / "quantized").host_evaluable:
+    if run_with(llm.quantized).host_evaluable:
         metrics |= evaluate_against_reference(
-            reference_path(cfg), llm / "quantized", threads=cfg.eval.threads
+            reference_path(cfg), llm.quantized, threads=cfg.eval.threads
         )
-        metrics |= _sanity(metrics, llm / "quantized", host, cfg.eval.keep_broken)
+        metrics |= _sanity(metrics, llm.quantized, host, cfg.eval.keep_broken)
     else:
         log.info("host LLM evaluation skipped: a %s model has no host runtime", cfg.quant.backend)
     metrics |= evaluate_asr(
-        fp32_dir=asr / "onnx_fp32",
-        quant_dir=asr / "quantized",
-        testset_dir=Path(cfg.paths.data_dir) / "asr" / "testset",
-        tokenizer_dir=asr / "float",
+        fp32_dir=asr.onnx_fp32,
+        quant_dir=asr.quantized,
+        testset_dir=cfg.layout.asr_testset,
+        tokenizer_dir=asr.float,
         language=cfg.asr.language,
         task=cfg.asr.task,
         max_new_tokens=cfg.asr.max_new_tokens,

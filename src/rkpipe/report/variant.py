@@ -53,7 +53,8 @@ def report_context(
     rules = cfg.gates.rules if cfg.gates.enabled else {}
     verdict, notes, tags = judge(metrics, rules)
     remote = bool((provenance.get("deploy_bench") or {}).get("board_id"))
-    versions = _versions(cfg.paths.data_dir, board=remote)
+    layout = cfg.layout
+    versions = _versions(layout.board_fingerprint if remote else layout.host_fingerprint)
     ctx = ReportContext(
         provenance=dict(provenance), verdict=verdict, gate_notes=notes,
         git_sha=git_output(root, "rev-parse", "HEAD").strip() or "unknown", run_id=run_id,
@@ -62,12 +63,10 @@ def report_context(
     return ctx, tags
 
 
-def _versions(data_dir: str, board: bool) -> dict[str, str]:
-    """The runtimes' versions where the speed was measured: the board's, or this host's."""
-    from rkpipe.hostinfo import board_file, host_file
+def _versions(path: Path) -> dict[str, str]:
+    """The runtimes' versions where the speed was measured (the board's or this host's file)."""
     from rkpipe.io import read_json
 
-    path = board_file(data_dir) if board else host_file(data_dir)
     try:
         return dict(read_json(path).get("versions") or {})
     except (OSError, ValueError):

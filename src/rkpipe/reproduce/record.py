@@ -10,10 +10,14 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rkpipe.layout import Layout
 from rkpipe.reproduce.timings import strip_timings
 from rkpipe.workspace import declared_outputs, measurement_outputs
+
+if TYPE_CHECKING:
+    from rkpipe.config.schema import PipelineConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +75,7 @@ def output_record(root: Path, params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def record_outputs(cfg: Any, run: Any, root: Path | None = None) -> dict[str, Any]:
+def record_outputs(cfg: PipelineConfig, run: Any, root: Path | None = None) -> dict[str, Any]:
     """Hash every declared output, write the record to ``<reports_dir>/outputs.sha256.json``
     and log it (``outputs/sha256.json``) and the final ``dvc.lock`` to the variant's run."""
     from rkpipe.config import config_dict
@@ -79,7 +83,7 @@ def record_outputs(cfg: Any, run: Any, root: Path | None = None) -> dict[str, An
 
     root = root or Path.cwd()
     record = output_record(root, config_dict(cfg))
-    write_json_atomic(root / cfg.paths.reports_dir / RECORD_FILE, record)
+    write_json_atomic(Layout.from_paths(cfg.paths, root).output_record, record)
     run.log_dict(record, HASHES_ARTIFACT)
     if (root / "dvc.lock").is_file():
         run.log_artifact(root / "dvc.lock", "dvc")
@@ -88,12 +92,12 @@ def record_outputs(cfg: Any, run: Any, root: Path | None = None) -> dict[str, An
     return record
 
 
-def _log_provenance(cfg: Any, run: Any, root: Path, files: Mapping[str, str]) -> None:
+def _log_provenance(cfg: PipelineConfig, run: Any, root: Path, files: Mapping[str, str]) -> None:
     """Log the manifests (model commit, file hashes, toolkit version) and the calibration
     digest again: stages DVC restored from its run cache logged nothing to this run."""
     for path in (p for p in files if p.endswith("manifest.json")):
         run.log_artifact(root / path, f"manifests/{Path(path).parent.as_posix()}")
-    calibration = f"{cfg.paths.data_dir}/calib/calibration.json"
+    calibration = Layout.from_paths(cfg.paths).calibration.as_posix()
     run.set_tags(
         {"calibration.sha256": files.get(calibration, "missing"), "outputs.files": len(files)}
     )
