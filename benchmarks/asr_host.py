@@ -138,7 +138,7 @@ def output_cosines(dirs: dict[str, Path], clips: list[Path]) -> dict[str, tuple]
     import numpy as np
 
     from rkpipe.asr.engine import load_engine
-    from rkpipe.engines.ort_whisper import load_clip
+    from rkpipe.engines.engine_shared import load_clip
 
     def cos(a: np.ndarray, b: np.ndarray) -> float:
         a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)

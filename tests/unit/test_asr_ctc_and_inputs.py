@@ -17,7 +17,6 @@ from rkpipe.asr.evaluate import load_testset, normalize_text
 from rkpipe.asr.quantize import file_scheme, quantize_asr
 from rkpipe.asr.rknn import build_steps
 from rkpipe.config.schema import AsrConfig, AsrInitConfig, AsrQuantConfig, AsrRknnConfig
-from rkpipe.engines import ort_ctc
 from rkpipe.engines.ort_ctc import ctc_greedy, ids_to_text, normalize
 from rkpipe.errors import AsrError, ConfigError
 
@@ -67,17 +66,6 @@ def test_normalize_matches_wav2vec2_feature_extractor():
     audio = (0.3 * np.sin(np.arange(8000) / 7.0) + 0.05).astype(np.float32)
     expected = Wav2Vec2FeatureExtractor(do_normalize=True)(audio, sampling_rate=SR).input_values[0]
     np.testing.assert_allclose(normalize(audio), expected, atol=1e-5)
-
-
-def test_ctc_engine_imports_only_stdlib_numpy_onnxruntime():
-    tree = ast.parse(Path(ort_ctc.__file__).read_text(encoding="utf-8"))
-    modules = {
-        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-    }
-    modules |= {
-        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
-    }
-    assert modules - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
 
 
 def test_rknn_worker_is_stdlib_only():

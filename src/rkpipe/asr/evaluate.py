@@ -44,7 +44,7 @@ def load_testset(testset_dir: Path) -> list[tuple[str, Any, str]]:
     the file for a missing/malformed transcripts file, an unreadable or empty WAV, or when the
     transcripts and the ``*.wav`` files of the directory do not match one to one.
     """
-    from rkpipe.engines.ort_whisper import read_wav, resample
+    from rkpipe.engines.engine_shared import read_wav, resample
 
     testset_dir = Path(testset_dir)
     rows = _read_transcripts(testset_dir / TRANSCRIPTS)

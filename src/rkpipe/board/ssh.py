@@ -38,6 +38,7 @@ from rkpipe.io import sha256_file
 log = logging.getLogger(__name__)
 
 ENGINES_DIR = Path(rkpipe.engines.__file__).resolve().parent
+ENGINE_SHARED = ENGINES_DIR / "engine_shared.py"  # every engine imports it
 CHUNK_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 30.0
 POLL_S = 0.1
@@ -315,8 +316,8 @@ class RemoteTransport:
             log.info("removed %d stale file(s) from the board", len(stale))
 
     def runner_command(self, engine: str) -> list[str]:
-        """Push the self-contained ``rkpipe/engines/<engine>.py`` to ``<workdir>/runners/`` and
-        return the argv prefix that runs it with the board's Python.
+        """Push ``rkpipe/engines/<engine>.py`` and the ``engine_shared.py`` it imports to
+        ``<workdir>/runners/`` and return the argv prefix that runs it with the board's Python.
 
         Raises:
             BoardError: no such engine, or the push failed.
@@ -324,9 +325,9 @@ class RemoteTransport:
         source = ENGINES_DIR / f"{engine}.py"
         if not source.is_file():
             raise BoardError(f"no runner {engine!r}: expected {source}")
-        remote = f"{self.workdir}/runners/{engine}.py"
-        self.push_file(source, remote)
-        return [self.python, remote]
+        runners = f"{self.workdir}/runners"
+        self._sync([(path, f"{runners}/{path.name}") for path in (source, ENGINE_SHARED)])
+        return [self.python, f"{runners}/{engine}.py"]
 
     def model_path(self, local: Path) -> str:
         """Push ``local`` (file or directory) if needed and return where the board sees it."""

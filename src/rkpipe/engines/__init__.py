@@ -1,1 +1,2 @@
-"""Self-contained inference engines (stdlib + numpy + onnxruntime only), pushed alone to boards."""
+"""Inference engines run on boards: stdlib + numpy + onnxruntime only (the rkllm runner: stdlib
+only). Each is pushed to a board with ``engine_shared.py``, the one rkpipe module they import."""

@@ -1,9 +1,10 @@
 """CTC speech recognition (wav2vec2) on plain onnxruntime: greedy CTC decoding.
 
-SELF-CONTAINED: this file imports only the standard library, numpy and onnxruntime, so it can be
-pushed alone to a board (aarch64) next to an exported model directory that holds ``model.onnx``
-(``input_values`` -> ``logits``) and ``engine.json`` (written by ``rkpipe.asr.ctc``). Run it as
-a script for a benchmark, with the same command line and JSON rows as ``ort_whisper``::
+SELF-CONTAINED: this file imports only the standard library, numpy, onnxruntime and
+``engine_shared.py`` (pushed beside it), so it runs on a board (aarch64) next to an exported model
+directory that holds ``model.onnx`` (``input_values`` -> ``logits``) and ``engine.json`` (written
+by ``rkpipe.asr.ctc``). Run it as a script for a benchmark, with the same command line and JSON
+rows as ``ort_whisper``::
 
     python ort_ctc.py --model DIR --audio a.wav b.wav --warmup 1 --repetitions 3 --threads 2
 
@@ -19,55 +20,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-SAMPLE_RATE = 16000
+try:  # the package (board=local, tests); on a board, the file pushed beside this one
+    from rkpipe.engines import engine_shared as shared
+except ImportError:
+    import engine_shared as shared  # type: ignore[no-redef]
+
 MODEL_FILE = "model.onnx"
 
 
 # --------------------------------------------------------------------------- audio I/O
-
-
-def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a 16-bit PCM WAV file: ``(float32 mono samples in [-1, 1), sample_rate)``.
-
-    Raises ``ValueError`` for another sample width and ``wave.Error``/``EOFError`` for a file
-    that is not a readable WAV.
-    """
-    with wave.open(str(path), "rb") as handle:
-        width = handle.getsampwidth()
-        channels = handle.getnchannels()
-        rate = handle.getframerate()
-        frames = handle.readframes(handle.getnframes())
-    if width != 2:
-        raise ValueError(
-            f"{path}: expected 16-bit PCM, got {8 * width}-bit samples; "
-            f"convert with: sox IN -b 16 -e signed-integer OUT.wav"
-        )
-    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels).mean(axis=1)
-    return np.ascontiguousarray(pcm, dtype=np.float32), rate
-
-
-def resample(audio: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Band-limited FFT resampling of mono ``audio`` from ``sr`` to ``target_sr`` (float32)."""
-    if sr == target_sr or len(audio) == 0:
-        return np.asarray(audio, dtype=np.float32)
-    n_in = len(audio)
-    n_out = max(1, int(round(n_in * target_sr / sr)))
-    spectrum = np.fft.rfft(np.asarray(audio, dtype=np.float64))
-    kept = np.zeros(n_out // 2 + 1, dtype=np.complex128)
-    n_copy = min(len(kept), len(spectrum))
-    kept[:n_copy] = spectrum[:n_copy]
-    return (np.fft.irfft(kept, n_out) * (n_out / n_in)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -99,16 +66,6 @@ def ids_to_text(ids: list[int], id_to_token: list[str], delimiter: str, specials
 # --------------------------------------------------------------------------- engine
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 class OrtCtc:
     """A CTC model directory (``model.onnx`` + ``engine.json``) in an onnxruntime CPU session.
 
@@ -118,7 +75,7 @@ class OrtCtc:
     def __init__(self, model_dir: str, threads: int = 2, decoder: str = "auto") -> None:
         self.model_dir = Path(model_dir)
         self.info = json.loads(self._need("engine.json").read_text(encoding="utf-8"))
-        self.session = _session(self._need(MODEL_FILE), threads)
+        self.session = shared.cpu_session(self._need(MODEL_FILE), threads)
         self.blank_id = int(self.info["blank_id"])
         self.specials = set(int(i) for i in self.info.get("special_ids", []))
 
@@ -173,57 +130,15 @@ class OrtCtc:
             "encoder_ms": (t_encoder - t_features) * 1e3,
             "decoder_ms": 0.0,
             "total_ms": (end - start) * 1e3,
-            "audio_s": len(audio) / SAMPLE_RATE,
+            "audio_s": len(audio) / shared.SAMPLE_RATE,
         }
 
 
 # --------------------------------------------------------------------------- CLI
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MB (10^6 bytes), from VmHWM; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        return None
-    return None
-
-
-def load_clip(path: str) -> np.ndarray:
-    """Read a WAV file and resample it to 16 kHz mono float32."""
-    audio, rate = read_wav(path)
-    return resample(audio, rate, SAMPLE_RATE)
-
-
-def _row(clip: str, rep: int, warmup: bool, result: dict) -> dict:
-    audio_s = result["audio_s"]
-    return {
-        "kind": "asr",
-        "clip": clip,
-        "rep": rep,
-        "warmup": warmup,
-        "features_ms": round(result["features_ms"], 3),
-        "encoder_ms": round(result["encoder_ms"], 3),
-        "decoder_ms": 0.0,
-        "total_ms": round(result["total_ms"], 3),
-        "audio_s": round(audio_s, 4),
-        "rtf": (result["total_ms"] / 1e3 / audio_s) if audio_s > 0 else None,
-        "new_tokens": len(result["ids"]),
-        "ids": result["ids"],
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark a CTC ONNX model on onnxruntime CPU.")
-    parser.add_argument("--model", required=True, help="exported model directory")
-    parser.add_argument("--audio", nargs="+", required=True, help="16-bit PCM WAV files")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = shared.asr_parser("Benchmark a CTC ONNX model on onnxruntime CPU.")
     parser.add_argument("--text", action="store_true", help="add the decoded text to each row")
     for ignored in ("--max-new-tokens", "--language", "--task", "--decoder"):
         parser.add_argument(ignored, default=None, help="ignored (CTC); accepted like ort_whisper")
@@ -235,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     engine = OrtCtc(args.model, threads=args.threads)
     for path in args.audio:
-        audio = load_clip(path)
+        audio = shared.load_clip(path)
         name = Path(path).name
         for warm, count in ((True, args.warmup), (False, args.repetitions)):
             for rep in range(count):
                 result = engine.transcribe_ids(audio)
-                row = _row(name, rep, warm, result)
+                row = shared.asr_row(name, rep, warm, result)
                 if args.text:
                     row["text"] = engine.text(result["ids"])
                 print(json.dumps(row), flush=True)

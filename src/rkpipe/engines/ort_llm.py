@@ -1,8 +1,8 @@
 """Greedy LLM inference and benchmark on an optimum ``text-generation-with-past`` ONNX export.
 
-SELF-CONTAINED: imports only the standard library, numpy and onnxruntime (and uses no
-syntax newer than Python 3.8), because this file is copied alone to an (aarch64) board
-and run there::
+SELF-CONTAINED: imports only the standard library, numpy, onnxruntime and ``engine_shared.py``
+(and uses no syntax newer than Python 3.8), because this file is copied with that one to an
+(aarch64) board and run there::
 
     python ort_llm.py --model DIR --prompt-tokens 128 --new-tokens 64 \
         --warmup 2 --repetitions 5 --threads 2
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +37,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+try:  # the package (board=local, tests); on a board, the file pushed beside this one
+    from rkpipe.engines import engine_shared as shared
+except ImportError:
+    import engine_shared as shared  # type: ignore[no-redef]
 
 MODEL_FILE = "model.onnx"
 PAST_PREFIX = "past_key_values."
@@ -228,19 +232,6 @@ def _head_dim(config: dict[str, Any]) -> int:
         raise ValueError("head_dim is symbolic in the graph and not in config.json") from exc
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (10^6 B): VmHWM, else getrusage."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / 1e6 if sys.platform == "darwin" else maxrss * 1024 / 1e6
-
-
 def benchmark_prompt(n: int, vocab_size: int, seed: int = PROMPT_SEED) -> list[int]:
     """A deterministic prompt of exactly ``n`` ids drawn uniformly from [100, vocab_size).
 
@@ -264,7 +255,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
         result = model.generate(prompt, args.new_tokens, eos_id=None)
         del result["tokens"]
         row = {"kind": "llm", "rep": rep, "warmup": warmup, **result}
-        row.update(threads=args.threads, load_ms=load_ms, peak_rss_mb=peak_rss_mb())
+        row.update(threads=args.threads, load_ms=load_ms, peak_rss_mb=shared.peak_rss_mb())
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows

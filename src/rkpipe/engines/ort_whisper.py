@@ -1,9 +1,9 @@
 """Whisper speech recognition on plain onnxruntime: log-mel in numpy, greedy decoding with KV cache.
 
-SELF-CONTAINED: this file imports only the standard library, numpy and onnxruntime, so it can be
-pushed alone to a board (aarch64) next to an exported model directory that holds
-``encoder_model.onnx``, the decoders, ``mel_filters.npy`` and ``engine.json`` (written by
-``rkpipe.asr.export``). Run it as a script for a benchmark::
+SELF-CONTAINED: this file imports only the standard library, numpy, onnxruntime and
+``engine_shared.py`` (pushed beside it), so it runs on a board (aarch64) next to an exported model
+directory that holds ``encoder_model.onnx``, the decoders, ``mel_filters.npy`` and ``engine.json``
+(written by ``rkpipe.asr.export``). Run it as a script for a benchmark::
 
     python ort_whisper.py --model DIR --audio a.wav b.wav --warmup 1 --repetitions 3 \
         --threads 2 --max-new-tokens 32
@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-SAMPLE_RATE = 16000
+try:  # the package (board=local, tests); on a board, the file pushed beside this one
+    from rkpipe.engines import engine_shared as shared
+except ImportError:
+    import engine_shared as shared  # type: ignore[no-redef]
+
 ENCODER_FILE = "encoder_model.onnx"
 DECODER_FILE = "decoder_model.onnx"
 DECODER_WITH_PAST_FILE = "decoder_with_past_model.onnx"
@@ -43,49 +45,6 @@ MERGED_FILE = "decoder_model_merged.onnx"
 
 
 # --------------------------------------------------------------------------- audio I/O
-
-
-def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Read a 16-bit PCM WAV file with the stdlib ``wave`` module.
-
-    Returns ``(audio, sample_rate)``: float32 samples in [-1, 1), mixed down to mono by averaging
-    the channels. Raises ``ValueError`` for another sample width (e.g. 8/24/32-bit, float) and
-    ``wave.Error``/``EOFError`` for a file that is not a readable WAV.
-    """
-    with wave.open(str(path), "rb") as handle:
-        width = handle.getsampwidth()
-        channels = handle.getnchannels()
-        rate = handle.getframerate()
-        frames = handle.readframes(handle.getnframes())
-    if width != 2:
-        raise ValueError(
-            f"{path}: expected 16-bit PCM, got {8 * width}-bit samples; "
-            f"convert with: sox IN -b 16 -e signed-integer OUT.wav"
-        )
-    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels).mean(axis=1)
-    return np.ascontiguousarray(pcm, dtype=np.float32), rate
-
-
-def resample(audio: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample mono ``audio`` from ``sr`` to ``target_sr`` Hz.
-
-    Band-limited FFT resampling (like ``scipy.signal.resample``): the spectrum is truncated (or
-    zero-padded) to the new Nyquist frequency, so down-sampling does not alias. It treats the clip
-    as periodic, which can smear a few samples at the edges; that is negligible for speech clips.
-    Returns float32; the input is returned unchanged when the rates are equal.
-    """
-    if sr == target_sr or len(audio) == 0:
-        return np.asarray(audio, dtype=np.float32)
-    n_in = len(audio)
-    n_out = max(1, int(round(n_in * target_sr / sr)))
-    spectrum = np.fft.rfft(np.asarray(audio, dtype=np.float64))
-    out_bins = n_out // 2 + 1
-    kept = np.zeros(out_bins, dtype=np.complex128)
-    n_copy = min(out_bins, len(spectrum))
-    kept[:n_copy] = spectrum[:n_copy]
-    return (np.fft.irfft(kept, n_out) * (n_out / n_in)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- features
@@ -127,18 +86,6 @@ def log_mel_spectrogram(
 # --------------------------------------------------------------------------- engine
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Three sessions each own a thread pool; spinning pools steal the cores from one another
-    # (measured: 2x slower end to end on 2 cores), so idle threads sleep instead.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 class OrtWhisper:
     """A Whisper model directory loaded into onnxruntime CPU sessions.
 
@@ -153,12 +100,12 @@ class OrtWhisper:
         self.info = json.loads(self._need("engine.json").read_text(encoding="utf-8"))
         self.mel_filters = np.load(self._need("mel_filters.npy")).astype(np.float32)
         self.decoder_mode = self._pick_decoder(decoder)
-        self.encoder = _session(self._need(ENCODER_FILE), threads)
+        self.encoder = shared.cpu_session(self._need(ENCODER_FILE), threads)
         if self.decoder_mode == "split":
-            self.decoder = _session(self._need(DECODER_FILE), threads)
-            self.decoder_with_past = _session(self._need(DECODER_WITH_PAST_FILE), threads)
+            self.decoder = shared.cpu_session(self._need(DECODER_FILE), threads)
+            self.decoder_with_past = shared.cpu_session(self._need(DECODER_WITH_PAST_FILE), threads)
         else:
-            self.decoder = _session(self._need(MERGED_FILE), threads)
+            self.decoder = shared.cpu_session(self._need(MERGED_FILE), threads)
             self.decoder_with_past = self.decoder
         self.num_layers = int(self.info["decoder_layers"])
         self._kv_shape = self._past_shape(self.decoder)
@@ -257,7 +204,7 @@ class OrtWhisper:
             "encoder_ms": (t_encoder - t_features) * 1e3,
             "decoder_ms": (end - t_encoder) * 1e3,
             "total_ms": (end - start) * 1e3,
-            "audio_s": len(audio) / SAMPLE_RATE,
+            "audio_s": len(audio) / shared.SAMPLE_RATE,
         }
 
     # ------------------------------------------------------------------ decoding
@@ -329,50 +276,8 @@ class OrtWhisper:
 # --------------------------------------------------------------------------- CLI
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process in MB (10^6 bytes), from VmHWM; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        return None
-    return None
-
-
-def load_clip(path: str) -> np.ndarray:
-    """Read a WAV file and resample it to 16 kHz mono float32."""
-    audio, rate = read_wav(path)
-    return resample(audio, rate, SAMPLE_RATE)
-
-
-def _row(clip: str, rep: int, warmup: bool, result: dict) -> dict:
-    audio_s = result["audio_s"]
-    return {
-        "kind": "asr",
-        "clip": clip,
-        "rep": rep,
-        "warmup": warmup,
-        "features_ms": round(result["features_ms"], 3),
-        "encoder_ms": round(result["encoder_ms"], 3),
-        "decoder_ms": round(result["decoder_ms"], 3),
-        "total_ms": round(result["total_ms"], 3),
-        "audio_s": round(audio_s, 4),
-        "rtf": (result["total_ms"] / 1e3 / audio_s) if audio_s > 0 else None,
-        "new_tokens": len(result["ids"]),
-        "ids": result["ids"],
-        "peak_rss_mb": peak_rss_mb(),
-    }
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Benchmark Whisper ONNX on onnxruntime CPU.")
-    parser.add_argument("--model", required=True, help="exported model directory")
-    parser.add_argument("--audio", nargs="+", required=True, help="16-bit PCM WAV files")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = shared.asr_parser("Benchmark Whisper ONNX on onnxruntime CPU.")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--language", default="en", help="language code, or 'none'")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
@@ -386,12 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     language = None if args.language.lower() == "none" else args.language
     engine = OrtWhisper(args.model, threads=args.threads, decoder=args.decoder)
     for path in args.audio:
-        audio = load_clip(path)
+        audio = shared.load_clip(path)
         name = Path(path).name
         for warm, count in ((True, args.warmup), (False, args.repetitions)):
             for rep in range(count):
                 result = engine.transcribe_ids(audio, args.max_new_tokens, language, args.task)
-                print(json.dumps(_row(name, rep, warm, result)), flush=True)
+                print(json.dumps(shared.asr_row(name, rep, warm, result)), flush=True)
     return 0
 
 

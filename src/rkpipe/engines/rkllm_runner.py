@@ -1,7 +1,8 @@
 """Benchmark an ``.rkllm`` model through Rockchip's ``librkllmrt.so`` with ctypes.
 
-SELF-CONTAINED: imports only the standard library (ctypes included), because this file is
-copied alone to a board and run there with the board's ``python3`` (3.8 or newer)::
+SELF-CONTAINED: imports only the standard library (ctypes included) and ``engine_shared.py``,
+because this file is copied with that one to a board and run there with the board's
+``python3`` (3.8 or newer)::
 
     python3 rkllm_runner.py --lib /usr/lib/librkllmrt.so --model qwen.rkllm \
         --prompt-tokens 128 --new-tokens 64 --warmup 2 --repetitions 5
@@ -42,7 +43,6 @@ import ctypes
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,6 +66,11 @@ from ctypes import (
     c_void_p,
 )
 from typing import Any
+
+try:  # the package (board=local, tests); on a board, the file pushed beside this one
+    from rkpipe.engines import engine_shared as shared
+except ImportError:
+    import engine_shared as shared  # type: ignore[no-redef]
 
 RUN_NORMAL, RUN_WAITING, RUN_FINISH, RUN_ERROR = 0, 1, 2, 3
 INPUT_PROMPT, INPUT_TOKEN = 0, 1
@@ -462,18 +467,6 @@ class OutputCapture:
 # ----------------------------------------------------------------------------- runtime binding
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB (10^6 B): VmHWM, else getrusage."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
-
-
 class Collector:
     """Timestamps and perf stats gathered by the result callback during one ``rkllm_run``."""
 
@@ -798,7 +791,7 @@ def _row(
     row: dict[str, Any] = {"kind": "llm", "rep": rep, "warmup": warmup}
     row.update(harness_metrics(timing, prompt_tokens))
     row.update(prompt_tokens=prompt_tokens, new_tokens=timing["tokens"], input=args.input)
-    row.update(peak_rss_mb=peak_rss_mb(), perf_source=source, **runtime)
+    row.update(peak_rss_mb=shared.peak_rss_mb(), perf_source=source, **runtime)
     for key in ("runtime_version", "driver_version", "platform", "toolkit_version", "model_dtype"):
         row[key] = info.get(key)
     row["abi"] = info["abi"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-# One implementation: the stdlib-only rkllm runner (copied alone to boards) owns it.
-from rkpipe.engines.rkllm_runner import peak_rss_mb
+# One implementation, shared with the engines that run on boards.
+from rkpipe.engines.engine_shared import peak_rss_mb
 
 __all__ = ["PeakRss", "peak_rss_mb"]
 

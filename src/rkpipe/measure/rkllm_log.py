@@ -10,10 +10,9 @@ model was exported with, and after each run a table::
     I rkllm:  Peak Memory Usage (GB)
     I rkllm:  6.19
 
-The parsers themselves live in :mod:`rkpipe.engines.rkllm_runner`, which must stay
-self-contained because it is copied alone to a board; this module re-exports them, so there is
-one implementation, and turns tables into the rows the benchmark summaries read.
-"""
+The parsers themselves live in :mod:`rkpipe.engines.rkllm_runner`, which must stay self-contained
+because it is copied to a board (with engine_shared.py only); this module re-exports them, so there
+is one implementation, and turns tables into the rows the benchmark summaries read."""
 
 from __future__ import annotations
 

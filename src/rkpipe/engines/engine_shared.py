@@ -1,0 +1,130 @@
+"""What the engines share, pushed to a board next to whichever engine runs there.
+
+STDLIB ONLY at import (numpy is imported inside the functions that need it): the rkllm runner,
+which must run on a board's bare Python, imports it too. An engine imports it from the package
+when rkpipe is installed (``board=local``, tests) and as its sibling file on a board, where
+:meth:`rkpipe.board.ssh.RemoteTransport.runner_command` pushes it beside the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import wave
+from typing import Any
+
+SAMPLE_RATE = 16000  # Hz: what the ASR engines feed their models
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB (10^6 B): VmHWM, else getrusage."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 1e6 if sys.platform == "darwin" else maxrss * 1024 / 1e6
+
+
+def read_wav(path: str | os.PathLike) -> tuple[Any, int]:
+    """Read a 16-bit PCM WAV file with the stdlib ``wave`` module.
+
+    Returns ``(audio, sample_rate)``: float32 samples in [-1, 1), mixed down to mono by averaging
+    the channels. Raises ``ValueError`` for another sample width (e.g. 8/24/32-bit, float) and
+    ``wave.Error``/``EOFError`` for a file that is not a readable WAV.
+    """
+    import numpy as np
+
+    with wave.open(str(path), "rb") as handle:
+        width = handle.getsampwidth()
+        channels = handle.getnchannels()
+        rate = handle.getframerate()
+        frames = handle.readframes(handle.getnframes())
+    if width != 2:
+        raise ValueError(
+            f"{path}: expected 16-bit PCM, got {8 * width}-bit samples; "
+            f"convert with: sox IN -b 16 -e signed-integer OUT.wav"
+        )
+    pcm = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        pcm = pcm[: len(pcm) // channels * channels].reshape(-1, channels).mean(axis=1)
+    return np.ascontiguousarray(pcm, dtype=np.float32), rate
+
+
+def resample(audio: Any, sr: int, target_sr: int = SAMPLE_RATE) -> Any:
+    """Resample mono ``audio`` from ``sr`` to ``target_sr`` Hz.
+
+    Band-limited FFT resampling (like ``scipy.signal.resample``): the spectrum is truncated (or
+    zero-padded) to the new Nyquist frequency, so down-sampling does not alias. It treats the clip
+    as periodic, which can smear a few samples at the edges; that is negligible for speech clips.
+    Returns float32; the input is returned unchanged when the rates are equal.
+    """
+    import numpy as np
+
+    if sr == target_sr or len(audio) == 0:
+        return np.asarray(audio, dtype=np.float32)
+    n_in = len(audio)
+    n_out = max(1, int(round(n_in * target_sr / sr)))
+    spectrum = np.fft.rfft(np.asarray(audio, dtype=np.float64))
+    out_bins = n_out // 2 + 1
+    kept = np.zeros(out_bins, dtype=np.complex128)
+    n_copy = min(out_bins, len(spectrum))
+    kept[:n_copy] = spectrum[:n_copy]
+    return (np.fft.irfft(kept, n_out) * (n_out / n_in)).astype(np.float32)
+
+
+def load_clip(path: str) -> Any:
+    """Read a WAV file and resample it to 16 kHz mono float32."""
+    audio, rate = read_wav(path)
+    return resample(audio, rate, SAMPLE_RATE)
+
+
+def asr_parser(description: str) -> argparse.ArgumentParser:
+    """The command line every ASR engine takes (each adds its own options)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="exported model directory")
+    parser.add_argument("--audio", nargs="+", required=True, help="16-bit PCM WAV files")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def asr_row(clip: str, rep: int, warmup: bool, result: dict) -> dict:
+    """One JSON row of an ASR engine's benchmark (``decoder_ms`` 0 for a CTC model)."""
+    audio_s = result["audio_s"]
+    return {
+        "kind": "asr",
+        "clip": clip,
+        "rep": rep,
+        "warmup": warmup,
+        "features_ms": round(result["features_ms"], 3),
+        "encoder_ms": round(result["encoder_ms"], 3),
+        "decoder_ms": round(result.get("decoder_ms", 0.0), 3),
+        "total_ms": round(result["total_ms"], 3),
+        "audio_s": round(audio_s, 4),
+        "rtf": (result["total_ms"] / 1e3 / audio_s) if audio_s > 0 else None,
+        "new_tokens": len(result["ids"]),
+        "ids": result["ids"],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def cpu_session(path: Any, threads: int) -> Any:
+    """An onnxruntime CPU session of ``path`` with ``threads`` intra-op threads that sleep when
+    idle: an engine's sessions each own a thread pool, and spinning pools steal the cores from
+    one another (measured: 2x slower end to end on 2 cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
