@@ -4,7 +4,7 @@ from rkpipe.stage import run_stage
 
 
 def body(cfg, run):
-    from rkpipe.calibration import build_calibration_file
+    from rkpipe.calibration.builder import build_calibration_file
     from rkpipe.hostinfo import provenance_here
     from rkpipe.io import write_json_atomic
 

@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rkpipe.calibration import (
-    build_records,
-    summarize,
-    validate_calibration_file,
-    write_calibration,
-)
-from rkpipe.calibration.builder import load_tokenizer
+from rkpipe.calibration.builder import build_records, load_tokenizer, summarize, write_calibration
+from rkpipe.calibration.validate import validate_calibration_file
 from rkpipe.config.schema import CalibConfig
 from rkpipe.errors import CalibrationError
 

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rkpipe.asr.calibration import CALIB_SENTENCES, FeedsReader, calibration_sentences
+from rkpipe.asr.calibration import CALIB_SENTENCES, calibration_sentences
 from rkpipe.asr.engine import engine_name
 from rkpipe.asr.evaluate import load_testset, normalize_text
 from rkpipe.asr.quantize import file_scheme, quantize_asr
 from rkpipe.asr.rknn import build_steps
+from rkpipe.calibration.feeds import FeedsReader
 from rkpipe.config.schema import AsrConfig, AsrInitConfig, AsrQuantConfig, AsrRknnConfig
 from rkpipe.engines.ort_ctc import ctc_greedy, ids_to_text, normalize
-from rkpipe.errors import AsrError, ConfigError
+from rkpipe.errors import AsrError, CalibrationError, ConfigError
 
 SR = 16000
 VOCAB = [
@@ -186,7 +187,7 @@ def test_feeds_reader_follows_the_reader_protocol():
     assert [reader.get_next(), reader.get_next(), reader.get_next()] == [{"x": 1}, {"x": 2}, None]
     reader.rewind()
     assert reader.get_next() == {"x": 1}
-    with pytest.raises(AsrError, match="no calibration inputs"):
+    with pytest.raises(CalibrationError, match="no calibration inputs"):
         FeedsReader([])
 
 

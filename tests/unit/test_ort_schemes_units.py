@@ -25,11 +25,11 @@ from rkpipe.backends.ort.blocks import (  # noqa: E402
 )
 from rkpipe.backends.ort.embedding import quantize_tied_embedding  # noqa: E402
 from rkpipe.backends.ort.static_qdq import (  # noqa: E402
-    CalibrationReader,
     input_specs,
     make_feed,
     read_records,
 )
+from rkpipe.calibration.feeds import FeedsReader  # noqa: E402
 from rkpipe.config.validate import validate  # noqa: E402
 from rkpipe.errors import BackendError, ConfigError  # noqa: E402
 
@@ -129,7 +129,7 @@ def test_calibration_feeds_match_the_export_inputs(tmp_path: Path) -> None:
     assert feed["attention_mask"].tolist() == [[1, 1, 1]]
     assert feed["position_ids"].tolist() == [[0, 1, 2]]
     assert feed["past_key_values.0.key"].shape == (1, 2, 0, 16)
-    reader = CalibrationReader([feed, feed])
+    reader = FeedsReader([feed, feed])
     assert reader.get_next() is feed and reader.get_next() is feed and reader.get_next() is None
     reader.rewind()
     assert reader.get_next() is feed and len(reader) == 2

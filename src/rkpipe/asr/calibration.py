@@ -93,24 +93,3 @@ def calibration_feeds(fp32_dir: Path, clips: list) -> dict[str, list[dict]]:
     engine = load_engine(Path(fp32_dir), threads=2)
     architecture = by_engine(engine_name(Path(fp32_dir)))
     return architecture.calibration_feeds(engine, Path(fp32_dir), clips)
-
-
-class FeedsReader:
-    """An onnxruntime ``CalibrationDataReader`` over a list of feed dicts (rewindable)."""
-
-    def __init__(self, feeds: list[dict]) -> None:
-        if not feeds:
-            raise AsrError("no calibration inputs: synthesize at least one calibration clip")
-        self.feeds = feeds
-        self.index = 0
-
-    def get_next(self) -> dict | None:
-        """The next feed dict, or None when exhausted (the reader protocol)."""
-        if self.index >= len(self.feeds):
-            return None
-        self.index += 1
-        return self.feeds[self.index - 1]
-
-    def rewind(self) -> None:
-        """Start over from the first feed."""
-        self.index = 0

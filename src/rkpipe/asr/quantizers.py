@@ -35,7 +35,7 @@ def quantize_dynamic_file(src: Path, dst: Path, q: AsrQuantConfig, large: bool, 
 def quantize_static_file(src: Path, dst: Path, q: AsrQuantConfig, large: bool, feeds: Any) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from rkpipe.asr.calibration import FeedsReader
+    from rkpipe.calibration.feeds import FeedsReader
 
     if not feeds:
         raise AsrError(f"static_qdq needs calibration inputs for {dst.name}; none were made")

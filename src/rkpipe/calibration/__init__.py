@@ -1,24 +1,11 @@
-"""Calibration data for quantization: sources, record builder and file validator.
+"""Calibration data for quantization: sources, record builder, file validator, feed reader.
 
-``load_inputs`` (sources) -> ``build_records`` (chat template, truncation, float-model targets)
--> ``write_calibration`` (deterministic JSON) -> ``validate_calibration_file`` (before a toolkit
-reads it). The format is rkllm-toolkit's: a JSON list of ``{"input": str, "target": str}``.
+``load_inputs`` (:mod:`.sources`) -> ``build_records`` (:mod:`.builder`: chat template,
+truncation, float-model targets) -> ``write_calibration`` (deterministic JSON) ->
+``validate_calibration_file`` (:mod:`.validate`, before a toolkit reads it). The format is
+rkllm-toolkit's: a JSON list of ``{"input": str, "target": str}``. :mod:`.feeds` is the
+onnxruntime calibration reader both static-QDQ quantizers use.
+
+This package imports none of its modules: import them by name (the quantizers read
+:mod:`.feeds` without pulling in the builder and its config).
 """
-
-from rkpipe.calibration.builder import (
-    build_calibration_file,
-    build_records,
-    summarize,
-    write_calibration,
-)
-from rkpipe.calibration.sources import load_inputs
-from rkpipe.calibration.validate import validate_calibration_file
-
-__all__ = [
-    "build_calibration_file",
-    "build_records",
-    "load_inputs",
-    "summarize",
-    "validate_calibration_file",
-    "write_calibration",
-]

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rkpipe.calibration.feeds import FeedsReader
 from rkpipe.errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,28 +103,6 @@ def make_feed(ids: list[int], specs: dict[str, tuple[Any, list]]) -> dict[str, n
     return feed
 
 
-class CalibrationReader:
-    """onnxruntime ``CalibrationDataReader`` over precomputed feeds (``get_next``/``rewind``)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
-        self._pos = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        """The next feed, or None when exhausted."""
-        if self._pos >= len(self.feeds):
-            return None
-        self._pos += 1
-        return self.feeds[self._pos - 1]
-
-    def rewind(self) -> None:
-        """Start again from the first feed."""
-        self._pos = 0
-
-    def __len__(self) -> int:
-        return len(self.feeds)
-
-
 def calibration_reader(
     calibration_json: Path,
     tokenizer_dir: Path,
@@ -131,8 +110,8 @@ def calibration_reader(
     records: int,
     max_tokens: int,
     equal_length: bool = False,
-) -> CalibrationReader:
-    """A :class:`CalibrationReader` feeding ``records`` calibration records to ``model``.
+) -> FeedsReader:
+    """A :class:`FeedsReader` feeding ``records`` calibration records to ``model``.
 
     ``equal_length`` cuts every record to the shortest one's length: onnxruntime's histogram
     calibrators (Entropy, Percentile) stack the batches and need equal shapes.
@@ -164,7 +143,7 @@ def calibration_reader(
         len(feeds),
         sum(f["input_ids"].shape[1] for f in feeds),
     )
-    return CalibrationReader(feeds)
+    return FeedsReader(feeds)
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
@@ -175,7 +154,7 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def quantize_static_qdq(
-    source: Any, dst: Path, reader: CalibrationReader, cfg: Any, nodes: list[str], large: bool
+    source: Any, dst: Path, reader: FeedsReader, cfg: Any, nodes: list[str], large: bool
 ) -> None:
     """``quantize_static`` in QDQ format on the weight MatMuls ``nodes``.
 
