@@ -39,10 +39,6 @@ class Registry(Generic[T]):
 
         return decorate
 
-    def unregister(self, name: str) -> None:
-        """Drop an entry added with :meth:`register` (tests add and remove dummies)."""
-        self._registered.pop(name, None)
-
     def names(self) -> list[str]:
         """Sorted names :meth:`get` accepts."""
         return sorted(set(self._builtin) | set(self._registered))

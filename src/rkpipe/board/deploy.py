@@ -131,8 +131,13 @@ def llm_runner_argv(
         ArtifactError: no manifest, or one without ``run_with``.
         BoardError: the model file the manifest names is not in ``model_dir``.
     """
-    facts = run_with(model_dir)
-    target = ["--model", transport.model_path(runner_model(Path(model_dir), facts))]
+    return _runner_argv(transport, Path(model_dir), run_with(model_dir), bench, rkllm_lib)
+
+
+def _runner_argv(
+    transport: Transport, model_dir: Path, facts: RunWith, bench: BenchConfig, rkllm_lib: str
+) -> list[str]:
+    target = ["--model", transport.model_path(runner_model(model_dir, facts))]
     if facts.needs_runtime_lib:
         target = ["--lib", rkllm_lib, *target]
     return transport.runner_command(facts.runner) + target + [
@@ -158,9 +163,9 @@ def bench_llm(
     The metrics have the same names for every runtime; an rkllm run adds the runtime's
     self-reported ``rt_*`` figures. Each sample carries ``runtime`` (``onnxruntime``/``rkllm``).
     """
-    argv = llm_runner_argv(transport, model_dir, bench, rkllm_lib=rkllm_lib)
-    runtime = run_with(model_dir).runtime
-    rows = [row | {"runtime": runtime} for row in run_runner(transport, argv, timeout)]
+    facts = run_with(model_dir)  # read once: it names the runner and tags the samples
+    argv = _runner_argv(transport, Path(model_dir), facts, bench, rkllm_lib)
+    rows = [row | {"runtime": facts.runtime} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, LLM_KEYS)
     metrics["peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
     if any(key in row for row in rows for key in RKLLM_RUNTIME_KEYS):  # the runtime's own

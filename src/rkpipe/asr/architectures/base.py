@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +10,7 @@ if TYPE_CHECKING:
     from rkpipe.config.schema import AsrInitConfig, AsrRknnConfig
 
 
-class AsrArchitecture:
+class AsrArchitecture(ABC):
     """One model family: its name (the checkpoint's ``model_type``), the engine that runs its
     export, and the steps that differ between families."""
 
@@ -20,28 +21,27 @@ class AsrArchitecture:
     export_files: tuple[str, ...]  # the ONNX files the export writes
     quantized_files: tuple[str, ...]  # the ONNX files quantization rewrites
     encoder_file: str  # the ONNX file asr.quant.encoder_scheme applies to
-    example_repo: str  # for messages: a hub repo of this family
 
+    @abstractmethod
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:
         """(model, processor, what the tokenizer is) with seeded random weights, offline."""
-        raise NotImplementedError
 
+    @abstractmethod
     def hub_classes(self) -> tuple[Any, Any]:
         """The transformers (model, processor) classes that load a checkpoint of the family."""
-        raise NotImplementedError
 
+    @abstractmethod
     def export(self, model_dir: Path, out: Path, random_weights: bool | None) -> None:
         """Export the checkpoint in ``model_dir`` to fp32 ONNX plus ``engine.json`` in ``out``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def calibration_feeds(self, engine: Any, fp32_dir: Path, clips: list) -> dict[str, list]:
         """``{onnx file: [feed dict, ...]}`` static quantization calibrates each file on."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encoder_spec(self, fp32_dir: Path, info: dict, cfg: AsrRknnConfig) -> dict:
         """``{"model", "input", "shape"}`` of the encoder rknn-toolkit2 converts (static)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encoder_reference(self, engine: Any, x: Any) -> Any:
         """The fp32 onnxruntime encoder output for ``x`` (what the simulator is compared with)."""
-        raise NotImplementedError

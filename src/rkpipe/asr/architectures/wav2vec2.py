@@ -19,7 +19,6 @@ class Wav2Vec2(AsrArchitecture):
     export_files = (MODEL_FILE,)
     quantized_files = (MODEL_FILE,)
     encoder_file = MODEL_FILE
-    example_repo = "facebook/wav2vec2-base-960h"
 
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:
         from rkpipe.asr.ctc import build_ctc_processor, random_wav2vec2

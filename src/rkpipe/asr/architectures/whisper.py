@@ -46,7 +46,6 @@ class Whisper(AsrArchitecture):
     export_files = ONNX_FILES
     quantized_files = SPLIT_FILES
     encoder_file = "encoder_model.onnx"
-    example_repo = "openai/whisper-tiny"
 
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:
         from transformers import WhisperFeatureExtractor, WhisperProcessor

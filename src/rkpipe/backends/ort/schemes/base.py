@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,7 +64,8 @@ class OrtScheme:
 
     def run(self, job: SchemeJob) -> dict[str, Any]:
         """Write ``job.out_dir/model.onnx``; return the facts worth recording (manifest facts,
-        and metrics for the numeric ones)."""
+        and metrics for the numeric ones). A scheme registered for its label alone (a run of a
+        since-removed scheme in compare) cannot run."""
         raise NotImplementedError(f"scheme {self.name!r} has no run()")
 
     def params(self, cfg: OrtQuantConfig, dtype: str, facts: dict[str, Any]) -> dict[str, str]:
@@ -73,7 +75,7 @@ class OrtScheme:
 
 
 @dataclass(frozen=True)
-class PreparedGraphScheme(OrtScheme):
+class PreparedGraphScheme(OrtScheme, ABC):
     """A scheme that runs an onnxruntime quantizer on the prepared fp32 export.
 
     Preparation, shared by all of them: the tied embedding/lm_head is block-quantized first
@@ -128,8 +130,8 @@ class PreparedGraphScheme(OrtScheme):
         """What the quantizer needs from the prepared graph (read before it is handed over)."""
         return None
 
+    @abstractmethod
     def quantize(
         self, source: Any, dst: Path, job: SchemeJob, large: bool, state: Any
     ) -> dict[str, Any]:
         """Quantize ``source`` (a ModelProto, or a file when ``large``) into ``dst``."""
-        raise NotImplementedError(f"scheme {self.name!r} has no quantize()")
