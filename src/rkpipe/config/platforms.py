@@ -41,6 +41,8 @@ RKLLM_DTYPES: tuple[str, ...] = tuple(
     sorted({d for spec in PLATFORMS.values() for d in spec.rkllm_dtypes})
 )
 ORT_DTYPES: tuple[str, ...] = ("int8", "int4")
+# Every quant.dtype some backend takes; which one applies is a cross-field rule (validate).
+ALL_DTYPES: tuple[str, ...] = ORT_DTYPES + RKLLM_DTYPES
 
 # quantized_algorithm -> dtypes it applies to (None: any). grq is w4a16-only.
 RKLLM_ALGORITHMS: dict[str, tuple[str, ...] | None] = {

@@ -15,17 +15,49 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rkpipe.config.domain import (
+    Flag,
+    Free,
+    Int,
+    Items,
+    LocalPath,
+    Number,
+    OneOf,
+    Text,
+    Uri,
+    typed,
+)
+from rkpipe.config.platforms import RKLLM_MAX_CONTEXT
 from rkpipe.layout import Layout
+
+# The domains several fields share. Registries are named "module:attr" and read when a value is
+# checked, so this module imports none of them.
+DIR_NAME = Text(pattern=r"[^\0]+", means="a directory path")
+REPO_ID = Text(
+    optional=True, pattern=r"[\w.-]+(/[\w.-]+)?", means="a Hugging Face repo id (org/name)"
+)
+REVISION = Text(means="a branch, tag or commit of the hub repo")
+COMMIT = Text(optional=True, pattern=r"[0-9a-f]{40}", means="a 40-hex commit (set by rkpipe params)")
+POSITIVE = Int(1)
+WEIGHT_TYPES = OneOf(values=("QInt8", "QUInt8"))
+CALIBRATE_METHODS = OneOf(values=("MinMax", "Entropy", "Percentile"))
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+TORCH_DTYPES = ("float32", "float16", "bfloat16")
+PLATFORM_NAMES = "rkpipe.config.platforms:PLATFORMS"
+INTERPRETER = LocalPath(optional=True, exists=False, kind="Python interpreter")
+# rknn-toolkit2's target_platform and quantized_dtype values (its user guide, 2.x)
+RKNN_PLATFORMS = ("rk3562", "rk3566", "rk3568", "rk3576", "rk3588", "rv1103", "rv1106", "rv1126b")
+RKNN_DTYPES = ("w8a8", "w8a16", "w16a16i", "w16a16i_dfp", "w4a16")
 
 
 @dataclass
 class PathsConfig:
     """Where stages read and write, relative to the repository root."""
 
-    data_dir: str = "data"
-    models_dir: str = "models"
-    metrics_dir: str = "metrics"
-    reports_dir: str = "reports"
+    data_dir: str = typed("data", DIR_NAME)
+    models_dir: str = typed("models", DIR_NAME)
+    metrics_dir: str = typed("metrics", DIR_NAME)
+    reports_dir: str = typed("reports", DIR_NAME)
 
 
 @dataclass
@@ -37,21 +69,23 @@ class ModelConfig:
     local or on the hub).
     """
 
-    name: str = "smollm2-135m-instruct"
-    source: str = "package"
-    repo_id: str | None = None
-    revision: str = "main"
+    name: str = typed("smollm2-135m-instruct", Text())
+    source: str = typed("package", OneOf(registry="rkpipe.llm.sources:SOURCES"))
+    repo_id: str | None = typed(None, REPO_ID)
+    revision: str = typed("main", REVISION)
     # The commit ``revision`` resolved to when params.yaml was composed (rkpipe.hub.pin_revision):
     # a moving branch that gets a new upstream commit changes params, so DVC reruns the download.
-    commit: str | None = None
-    path: str | None = None
-    package: str | None = None
-    gguf_file: str | None = None
-    allow_patterns: list[str] = field(default_factory=list)
-    trust_remote_code: bool = False
-    dtype: str = "float32"
+    commit: str | None = typed(None, COMMIT)
+    path: str | None = typed(None, LocalPath(optional=True, kind="model file or directory"))
+    package: str | None = typed(
+        None, Text(optional=True, pattern=r"[A-Za-z_][\w.]*", means="an importable package")
+    )
+    gguf_file: str | None = typed(None, Text(optional=True, means="a GGUF file name or path"))
+    allow_patterns: list[str] = typed([], Items(of=Text(means="a glob")))
+    trust_remote_code: bool = typed(False, Flag())
+    dtype: str = typed("float32", OneOf(values=TORCH_DTYPES))
     # What the "float" reference really is (e.g. weights de-quantized from Q4_1).
-    float_note: str = ""
+    float_note: str = typed("", Free(why="a note the report prints"))
 
 
 @dataclass
@@ -69,19 +103,21 @@ class AsrQuantConfig:
     weight instead of keeping the fp32 table (see :mod:`rkpipe.asr.tie`).
     """
 
-    scheme: str = "dynamic"
-    weight_type: str = "QInt8"
-    op_types: list[str] = field(default_factory=lambda: ["MatMul"])
-    per_channel: bool = False
-    encoder_scheme: str | None = None
-    activation_type: str = "QUInt8"
-    calibrate_method: str = "MinMax"
-    calib_sentences: str | None = None
-    calib_clips: int = 8
-    block_size: int = 32
-    symmetric: bool = True
-    accuracy_level: int = 0
-    tie_embedding: bool = True
+    scheme: str = typed("dynamic", OneOf(registry="rkpipe.asr.quantizers:SCHEMES"))
+    weight_type: str = typed("QInt8", WEIGHT_TYPES)
+    op_types: list[str] = typed(["MatMul"], Items(of=Text(means="an ONNX op type"), empty=False))
+    per_channel: bool = typed(False, Flag())
+    encoder_scheme: str | None = typed(
+        None, OneOf(registry="rkpipe.asr.quantizers:SCHEMES", optional=True)
+    )
+    activation_type: str = typed("QUInt8", WEIGHT_TYPES)
+    calibrate_method: str = typed("MinMax", CALIBRATE_METHODS)
+    calib_sentences: str | None = typed(None, LocalPath(optional=True))
+    calib_clips: int = typed(8, POSITIVE)
+    block_size: int = typed(32, OneOf(values=(16, 32, 64, 128, 256)))
+    symmetric: bool = typed(True, Flag())
+    accuracy_level: int = typed(0, OneOf(values=ACCURACY_LEVELS))
+    tie_embedding: bool = typed(True, Flag())
 
 
 @dataclass
@@ -95,18 +131,18 @@ class AsrInitConfig:
     must be the character vocabulary's size (32).
     """
 
-    d_model: int = 64
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    attention_heads: int = 2
-    ffn_dim: int = 256
-    num_mel_bins: int = 80
-    vocab_size: int = 51865
-    max_source_positions: int = 1500
-    max_target_positions: int = 448
-    conv_dim: int = 512
-    conv_pos_kernel: int = 128
-    conv_pos_groups: int = 16
+    d_model: int = typed(64, POSITIVE)
+    encoder_layers: int = typed(2, POSITIVE)
+    decoder_layers: int = typed(2, POSITIVE)
+    attention_heads: int = typed(2, POSITIVE)
+    ffn_dim: int = typed(256, POSITIVE)
+    num_mel_bins: int = typed(80, POSITIVE)
+    vocab_size: int = typed(51865, POSITIVE)
+    max_source_positions: int = typed(1500, POSITIVE)
+    max_target_positions: int = typed(448, POSITIVE)
+    conv_dim: int = typed(512, POSITIVE)
+    conv_pos_kernel: int = typed(128, POSITIVE)
+    conv_pos_groups: int = typed(16, POSITIVE)
 
 
 @dataclass
@@ -120,15 +156,16 @@ class AsrRknnConfig:
     ``input_seconds``: the static input length of a CTC model (Whisper's is always 30 s).
     """
 
-    target_platform: str = "rk3588"
-    do_quantization: bool = False
-    quantized_dtype: str = "w8a8"
-    quantized_algorithm: str = "normal"
-    optimization_level: int = 3
-    python: str | None = None
-    calib_clips: int = 4
-    simulate: bool = True
-    input_seconds: float = 20.0
+    target_platform: str = typed("rk3588", OneOf(values=RKNN_PLATFORMS))
+    do_quantization: bool = typed(False, Flag())
+    quantized_dtype: str = typed("w8a8", OneOf(values=RKNN_DTYPES))
+    # rknn-toolkit2's rknn.config(quantized_algorithm=...) values
+    quantized_algorithm: str = typed("normal", OneOf(values=("normal", "mmse", "kl_divergence")))
+    optimization_level: int = typed(3, OneOf(values=(0, 1, 2, 3)))
+    python: str | None = typed(None, INTERPRETER)
+    calib_clips: int = typed(4, POSITIVE)
+    simulate: bool = typed(True, Flag())
+    input_seconds: float = typed(20.0, Number(above=0, max=30))
 
 
 @dataclass
@@ -137,22 +174,25 @@ class AsrConfig:
     ``random_init``, ``hub`` or ``local``; ``backend`` ``onnxruntime`` or ``rknn`` (the encoder
     also converted for the NPU, see :class:`AsrRknnConfig`)."""
 
-    name: str = "whisper-tiny-random"
-    architecture: str = "whisper"
-    source: str = "random_init"
-    repo_id: str | None = None
-    revision: str = "main"
-    commit: str | None = None
-    path: str | None = None
-    seed: int = 0
+    name: str = typed("whisper-tiny-random", Text())
+    architecture: str = typed("whisper", OneOf(registry="rkpipe.asr.architectures:ARCHITECTURES"))
+    source: str = typed("random_init", OneOf(registry="rkpipe.asr.sources:ASR_SOURCES"))
+    repo_id: str | None = typed(None, REPO_ID)
+    revision: str = typed("main", REVISION)
+    commit: str | None = typed(None, COMMIT)
+    path: str | None = typed(None, LocalPath(optional=True, kind="model directory"))
+    seed: int = typed(0, Int(0))
     init: AsrInitConfig = field(default_factory=AsrInitConfig)
-    random_weights: bool = True
-    language: str | None = "en"
-    task: str = "transcribe"
-    max_new_tokens: int = 64
-    eval_sentences: str = "data/asr/sentences.txt"
+    random_weights: bool = typed(True, Flag())
+    language: str | None = typed(
+        "en", Text(optional=True, pattern=r"[a-z]{2,3}", means="a language code such as en")
+    )
+    task: str = typed("transcribe", OneOf(values=("transcribe", "translate")))
+    # Whisper's decoder has 448 positions, a few of which the prompt tokens take
+    max_new_tokens: int = typed(64, Int(1, 440))
+    eval_sentences: str = typed("data/asr/sentences.txt", LocalPath())
     quant: AsrQuantConfig = field(default_factory=AsrQuantConfig)
-    backend: str = "onnxruntime"
+    backend: str = typed("onnxruntime", OneOf(registry="rkpipe.asr.backends:ASR_BACKENDS"))
     rknn: AsrRknnConfig = field(default_factory=AsrRknnConfig)
 
 
@@ -164,20 +204,24 @@ class CalibConfig:
     (a Hugging Face ``datasets`` source) or ``json`` (a ready calibration file).
     """
 
-    source: str = "prompts"
-    prompts_file: str = "data/calib/prompts.txt"
-    json_file: str | None = None
-    dataset: str | None = None
-    dataset_config: str | None = None
-    split: str = "train"
-    input_column: str = "text"
-    target_column: str | None = None
-    num_samples: int = 64
-    max_input_tokens: int = 256
-    max_new_tokens: int = 48
-    batch_size: int = 16
-    apply_chat_template: bool = True
-    seed: int = 0
+    source: str = typed("prompts", OneOf(values=("prompts", "dataset", "json")))
+    prompts_file: str = typed(
+        "data/calib/prompts.txt", LocalPath(when=("calib.source", "prompts"))
+    )
+    json_file: str | None = typed(
+        None, LocalPath(optional=True, when=("calib.source", "json"))
+    )
+    dataset: str | None = typed(None, Text(optional=True, means="a datasets name or path"))
+    dataset_config: str | None = typed(None, Text(optional=True))
+    split: str = typed("train", Text(means="a dataset split, e.g. train or train[:200]"))
+    input_column: str = typed("text", Text())
+    target_column: str | None = typed(None, Text(optional=True))
+    num_samples: int = typed(64, POSITIVE)
+    max_input_tokens: int = typed(256, POSITIVE)
+    max_new_tokens: int = typed(48, POSITIVE)
+    batch_size: int = typed(16, POSITIVE)
+    apply_chat_template: bool = typed(True, Flag())
+    seed: int = typed(0, Int(0))
 
 
 @dataclass
@@ -198,40 +242,45 @@ class OrtQuantConfig:
     :func:`rkpipe.backends.ort.decode_split.split_decode_branch`).
     """
 
-    scheme: str = "dynamic"
-    weight_type: str = "QInt8"
-    per_channel: bool = False
-    op_types: list[str] = field(default_factory=lambda: ["MatMul"])
-    block_size: int = 32
-    accuracy_level: int = 0
+    scheme: str = typed("dynamic", OneOf(registry="rkpipe.backends.ort.schemes:SCHEMES"))
+    weight_type: str = typed("QInt8", WEIGHT_TYPES)
+    per_channel: bool = typed(False, Flag())
+    op_types: list[str] = typed(["MatMul"], Items(of=Text(means="an ONNX op type"), empty=False))
+    block_size: int = typed(32, OneOf(values=(16, 32, 64, 128, 256)))
+    accuracy_level: int = typed(0, OneOf(values=ACCURACY_LEVELS))
     # 8-bit MatMulNBits (Q8_0 or 8-bit embedding+lm_head): level 0 is a slow fp32 path in ORT 1.32
-    accuracy_level_8bit: int = 4
-    embedding_bits: int = 0
-    activation_type: str = "QUInt8"
-    calibrate_method: str = "MinMax"
-    calib_records: int = 8
-    calib_max_tokens: int = 256
-    genai_python: str | None = None
+    accuracy_level_8bit: int = typed(4, OneOf(values=ACCURACY_LEVELS))
+    embedding_bits: int = typed(0, OneOf(registry="rkpipe.backends.ort.schemes:EMBEDDING_BITS"))
+    activation_type: str = typed("QUInt8", WEIGHT_TYPES)
+    calibrate_method: str = typed("MinMax", CALIBRATE_METHODS)
+    calib_records: int = typed(8, POSITIVE)
+    calib_max_tokens: int = typed(256, POSITIVE)
+    genai_python: str | None = typed(None, INTERPRETER)
     # GGUF schemes: how Q4_1 offsets are carried (residual: exact side branch; folded: 4-bit
     # extra K blocks of the same MatMulNBits; mse: none, re-encoded blocks)
-    q4_1_mode: str = "residual"
+    q4_1_mode: str = typed("residual", OneOf(registry="rkpipe.backends.ort.schemes:Q4_1_MODES"))
     # genai_* / gguf_exact: 4-bit MatMulNBits accuracy level of one-token (decode) steps, in an
     # If branch beside the prefill graph (None: one graph for both)
-    decode_accuracy_level: int | None = None
+    decode_accuracy_level: int | None = typed(
+        None, OneOf(values=ACCURACY_LEVELS, optional=True)
+    )
     # dynamic / static_qdq int8: quantize weights to 7 bits so that u8 x s8 products cannot
     # saturate AVX2's 16-bit vpmaddubsw on x86 without VNNI. auto: on for per-channel QInt8
     # weights (see rkpipe.backends.ort.reduce_range); true / false force it.
-    reduce_range: str = "auto"
+    reduce_range: str = typed("auto", OneOf(values=("auto", "true", "false"), casefold=True))
 
 
 @dataclass
 class RkllmQuantConfig:
     """Options only the rkllm-toolkit backend reads."""
 
-    python: str | None = None
-    device: str = "cpu"
-    load_dtype: str = "float32"
-    extra_qparams: dict[str, Any] | None = None
+    python: str | None = typed(None, INTERPRETER)
+    # rkllm-toolkit's load_huggingface(device=..., dtype=...) values
+    device: str = typed("cpu", OneOf(values=("cpu", "cuda")))
+    load_dtype: str = typed("float32", OneOf(values=TORCH_DTYPES))
+    extra_qparams: dict[str, Any] | None = typed(
+        None, Free(why="passed to rkllm.build() as they are", optional=True)
+    )
 
 
 @dataclass
@@ -242,13 +291,19 @@ class QuantConfig:
     checked against the platform matrix; for ``onnxruntime`` it is ``int8`` or ``int4``.
     """
 
-    backend: str = "onnxruntime"
-    dtype: str = "int8"
-    algorithm: str = "normal"
-    optimization_level: int = 1
-    num_npu_core: int | None = None
-    hybrid_rate: float = 0.0
-    max_context: int = 4096
+    backend: str = typed("onnxruntime", OneOf(registry="rkpipe.backends:available"))
+    # The backend's own dtypes are checked by the cross-field rules (rkpipe.config.validate).
+    dtype: str = typed(
+        "int8", OneOf(registry="rkpipe.config.platforms:ALL_DTYPES")
+    )
+    algorithm: str = typed(
+        "normal",
+        Text(pattern=r"(normal|grq|gdq)(_r\d+)?", means="normal, grq, or their _rN forms"),
+    )
+    optimization_level: int = typed(1, OneOf(values=(0, 1)))
+    num_npu_core: int | None = typed(None, Int(1, 3, optional=True))
+    hybrid_rate: float = typed(0.0, Number(min=0, below=1))
+    max_context: int = typed(4096, Int(32, RKLLM_MAX_CONTEXT))
     ort: OrtQuantConfig = field(default_factory=OrtQuantConfig)
     rkllm: RkllmQuantConfig = field(default_factory=RkllmQuantConfig)
 
@@ -257,73 +312,79 @@ class QuantConfig:
 class PlatformConfig:
     """The target SoC; ``host`` means the machine running the pipeline."""
 
-    name: str = "host"
+    name: str = typed("host", OneOf(registry=PLATFORM_NAMES))
 
 
 @dataclass
 class BoardConfig:
     """Where ``deploy_bench`` runs. ``local`` runs the benchmark runner on this host."""
 
-    name: str = "local"
-    transport: str = "local"
-    host: str | None = None
-    port: int = 22
-    user: str | None = None
-    key_file: str | None = None
-    known_hosts: str | None = None
-    workdir: str = "/tmp/rkpipe-board"
-    platform: str | None = None
-    python: str = "python3"
+    name: str = typed("local", Text())
+    transport: str = typed("local", OneOf(registry="rkpipe.board.transport:TRANSPORTS"))
+    host: str | None = typed(None, Text(optional=True, means="a host name or address"))
+    port: int = typed(22, Int(1, 65535))
+    user: str | None = typed(None, Text(optional=True))
+    key_file: str | None = typed(None, LocalPath(optional=True, kind="private key file"))
+    known_hosts: str | None = typed(None, LocalPath(optional=True, exists=False))
+    workdir: str = typed("/tmp/rkpipe-board", Text(pattern="/.*", means="an absolute path"))
+    platform: str | None = typed(None, OneOf(registry=PLATFORM_NAMES, optional=True))
+    python: str = typed("python3", Text(means="the board's Python interpreter"))
     # Rockchip's runtime as the board sees it (its docs install it in /usr/lib). An .rkllm
     # variant is benchmarked by rkllm_runner through it; on board=local a missing file means
     # "no NPU here" and the LLM benchmark is skipped rather than failed.
-    rkllm_lib: str = "/usr/lib/librkllmrt.so"
+    rkllm_lib: str = typed("/usr/lib/librkllmrt.so", Text(means="a path on the board"))
     # Prefix for /proc and /sys reads: "" on a real board, a directory on the loopback test board.
-    root: str = ""
-    pin_frequency: bool = False
-    timeout_s: float = 600.0
+    root: str = typed("", Text(empty=True, means="a path prefix on the board"))
+    pin_frequency: bool = typed(False, Flag())
+    timeout_s: float = typed(600.0, Number(above=0))
 
 
 @dataclass
 class BenchConfig:
     """Benchmark methodology (Rockchip's and llama-bench's defaults)."""
 
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    warmup: int = 2
-    repetitions: int = 5
-    threads: int = 2
+    prompt_tokens: int = typed(128, POSITIVE)
+    new_tokens: int = typed(64, POSITIVE)
+    warmup: int = typed(2, Int(0))
+    repetitions: int = typed(5, POSITIVE)
+    threads: int = typed(2, POSITIVE)
 
 
 @dataclass
 class EvalConfig:
     """Host accuracy evaluation of the LLM."""
 
-    text_file: str = "data/eval/eval.txt"
-    seqlen: int = 512
-    threads: int = 2
+    text_file: str = typed("data/eval/eval.txt", LocalPath())
+    seqlen: int = typed(512, Int(16))
+    threads: int = typed(2, POSITIVE)
     # A numerically broken LLM (NaN, PPL > 10x float, top-1 < 0.2) fails evaluate; true keeps
     # its figures, flagged llm_broken=1 and tagged gate=broken (rkpipe.evaluate.sanity).
-    keep_broken: bool = False
+    keep_broken: bool = typed(False, Flag())
 
 
 @dataclass
 class TrackingConfig:
     """MLflow settings. ``uri: null`` means the project's SQLite store (see tracking)."""
 
-    uri: str | None = None
-    experiment: str = "rkpipe"
-    enabled: bool = True
+    uri: str | None = typed(
+        None,
+        Uri(optional=True, via="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    )
+    experiment: str = typed("rkpipe", Text())
+    enabled: bool = typed(True, Flag())
+    # Upper bound, in seconds, on waiting for an unreachable tracking server (MLflow's own
+    # retries take about 250 s); past it a stage fails with one line naming the URI.
+    timeout_s: float = typed(10.0, Number(above=0, max=600))
 
 
 @dataclass
 class GateRule:
     """One acceptance gate on a variant's own metric: ``min <= metrics[metric] <= max``."""
 
-    metric: str = "ppl_delta_pct"
-    max: float | None = None
-    min: float | None = None
-    description: str = ""
+    metric: str = typed("ppl_delta_pct", Text(means="a metric name"))
+    max: float | None = typed(None, Number(optional=True))
+    min: float | None = typed(None, Number(optional=True))
+    description: str = typed("", Free(why="shown beside the verdict"))
 
 
 @dataclass
@@ -331,8 +392,9 @@ class GatesConfig:
     """Acceptance gates ``rkpipe compare`` and sweeps apply; a variant failing one is tagged
     ``gate=failed`` in MLflow. They judge results, so they are not part of a variant's id."""
 
-    enabled: bool = True
-    rules: dict[str, GateRule] = field(default_factory=dict)
+    enabled: bool = typed(True, Flag())
+    # Each rule is a GateRule, whose fields carry their own domains (checked by validate).
+    rules: dict[str, GateRule] = typed({}, Free(why="named GateRule entries"))
 
 
 @dataclass
