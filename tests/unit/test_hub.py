@@ -424,6 +424,10 @@ def _stub_convert(tiny_files, seen):
     return convert
 
 
+def _skip_gguf_check(path, fix):
+    """The stand-in bytes are no GGUF; test_corrupt_inputs.py covers the check itself."""
+
+
 def test_gguf_from_hub_is_pinned_to_the_sha(fake_hub, tiny_files, monkeypatch, tmp_path):
     from rkpipe.llm.sources import gguf_file
 
@@ -431,6 +435,7 @@ def test_gguf_from_hub_is_pinned_to_the_sha(fake_hub, tiny_files, monkeypatch, t
     fake_hub.add_repo("acme/tiny-gguf", {"tiny.Q4_1.gguf": gguf, "README.md": b"x"})
     seen: list[bytes] = []
     monkeypatch.setattr(gguf_file, "convert_gguf", _stub_convert(tiny_files, seen))
+    monkeypatch.setattr(gguf_file, "check_gguf_file", _skip_gguf_check)
     cfg = ModelConfig(source="gguf", repo_id="acme/tiny-gguf", gguf_file="tiny.Q4_1.gguf")
     manifest = acquire_llm(cfg, tmp_path / "model")
     assert seen == [gguf]
@@ -445,6 +450,7 @@ def test_local_gguf_in_a_directory(tiny_files, monkeypatch, tmp_path):
     (tmp_path / "m.gguf").write_bytes(b"GGUF-local")
     seen: list[bytes] = []
     monkeypatch.setattr(gguf_file, "convert_gguf", _stub_convert(tiny_files, seen))
+    monkeypatch.setattr(gguf_file, "check_gguf_file", _skip_gguf_check)
     cfg = ModelConfig(source="gguf", path=str(tmp_path), gguf_file="m.gguf")
     manifest = acquire_llm(cfg, tmp_path / "model")
     assert seen == [b"GGUF-local"] and manifest["gguf_file"] == "m.gguf"

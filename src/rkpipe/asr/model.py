@@ -15,17 +15,24 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from rkpipe.asr.architectures import get_architecture
+from rkpipe.asr.architectures import ARCHITECTURES, get_architecture
 from rkpipe.asr.sources import ASR_SOURCES
 from rkpipe.config.schema import AsrConfig
 from rkpipe.errors import AsrError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+from rkpipe.llm.integrity import (
+    check_required_files,
+    check_safetensors_dir,
+    fail,
+    read_json_object,
+)
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
 HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+LOCAL_FIX = "re-download it, or point asr.path at an intact copy"
 
 
 def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
@@ -35,7 +42,8 @@ def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
     (``snapshot_download`` of ``cfg.repo_id`` at ``cfg.revision``, the resolved commit recorded)
     or ``local`` (a directory ``cfg.path``). The directory appears atomically. Returns the
     manifest. Raises :class:`AsrError` for an unknown source or architecture, a missing path,
-    an unreachable repository or a missing ``openai-whisper`` package.
+    an unreachable repository, a missing ``openai-whisper`` package, or a hub/local checkpoint
+    with a missing or corrupt file (one line naming the file, see :func:`check_asr_checkpoint`).
     """
     get_architecture(cfg.architecture)
     acquire = ASR_SOURCES.get(cfg.source)
@@ -79,7 +87,11 @@ def acquire_hub(cfg: AsrConfig, out: Path) -> dict:
     if not any(snapshot.glob("*.safetensors")):
         logger.warning("%s has no safetensors; downloading pytorch_model.bin", cfg.repo_id)
         snapshot = _snapshot(cfg.repo_id, cfg.commit or cfg.revision, ["pytorch_model.bin"])
-    _copy_checkpoint(snapshot, out, cfg.architecture)
+    fix = (
+        f"delete {cfg.repo_id} from the Hugging Face cache (hf cache delete) and rerun "
+        "download_asr to fetch it again"
+    )
+    _copy_checkpoint(snapshot, out, cfg.architecture, fix)
     return {"repo_id": cfg.repo_id, "revision": cfg.revision, "commit_sha": snapshot.name}
 
 
@@ -90,7 +102,7 @@ def acquire_local(cfg: AsrConfig, out: Path) -> dict:
             f"asr.source=local needs asr.path to be an ASR checkpoint directory with "
             f"config.json; got {cfg.path!r}"
         )
-    _copy_checkpoint(path, out, cfg.architecture)
+    _copy_checkpoint(path, out, cfg.architecture, LOCAL_FIX)
     return {"path": str(path.resolve())}
 
 
@@ -104,24 +116,47 @@ def _snapshot(repo_id: str, revision: str, patterns: list[str] | None = None) ->
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
         raise AsrError(
-            f"could not download {repo_id}@{revision}: {exc}. Check the repo id and revision, "
-            f"the network, or use asr=whisper_tiny_random (offline)"
+            f"could not download {repo_id}@{revision}: {_first_line(exc)}. Check the repo id "
+            "and revision, the network, or use asr=whisper_tiny_random (offline)"
         ) from exc
     return Path(local)  # .../snapshots/<commit sha>
 
 
-def _copy_checkpoint(src: Path, out: Path, architecture: str) -> None:
+def check_asr_checkpoint(src: Path, fix: str = "") -> None:
+    """Check an ASR checkpoint directory before transformers loads it (stdlib, headers only).
+
+    config.json must be a JSON object naming a registered ``model_type``; weights must exist
+    (``*.safetensors``, intact, or ``pytorch_model*.bin``); the processor files the
+    architecture needs must exist. Raises :class:`AsrError`: ``"<file>: <problem>; <fix>"``.
+    """
+    src, fix = Path(src), fix or LOCAL_FIX
+    config = read_json_object(src / "config.json", fix, AsrError)
+    model_type, known = config.get("model_type"), ARCHITECTURES.names()
+    if model_type not in known:
+        raise AsrError(
+            f"{src / 'config.json'}: model_type {model_type!r}, expected one of "
+            f"{', '.join(known)}; point asr.path / asr.repo_id at an ASR checkpoint"
+        )
+    family = get_architecture(model_type)
+    if not check_safetensors_dir(src, fix, AsrError) and not any(src.glob("pytorch_model*.bin")):
+        raise fail(AsrError, src, "no weights (expected *.safetensors or pytorch_model.bin)", fix)
+    check_required_files(src, family.processor_files, fix, AsrError)
+
+
+def _copy_checkpoint(src: Path, out: Path, architecture: str, fix: str) -> None:
     """Load an ASR checkpoint + processor from ``src`` and save them (safetensors) to ``out``.
 
-    Raises :class:`AsrError` when the checkpoint's ``model_type`` is unsupported or is not
+    Raises :class:`AsrError` when a file is missing or corrupt (:func:`check_asr_checkpoint`,
+    ``fix`` says what to do), when the checkpoint's ``model_type`` is unsupported or is not
     ``architecture`` (``asr.architecture``), or when it cannot be loaded.
     """
     from transformers import AutoConfig
 
+    check_asr_checkpoint(src, fix)
     try:
         model_type = AutoConfig.from_pretrained(src).model_type
     except (OSError, ValueError) as exc:
-        raise AsrError(f"{src} is not a readable model directory: {exc}") from exc
+        raise AsrError(f"{src} is not a readable model directory: {_first_line(exc)}") from exc
     family = get_architecture(model_type)
     if model_type != architecture:
         raise AsrError(
@@ -135,10 +170,15 @@ def _copy_checkpoint(src: Path, out: Path, architecture: str) -> None:
     except (OSError, ValueError) as exc:
         raise AsrError(
             f"could not load the {name} model and processor (feature extractor + tokenizer) "
-            f"from {src}: {exc}"
+            f"from {src}: {_first_line(exc)}"
         ) from exc
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of a library's message (the CLI prints an error as one line)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # --------------------------------------------------------------------------- random model

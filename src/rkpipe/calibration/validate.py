@@ -38,10 +38,10 @@ def validate_calibration_file(
 
     Raises CalibrationError (message ``"<path>: <what is wrong>"``) for a missing file, bytes that
     are not UTF-8 (with the byte offset), invalid JSON (line/column), a top level that is not a
-    list, an empty list, or the first record that is not an object or lacks a string ``input`` /
-    ``target``. Logs a warning for extra keys and for records longer than ``max_context`` tokens
-    (counted with ``tokenizer`` if given, else estimated as characters / 4, one token per CJK
-    character).
+    list, an empty list, or the first record that is not an object, lacks a string ``input`` /
+    ``target``, or has an empty (or whitespace-only) ``target``. Logs a warning for extra keys
+    and for records longer than ``max_context`` tokens (counted with ``tokenizer`` if given,
+    else estimated as characters / 4, one token per CJK character).
     """
     path = Path(path)
     records = _parse(path, _decode(path))
@@ -119,6 +119,9 @@ def record_problem(record: Any) -> str | None:
             return f'missing key "{key}" (keys present: {keys})'
         if not isinstance(record[key], str):
             return f'"{key}" must be a string, got a JSON {json_type(record[key])}'
+    if not record["target"].strip():
+        # the toolkit calibrates on input+target: an empty target silently shortens the sample
+        return '"target" is empty; expected the text the model should answer to "input"'
     return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 from rkpipe.config.schema import ModelConfig
 from rkpipe.errors import ModelSourceError
+from rkpipe.llm.integrity import check_safetensors_dir, read_json_object
 from rkpipe.llm.memory import estimate_conversion_memory_gb, memory_preflight
 
 log = logging.getLogger(__name__)
@@ -25,18 +25,22 @@ def normalise_hf_dir(src: Path, dest: Path, cfg: ModelConfig) -> list[str]:
 
     Keeps safetensors, configs, tokenizer files (and custom code); converts a ``.bin``-only
     checkpoint to safetensors; writes ``generation_config.json`` when missing. Returns the list
-    of fixes applied. Raises ModelSourceError when config.json or the tokenizer is missing or
-    when the model needs remote code and ``cfg.trust_remote_code`` is off.
+    of fixes applied. Raises ModelSourceError when config.json or the tokenizer is missing,
+    config.json is not a JSON object, a safetensors file (or a shard its index lists) is
+    truncated, garbled or missing, or the model needs remote code and
+    ``cfg.trust_remote_code`` is off.
     """
+    fix = source_fix_hint(cfg)
     config_path = src / "config.json"
     if not config_path.is_file():
-        raise ModelSourceError(f"{src} has no config.json: not a Hugging Face checkpoint")
-    check_remote_code(json.loads(config_path.read_text(encoding="utf-8")), cfg)
+        raise ModelSourceError(f"{src} has no config.json: not a Hugging Face checkpoint; {fix}")
+    check_remote_code(read_json_object(config_path, fix), cfg)
     if not any((src / name).is_file() for name in _TOKENIZER_FILES):
+        hint = "add 'tokenizer*' to model.allow_patterns" if cfg.source == "hub" else fix
         raise ModelSourceError(
-            f"{src} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
-            "add 'tokenizer*' to model.allow_patterns"
+            f"{src} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); {hint}"
         )
+    check_safetensors_dir(src, fix)  # a truncated file is named here, not in calibrate
     _copy_top_level(src, dest)
     fixes: list[str] = []
     if not list(dest.glob("*.safetensors")):
@@ -44,6 +48,16 @@ def normalise_hf_dir(src: Path, dest: Path, cfg: ModelConfig) -> list[str]:
     if not (dest / "generation_config.json").is_file():
         fixes.append(_write_generation_config(dest, cfg))
     return fixes
+
+
+def source_fix_hint(cfg: ModelConfig) -> str:
+    """What to do about a bad file of the checkpoint ``cfg`` names (local directory or hub)."""
+    if cfg.source == "hub":
+        return (
+            f"delete {cfg.repo_id} from the Hugging Face cache (hf cache delete) and rerun "
+            "download_llm to fetch it again"
+        )
+    return "re-download it, or point model.path at an intact copy"
 
 
 def check_remote_code(config: dict[str, Any], cfg: ModelConfig) -> None:

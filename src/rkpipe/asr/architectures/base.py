@@ -21,6 +21,9 @@ class AsrArchitecture(ABC):
     export_files: tuple[str, ...]  # the ONNX files the export writes
     quantized_files: tuple[str, ...]  # the ONNX files quantization rewrites
     encoder_file: str  # the ONNX file asr.quant.encoder_scheme applies to
+    # Files a hub/local checkpoint must hold besides config.json and weights, for the processor
+    # to load: one name of each group (acquisition checks them before transformers runs).
+    processor_files: tuple[tuple[str, ...], ...] = ()
 
     @abstractmethod
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:

@@ -19,6 +19,7 @@ class Wav2Vec2(AsrArchitecture):
     export_files = (MODEL_FILE,)
     quantized_files = (MODEL_FILE,)
     encoder_file = MODEL_FILE
+    processor_files = (("preprocessor_config.json",), ("vocab.json",))
 
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:
         from rkpipe.asr.ctc import build_ctc_processor, random_wav2vec2

@@ -46,6 +46,7 @@ class Whisper(AsrArchitecture):
     export_files = ONNX_FILES
     quantized_files = SPLIT_FILES
     encoder_file = "encoder_model.onnx"
+    processor_files = (("preprocessor_config.json",), ("tokenizer.json", "vocab.json"))
 
     def random_model(self, init: AsrInitConfig, seed: int) -> tuple[Any, Any, str]:
         from transformers import WhisperFeatureExtractor, WhisperProcessor

@@ -9,7 +9,7 @@ from rkpipe.config.schema import ModelConfig
 from rkpipe.errors import ModelSourceError
 from rkpipe.hub import HubContext, download_file
 from rkpipe.io import sha256_file
-from rkpipe.llm.gguf import convert_gguf
+from rkpipe.llm.gguf import check_gguf_file, convert_gguf
 
 
 def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
             "revision": None,
             "revision_resolved": None,
         }
+    check_gguf_file(gguf_path, _fix_hint(cfg))
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
     return {
         **info,
@@ -47,3 +48,13 @@ def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
         "gguf_sha256": sha256_file(gguf_path),
         "tokenizer_fixes": fixes,
     }
+
+
+def _fix_hint(cfg: ModelConfig) -> str:
+    """What to do about a bad GGUF: fetch it from the hub again, or replace the local file."""
+    if cfg.repo_id:
+        return (
+            f"delete {cfg.repo_id} from the Hugging Face cache (hf cache delete) and rerun "
+            "download_llm to fetch it again"
+        )
+    return "re-download it, or point model.gguf_file at an intact copy"

