@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -50,8 +51,13 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(loopback_sshd, tmp_pat
     expected = ssh_keygen_fingerprint(loopback_sshd.host_key_pub)
     with SshTransport(board) as transport, pytest.raises(BoardError) as err:
         transport.run(["true"], 10)
+    # No conf/board/*.yaml is named "loopback": the ssh one, pointed at this board, trusts it.
+    trust = shlex.join([
+        "rkpipe", "board", "trust", "rk3588_ssh", "board.host=127.0.0.1",
+        f"board.port={loopback_sshd.port}", f"board.known_hosts={tmp_path / 'known_hosts'}",
+    ])  # fmt: skip
     assert str(err.value).startswith(
-        f"unknown host key for 127.0.0.1:{loopback_sshd.port}; run `rkpipe board trust loopback` "
+        f"unknown host key for 127.0.0.1:{loopback_sshd.port}; run `{trust}` "
         f"after checking the fingerprint {expected}"
     )
 

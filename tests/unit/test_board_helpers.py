@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rkpipe.board.preflight import (
+    check_board_platform,
     check_facts,
     parse_df_available_mb,
     parse_driver_version,
@@ -13,6 +16,8 @@ from rkpipe.board.preflight import (
     soc_from_compatible,
 )
 from rkpipe.board.ssh import known_hosts_name, parse_sha256sum
+from rkpipe.board.trust_hint import trust_command
+from rkpipe.config.schema import BoardConfig
 from rkpipe.engines.rkllm_runner import default_cpu_mask
 from rkpipe.errors import BoardError
 
@@ -113,3 +118,71 @@ def test_default_cpu_mask_takes_the_big_cores():
     assert default_cpu_mask(4, 8) == 0xF0
     assert default_cpu_mask(2, 8) == 0xC0
     assert default_cpu_mask(8, 4) == 0x0F
+
+
+# ------------------------------------------------------------------ board.platform
+
+
+def evb(**changes) -> BoardConfig:
+    fields = dict(name="evb", transport="ssh", host="10.9.8.7", port=2222, platform="rk3588")
+    return BoardConfig(**(fields | changes))  # fmt: skip
+
+
+def test_check_board_platform():
+    check_board_platform(evb(), "rk3588", "rockchip,rk3588")
+    check_board_platform(evb(platform="RK3588S"), "rk3588", "rockchip,rk3588s")  # same NPU
+    check_board_platform(evb(platform=None), "rk3576", "rockchip,rk3576")  # nothing to check
+    with pytest.raises(BoardError) as err:
+        check_board_platform(evb(root="/fake/"), "rk3576", "rockchip,rk3576")
+    assert str(err.value) == (
+        "board evb at 10.9.8.7:2222 is an rk3576 (/fake/proc/device-tree/compatible) but its "
+        "config says platform: rk3588; fix board.platform or pick the right board"
+    )
+    with pytest.raises(BoardError, match=r"at adb device X1 is not a known Rockchip SoC \(empty\)"):
+        check_board_platform(evb(transport="adb", host="X1"), None, "")
+
+
+# ------------------------------------------------------------------ the trust hint
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    """A config dir whose board group has an ssh board, an adb board and a nested option."""
+    group = tmp_path / "conf" / "board"
+    (group / "lab").mkdir(parents=True)
+    (group / "evb_ssh.yaml").write_text(
+        "name: evb\ntransport: ssh\nhost: 10.9.8.7\nport: 2222\nknown_hosts: ~/.ssh/known_hosts\n"
+    )
+    (group / "lab" / "second.yaml").write_text("name: second\ntransport: ssh\nhost: 10.9.8.8\n")
+    (group / "phone.yaml").write_text("name: phone\ntransport: adb\n")
+    (group / "broken.yaml").write_text("name: [unclosed\n")
+    return tmp_path / "conf"
+
+
+def test_the_trust_hint_names_the_config_option_not_the_board_name(conf):
+    assert trust_command(evb(), conf) == "rkpipe board trust evb_ssh"
+    assert trust_command(evb(name="second", host="10.9.8.8", port=22), conf) == (
+        "rkpipe board trust lab/second"
+    )
+
+
+def test_the_trust_hint_repeats_what_differs_from_the_file(conf):
+    board = evb(host="127.0.0.1", known_hosts="/tmp/a b/known_hosts")
+    assert trust_command(board, conf) == (
+        "rkpipe board trust evb_ssh board.host=127.0.0.1 "
+        """'board.known_hosts='"'"'/tmp/a b/known_hosts'"'"''"""
+    )
+    assert trust_command(evb(known_hosts=None), conf) == "rkpipe board trust evb_ssh"  # same file
+
+
+def test_the_trust_hint_without_a_file_of_that_name(conf, tmp_path):
+    # another ssh option, pointed at this board, trusts it just as well
+    assert trust_command(evb(name="loopback", port=22), conf) == (
+        "rkpipe board trust evb_ssh board.port=22"  # fewest overrides, then alphabetical
+    )
+    assert trust_command(evb(name="loopback", host="10.9.8.8", port=22), conf) == (
+        "rkpipe board trust lab/second"
+    )
+    assert (
+        trust_command(evb(name="loopback"), tmp_path / "nowhere") == "rkpipe board trust loopback"
+    )

@@ -87,7 +87,11 @@ class AdbTransport(RemoteTransport):
         serial = self.board.host or "(the only device)"
         return f"adb device {serial} via the adb server at {where} is not reachable: {exc}"
 
-    def _exec(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _exec(
+        self, command: str, timeout: float, hold_stdin: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        # stdin is never closed from this side, so hold_stdin needs nothing: it reads EOF when
+        # the adb socket closes, and adbd also sends SIGHUP then (the watchdog handles both).
         deadline = time.monotonic() + timeout
         device = self._device()
         try:

@@ -46,14 +46,16 @@ LLM_SKIPPED = "llm_bench_skipped"
 
 
 def check_board(cfg: PipelineConfig, transport: Transport) -> dict[str, Any]:
-    """Preflight a remote board for this variant's models (SoC, driver, runtime, disk, memory)."""
-    from rkpipe.board.preflight import preflight
+    """Preflight a remote board for this variant's models (SoC, driver, runtime, disk, memory),
+    and check its SoC against ``board.platform`` whatever the runtime (an onnxruntime model
+    runs on any SoC, but its figures would be filed under the wrong board)."""
+    from rkpipe.board.preflight import check_board_platform, preflight
     from rkpipe.io import dir_size_mb
 
     layout = cfg.layout
     facts = run_with(layout.llm.quantized)
     size = dir_size_mb(layout.llm.quantized) + dir_size_mb(layout.asr.quantized)
-    return preflight(
+    board_facts = preflight(
         transport,
         model_platform=facts.platform,
         toolkit_version=facts.toolkit_version,
@@ -63,6 +65,8 @@ def check_board(cfg: PipelineConfig, transport: Transport) -> dict[str, Any]:
         runtime_lib=cfg.board.rkllm_lib,
         timeout=min(cfg.board.timeout_s, 120.0),
     )
+    check_board_platform(cfg.board, board_facts["soc"], board_facts["compatible"])
+    return board_facts
 
 
 def runner_model(quantized: Path, facts: RunWith) -> Path:

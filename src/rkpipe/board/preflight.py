@@ -1,5 +1,8 @@
 """Check a board before deploying an rkllm model, and pin its clocks for benchmarking.
 
+:func:`quick_check` is the seconds-long check that runs before any conversion (the preflight
+stage): the board answers, its host key is the known one, and its SoC is ``board.platform``.
+
 :func:`preflight` reads, through any :class:`~rkpipe.board.deploy.Transport`:
 
 * the SoC from ``/proc/device-tree/compatible`` (NUL-separated, e.g.
@@ -20,15 +23,19 @@ too little disk or memory) are collected and raised together as one BoardError.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rkpipe.board.transport import Transport
+from rkpipe.board.transport import Transport, make_transport
 from rkpipe.config.platforms import PLATFORMS, normalise_name
 from rkpipe.errors import BoardError
 from rkpipe.measure.rkllm_log import parse_runtime_info, version_key
+
+if TYPE_CHECKING:
+    from rkpipe.config.schema import BoardConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ DISK_SLACK_MB = 64.0
 DEFAULT_RUNTIME_LIB = "/usr/lib/librkllmrt.so"
 SOCS = tuple(name for name in PLATFORMS if name != "host")
 DRIVER_FILES = ("/sys/kernel/debug/rknpu/version", "/sys/module/rknpu/version")
+COMPATIBLE_FILE = "/proc/device-tree/compatible"
+QUICK_TIMEOUT_S = 10.0
 
 
 def soc_from_compatible(raw: str) -> str | None:
@@ -94,7 +103,7 @@ def _read(transport: Transport, path: str, timeout: float) -> str | None:
 
 def read_soc(transport: Transport, board_root: str, timeout: float) -> tuple[str | None, str]:
     """(SoC or None, the raw compatible string with NULs shown as commas)."""
-    raw = _read(transport, board_root + "/proc/device-tree/compatible", timeout) or ""
+    raw = _read(transport, board_root + COMPATIBLE_FILE, timeout) or ""
     return soc_from_compatible(raw), ", ".join(e for e in raw.split("\0") if e.strip())
 
 
@@ -253,6 +262,72 @@ def preflight(
     if problems:
         raise BoardError("board preflight failed: " + "; ".join(problems))
     log.info("preflight ok: %s", facts)
+    return facts
+
+
+# ----------------------------------------------------------------------------- quick check
+
+
+def board_address(board: BoardConfig) -> str:
+    """Where the board is, for messages: ``host:port`` over SSH, the serial over adb."""
+    if board.transport == "adb":
+        return f"adb device {board.host or '(the only device)'}"
+    return f"{board.host}:{board.port}"
+
+
+def check_board_platform(board: BoardConfig, soc: str | None, compatible: str) -> None:
+    """Refuse a board whose device tree names another SoC than ``board.platform`` (unset:
+    nothing to check). ``rk3588s`` in either counts as ``rk3588``.
+
+    Raises:
+        BoardError: one line naming both SoCs and the fix.
+    """
+    if not board.platform:
+        return
+    expected = soc_from_compatible(f"rockchip,{normalise_name(board.platform)}")
+    if soc is not None and soc == expected:
+        return
+    found = f"an {soc}" if soc else f"not a known Rockchip SoC ({compatible or 'empty'})"
+    raise BoardError(
+        f"board {board.name} at {board_address(board)} is {found} "
+        f"({board.root.rstrip('/')}{COMPATIBLE_FILE}) but its config says platform: "
+        f"{board.platform}; fix board.platform or pick the right board"
+    )
+
+
+def quick_check(board: BoardConfig, timeout_s: float = QUICK_TIMEOUT_S) -> dict[str, Any]:
+    """Reach the board with its transport and check it is the configured one, within about
+    ``timeout_s`` per step, before any conversion spends minutes for it.
+
+    Connecting refuses an unknown or changed SSH host key (the one-line errors, naming the
+    ``rkpipe board trust`` command that works); then the SoC is read from the device tree
+    (below ``board.root``) and compared with ``board.platform`` when that is set. ``board=local``
+    returns at once.
+
+    Returns:
+        ``transport``, and for a remote board ``soc``, ``compatible`` and, over SSH,
+        ``host_key: known``.
+
+    Raises:
+        BoardError: unreachable (closed port, no SSH banner, adb device missing), host key
+        refused, or SoC != board.platform; one line.
+    """
+    facts: dict[str, Any] = {"transport": board.transport}
+    if board.transport == "local":
+        return facts
+    timeout = min(board.timeout_s, timeout_s)
+    transport = make_transport(dataclasses.replace(board, timeout_s=timeout))
+    try:
+        soc, compatible = read_soc(transport, board.root.rstrip("/"), timeout)
+    finally:
+        close = getattr(transport, "close", None)
+        if close is not None:
+            close()
+    facts |= {"soc": soc, "compatible": compatible}
+    if board.transport == "ssh":
+        facts["host_key"] = "known"  # connecting refuses any other
+    check_board_platform(board, soc, compatible)
+    log.info("board %s at %s answered: %s", board.name, board_address(board), facts)
     return facts
 
 

@@ -10,6 +10,10 @@ SSH specifics: host keys checked against ``board.known_hosts`` (unknown or chang
 refused; :func:`trust_host` records one after the user checked its fingerprint), key-file or
 agent authentication, and uploads that resume from the partial file's size after a dropped
 connection.
+
+Runners run under ``engine_shared.py``'s watchdog (:meth:`RemoteTransport.runner_command`), with
+the command's stdin held open: when this side dies or gives up, the channel closes, the
+watchdog reads EOF and kills the runner's process group, so no benchmark outlives its stage.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from pathlib import Path
 import paramiko
 
 import rkpipe.engines
+from rkpipe.board.trust_hint import trust_command
 from rkpipe.config.schema import BoardConfig
+from rkpipe.engines.engine_shared import WATCHDOG_FLAG
 from rkpipe.errors import BoardError
 from rkpipe.io import sha256_file
 
@@ -84,6 +90,27 @@ def known_hosts_path(board: BoardConfig) -> Path:
     return Path(board.known_hosts or "~/.ssh/known_hosts").expanduser()
 
 
+class _TransportErrorsToDebug(logging.Filter):
+    """paramiko's transport thread logs every failure it hands to the caller at ERROR, with a
+    traceback (a silent port: 30 lines before our one-line BoardError). Keep them at debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        log.debug("paramiko transport: %s", record.getMessage())
+        return False
+
+
+_QUIET_TRANSPORT = _TransportErrorsToDebug()
+
+
+def quiet_paramiko_transport() -> None:
+    """Send paramiko's transport-thread errors to debug (idempotent)."""
+    logger = logging.getLogger("paramiko.transport")
+    if _QUIET_TRANSPORT not in logger.filters:
+        logger.addFilter(_QUIET_TRANSPORT)
+
+
 def _require_host(board: BoardConfig) -> str:
     if not board.host:
         raise BoardError(f"board {board.name!r} has transport ssh but no host: set board.host")
@@ -99,7 +126,7 @@ class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey):
         raise BoardError(
             f"unknown host key for {self.board.host}:{self.board.port}; run "
-            f"`rkpipe board trust {self.board.name}` after checking the fingerprint "
+            f"`{trust_command(self.board)}` after checking the fingerprint "
             f"{fingerprint(key)} ({key.get_name()})"
         )
 
@@ -109,7 +136,7 @@ def _changed_key_error(board: BoardConfig, got: paramiko.PKey, expected: paramik
         f"host key for {board.host}:{board.port} changed: {known_hosts_path(board)} has "
         f"{fingerprint(expected)} but the board presents {fingerprint(got)} ({got.get_name()}). "
         "If the board was re-imaged, delete its line from known_hosts and run "
-        f"`rkpipe board trust {board.name}`; otherwise someone may be intercepting the connection"
+        f"`{trust_command(board)}`; otherwise someone may be intercepting the connection"
     )
 
 
@@ -120,9 +147,11 @@ def fetch_host_key(board: BoardConfig, timeout: float = CONNECT_TIMEOUT_S) -> pa
         BoardError: the board cannot be reached or does not speak SSH.
     """
     host = _require_host(board)
+    quiet_paramiko_transport()
     try:
         with socket.create_connection((host, board.port), timeout=timeout) as sock:
             transport = paramiko.Transport(sock)
+            transport.banner_timeout = timeout
             try:
                 transport.start_client(timeout=timeout)
                 return transport.get_remote_server_key()
@@ -135,7 +164,8 @@ def fetch_host_key(board: BoardConfig, timeout: float = CONNECT_TIMEOUT_S) -> pa
 def trust_host(board: BoardConfig) -> str:
     """Append the board's current host key to its known_hosts; return the fingerprint.
 
-    What ``rkpipe board trust <name>`` calls, after the user compared the fingerprint the
+    What ``rkpipe board trust <conf/board option>`` calls (the refusal prints the exact
+    command, see :mod:`rkpipe.board.trust_hint`), after the user compared the fingerprint the
     refusal printed with the board's own (``ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub``).
     A key already recorded is not added twice.
 
@@ -187,7 +217,11 @@ class RemoteTransport:
         self.python = python
         self.workdir = board.workdir.rstrip("/") or "/"
 
-    def _exec(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _exec(
+        self, command: str, timeout: float, hold_stdin: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one command line; ``hold_stdin`` keeps its stdin open until it ends (the
+        watchdog's sign of life) instead of closing it at once."""
         raise NotImplementedError
 
     def _upload(self, local: Path, remote: str) -> None:
@@ -201,7 +235,9 @@ class RemoteTransport:
         Raises:
             BoardError: timeout or lost connection.
         """
-        result = self._exec(shlex.join(str(arg) for arg in argv), timeout)
+        # A watched runner reads EOF on stdin when the connection goes: keep it open until then.
+        watched = WATCHDOG_FLAG in argv
+        result = self._exec(shlex.join(str(arg) for arg in argv), timeout, hold_stdin=watched)
         return subprocess.CompletedProcess(
             list(argv), result.returncode, result.stdout, result.stderr
         )
@@ -317,7 +353,8 @@ class RemoteTransport:
 
     def runner_command(self, engine: str) -> list[str]:
         """Push ``rkpipe/engines/<engine>.py`` and the ``engine_shared.py`` it imports to
-        ``<workdir>/runners/`` and return the argv prefix that runs it with the board's Python.
+        ``<workdir>/runners/`` and return the argv prefix that runs it with the board's Python,
+        under the watchdog (:meth:`watched`).
 
         Raises:
             BoardError: no such engine, or the push failed.
@@ -325,9 +362,19 @@ class RemoteTransport:
         source = ENGINES_DIR / f"{engine}.py"
         if not source.is_file():
             raise BoardError(f"no runner {engine!r}: expected {source}")
-        runners = f"{self.workdir}/runners"
-        self._sync([(path, f"{runners}/{path.name}") for path in (source, ENGINE_SHARED)])
-        return [self.python, f"{runners}/{engine}.py"]
+        self._sync([(path, f"{self.runners_dir}/{path.name}") for path in (source, ENGINE_SHARED)])
+        return self.watched([self.python, f"{self.runners_dir}/{engine}.py"])
+
+    @property
+    def runners_dir(self) -> str:
+        """Where :meth:`runner_command` pushes the engines and ``engine_shared.py``."""
+        return f"{self.workdir}/runners"
+
+    def watched(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` under ``engine_shared.py``'s watchdog (pushed by :meth:`runner_command`):
+        its process group is killed when the connection that started it closes."""
+        watchdog = f"{self.runners_dir}/{ENGINE_SHARED.name}"
+        return [self.python, watchdog, WATCHDOG_FLAG, *argv]
 
     def model_path(self, local: Path) -> str:
         """Push ``local`` (file or directory) if needed and return where the board sees it."""
@@ -383,6 +430,7 @@ class SshTransport(RemoteTransport):
 
     def _connect(self) -> paramiko.SSHClient:
         board = self.board
+        quiet_paramiko_transport()
         client = paramiko.SSHClient()
         path = known_hosts_path(board)
         if path.exists():
@@ -410,19 +458,23 @@ class SshTransport(RemoteTransport):
                 f"board.key_file ({board.key_file or 'unset: agent and ~/.ssh keys tried'})"
             ) from None
         except (OSError, paramiko.SSHException) as exc:
+            error = _connect_error(board, client, exc, timeout)
             client.close()
-            raise BoardError(f"cannot connect to {board.host}:{board.port}: {exc}") from None
+            raise error from None
         except BaseException:
             client.close()
             raise
         return client
 
-    def _exec(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    def _exec(
+        self, command: str, timeout: float, hold_stdin: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         try:
             channel = self._connected().get_transport().open_session(timeout=timeout)
             try:
                 channel.exec_command(command)
-                channel.shutdown_write()
+                if not hold_stdin:
+                    channel.shutdown_write()
                 stdout, stderr = _drain(channel, time.monotonic() + timeout)
                 code = channel.recv_exit_status()
             finally:
@@ -472,6 +524,26 @@ class SshTransport(RemoteTransport):
                 f"({done} of {total} bytes sent; the partial file is kept): push again to resume "
                 f"({exc or type(exc).__name__})"
             ) from None
+
+
+def _connect_error(
+    board: BoardConfig, client: paramiko.SSHClient, exc: BaseException, timeout: float
+) -> BoardError:
+    """One line for a failed connect. A listener that accepts and never sends the SSH banner
+    makes paramiko fail later with a misleading "No existing session": name the real cause."""
+    transport = client.get_transport()
+    if transport is not None and not transport.remote_version:
+        return BoardError(
+            f"{board.host}:{board.port} accepted the connection but sent no SSH banner within "
+            f"{timeout:g} s: expected an SSH server there; check board.host and board.port"
+        )
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        reasons = sorted({err.strerror or str(err) for err in exc.errors.values()})
+        return BoardError(
+            f"cannot connect to {board.host}:{board.port}: {'; '.join(reasons)}; check that "
+            "the board is up and that board.port is its SSH port"
+        )
+    return BoardError(f"cannot connect to {board.host}:{board.port}: {exc}")
 
 
 def _remote_size(sftp: paramiko.SFTPClient, path: str) -> int:

@@ -40,10 +40,27 @@ class LocalTransport:
         return cls()
 
     def run(self, argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` as the leader of a new process group that dies with this process.
+
+        The group is SIGKILLed and reaped when the run ends, times out or is interrupted (the
+        stage turns SIGTERM into an exception); PR_SET_PDEATHSIG kills the runner even when
+        this process is SIGKILLed, which no ``finally`` survives.
+        """
+        from rkpipe.engines.engine_shared import die_with_parent, kill_group
+
+        runner = subprocess.Popen(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True, preexec_fn=die_with_parent(),
+        )  # fmt: skip
         try:
-            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+            stdout, stderr = runner.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
+            kill_group(runner)
+            runner.communicate()  # close the pipes
             raise BoardError(f"runner timed out after {timeout:.0f} s: {' '.join(argv)}") from None
+        finally:
+            kill_group(runner)  # stragglers the runner left, or all of it on an exception
+        return subprocess.CompletedProcess(list(argv), runner.returncode, stdout, stderr)
 
     def runner_command(self, engine: str) -> list[str]:
         return [sys.executable, "-m", f"rkpipe.engines.{engine}"]

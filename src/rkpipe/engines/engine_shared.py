@@ -4,6 +4,10 @@ STDLIB ONLY at import (numpy is imported inside the functions that need it): the
 which must run on a board's bare Python, imports it too. An engine imports it from the package
 when rkpipe is installed (``board=local``, tests) and as its sibling file on a board, where
 :meth:`rkpipe.board.ssh.RemoteTransport.runner_command` pushes it beside the engine.
+
+It is also the runners' watchdog on a board: ``python3 engine_shared.py --watchdog ARGV...``
+runs ARGV in its own process group and kills that group when the connection that started it
+goes away (see :func:`watch`), so that a benchmark never outlives its ``deploy_bench`` stage.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import wave
 from typing import Any
 
 SAMPLE_RATE = 16000  # Hz: what the ASR engines feed their models
+WATCHDOG_FLAG = "--watchdog"  # argv[1] that makes this file the runners' watchdog
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_POLL_S = 0.2
 
 
 def peak_rss_mb() -> float:
@@ -128,3 +135,144 @@ def cpu_session(path: Any, threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+# ----------------------------------------------------------------------------- runner lifetime
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, or None where there is none (not Linux)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(signum: int | None = None) -> Any:
+    """A ``preexec_fn`` that makes Linux send ``signum`` (default SIGKILL) to the child when the
+    process that started it dies (``prctl(PR_SET_PDEATHSIG)``), even by SIGKILL; None where
+    prctl is unavailable.
+
+    prctl is looked up here, before the fork: the child of a threaded parent must not take the
+    dynamic loader's locks. The parent may die between fork and prctl, hence the ``getppid``
+    check after it.
+    """
+    import signal
+
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    signum = signal.SIGKILL if signum is None else signum
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return arm
+
+
+def kill_group(process: Any) -> int:
+    """SIGKILL the process group led by ``process`` (started with ``start_new_session``), the
+    runner's own children included, and reap the runner; returns its exit status.
+
+    Only while the runner is not reaped yet (running, or a zombie): until then its pid cannot
+    be reused, so the group id still names its group and no other.
+    """
+    import signal
+
+    if process.returncode is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the whole group is already gone
+    return process.wait()
+
+
+def _exited(process: Any) -> bool:
+    """Whether ``process`` has exited, leaving it unreaped (see :func:`kill_group`)."""
+    return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+class _Stopped(BaseException):
+    """A signal asked the watchdog to stop (raised by its handler, so ``finally`` runs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _watchable_stdin() -> bool:
+    """Whether stdin is a pipe or socket: what sshd and adbd give a command. /dev/null, a file
+    or a terminal would read EOF (or block) without meaning that the caller went away."""
+    import stat
+
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+def _caller_gone(parent: int, stdin_open: bool) -> bool:
+    """Wait up to WATCHDOG_POLL_S for a sign that the caller went away: stdin at EOF (the SSH
+    channel or adb socket closed) or a new parent (the sshd session that started us exited)."""
+    import select
+    import time
+
+    if stdin_open:
+        ready, _, _ = select.select([0], [], [], WATCHDOG_POLL_S)
+        if ready and not os.read(0, 65536):
+            return True
+    else:
+        time.sleep(WATCHDOG_POLL_S)
+    return os.getppid() != parent
+
+
+def watch(argv: list[str]) -> int:
+    """Run ``argv`` in a new process group and return its exit status (128 + N for signal N).
+
+    The group is SIGKILLed, and the runner reaped, when the runner exits (ending what it left
+    behind) or when the caller goes away: stdin reaches EOF (the host keeps it open for the
+    whole run, and its end closes with the SSH channel or adb socket), this process gets a new
+    parent, or SIGHUP (adbd's hang-up), SIGTERM or SIGINT arrives. The runner also dies with
+    this process if that is SIGKILLed (PR_SET_PDEATHSIG).
+    """
+    import signal
+    import subprocess
+
+    parent, stdin_open = os.getppid(), _watchable_stdin()
+    prctl = _prctl()
+    if prctl is not None:  # our caller's death reaches the SIGHUP handler below
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
+    try:
+        runner = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent()
+        )
+    except OSError as exc:
+        print(f"watchdog: cannot start {argv[:1]}: {exc}", file=sys.stderr)
+        return 127
+    # Installed after the start: a hang-up before it kills us, and the runner with us.
+    for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_stopped)
+    try:
+        while not _exited(runner):
+            if _caller_gone(parent, stdin_open):
+                kill_group(runner)
+                return 128 + signal.SIGHUP
+        code = kill_group(runner)  # also ends what the runner left behind in its group
+        return code if code >= 0 else 128 - code
+    except _Stopped as stop:
+        kill_group(runner)
+        return 128 + stop.signum
+
+
+if __name__ == "__main__" and sys.argv[1:2] == [WATCHDOG_FLAG]:
+    sys.exit(watch(sys.argv[2:]))
