@@ -10,11 +10,14 @@ def body(cfg, run):
 
     result = deploy_and_bench(cfg)
     layout = cfg.layout
-    for kind, path in (("llm", layout.bench_llm_samples), ("asr", layout.bench_asr_samples)):
+    samples = (("llm", layout.bench_llm_samples), ("asr", layout.bench_asr_samples))
+    # Every file first: a tracking server that fails below must not lose a figure.
+    for kind, path in samples:
         write_json_atomic(path, [row for row in result.samples if row.get("kind") == kind])
-        run.log_artifact(path, "bench")
     metrics = result.metrics | {"provenance": result.provenance}
     write_json_atomic(layout.metrics_file("bench"), metrics)
+    for _, path in samples:
+        run.log_artifact(path, "bench")
     run.log_metrics(result.metrics)
     run.set_tags({f"board.{key}": value for key, value in result.facts.items()})
     run.set_tags(provenance_tags("deploy_bench", result.provenance))

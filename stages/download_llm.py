@@ -10,12 +10,13 @@ def body(cfg, run):
 
     out = cfg.layout.llm.float
     manifest = acquire_llm(cfg.model, out)
-    run.log_params({"model.revision_resolved": manifest.get("revision_resolved") or "none"})
     metrics = {"model_params": manifest["parameter_count"], "float_size_mb": manifest["size_mb"]}
-    run.log_metrics(metrics)
-    run.log_artifact(out / "manifest.json", "manifests/llm")
+    # The metrics file first: a tracking server that fails below must not lose a figure.
     metrics_file = cfg.layout.metrics_file("download_llm")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
+    run.log_params({"model.revision_resolved": manifest.get("revision_resolved") or "none"})
+    run.log_metrics(metrics)
+    run.log_artifact(out / "manifest.json", "manifests/llm")
 
 
 if __name__ == "__main__":

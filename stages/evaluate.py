@@ -1,5 +1,8 @@
 """DVC stage evaluate: host accuracy of the quantized LLM (PPL, KLD, top-1) and ASR (WER, CER)."""
 
+import contextlib
+
+from rkpipe.errors import TrackingError
 from rkpipe.stage import run_stage
 
 
@@ -12,13 +15,16 @@ def body(cfg, run):
     try:
         metrics = evaluate_variant(cfg)
     except BrokenVariantError as exc:
-        run.set_tags({"gate": "broken", "gate.broken_reason": exc.summary})
+        # The broken verdict is the error to report, even when the tracker is down too.
+        with contextlib.suppress(TrackingError):
+            run.set_tags({"gate": "broken", "gate.broken_reason": exc.summary})
         raise
+    # The metrics file first: a tracking server that fails below must not lose a figure.
+    write_json_atomic(cfg.layout.metrics_file("evaluate"), metrics)
     if metrics.get(BROKEN_METRIC):
         run.set_tags({"gate": "broken", "gate.broken_reason": "kept by eval.keep_broken"})
     run.log_metrics(metrics)
     run.set_tags(provenance_tags("evaluate", metrics["provenance"]))
-    write_json_atomic(cfg.layout.metrics_file("evaluate"), metrics)
 
 
 if __name__ == "__main__":

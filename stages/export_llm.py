@@ -5,8 +5,10 @@ from rkpipe.stage import run_stage
 
 def body(cfg, run):
     from rkpipe.llm.export import export_fp32_onnx
+    from rkpipe.llm.integrity import verify_acquired
 
     models = cfg.layout.llm
+    verify_acquired(models.float, stage="download_llm")  # a file corrupted since, in one line
     facts = export_fp32_onnx(
         models.float, models.onnx_fp32, trust_remote_code=cfg.model.trust_remote_code
     )

@@ -16,9 +16,10 @@ def body(cfg, run):
     convert = ASR_BACKENDS.get(cfg.asr.backend)
     extra = convert(models.onnx_fp32, models.quantized, cfg.asr)
     metrics |= {f"asr_{k}": v for k, v in extra.items() if isinstance(v, (int, float))}
-    run.log_metrics(metrics)
+    # The metrics file first: a tracking server that fails below must not lose a figure.
     metrics_file = cfg.layout.metrics_file("quantize_asr")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
+    run.log_metrics(metrics)
 
 
 if __name__ == "__main__":

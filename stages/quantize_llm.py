@@ -19,13 +19,14 @@ def body(cfg, run):
         out_dir=models.quantized,
     )
     result = get_backend(cfg.quant.backend).quantize(request)
+    # The metrics file first: a tracking server that fails below must not lose a figure.
+    metrics_file = cfg.layout.metrics_file("quantize_llm")
+    write_json_atomic(metrics_file, result.metrics | {"provenance": provenance_here()})
     run.log_params(result.params)
     run.log_metrics(result.metrics)
     run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
     for toolkit_log in result.out_dir.glob("*.log"):
         run.log_artifact(toolkit_log, "logs")
-    metrics_file = cfg.layout.metrics_file("quantize_llm")
-    write_json_atomic(metrics_file, result.metrics | {"provenance": provenance_here()})
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ def body(cfg, run):
     from rkpipe.io import write_json_atomic
 
     metrics = write_reference_logits(cfg)
-    run.log_metrics(metrics)
+    # The metrics file first: a tracking server that fails below must not lose a figure.
     metrics_file = cfg.layout.metrics_file("reference_logits")
     write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
+    run.log_metrics(metrics)
 
 
 if __name__ == "__main__":

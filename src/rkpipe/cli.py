@@ -59,6 +59,7 @@ def _toolkit_status(python: str) -> str:
 
 def doctor(args: argparse.Namespace) -> int:
     """Print the environment facts that decide whether the pipeline can run."""
+    from rkpipe.secrets import redact_uri
     from rkpipe.tracking import tracking_uri
 
     params_file = Path(args.params)
@@ -76,7 +77,7 @@ def doctor(args: argparse.Namespace) -> int:
         from rkpipe.config import load_params
 
         uri = load_params(params_file).tracking.uri
-    print(f"mlflow uri      {tracking_uri(uri)}")
+    print(f"mlflow uri      {redact_uri(tracking_uri(uri))}")
     return 0
 
 

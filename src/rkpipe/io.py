@@ -3,6 +3,10 @@
 A stage writes into a temporary sibling and renames it into place, so a killed
 stage never leaves a half file (or half directory) under the final name that DVC
 or a user could mistake for a good artifact.
+
+A temporary is named after its owner, ``.<name>.<host>-<pid>.<random>.tmp``, so that the next
+writer of the same output removes the leftovers of a writer killed with SIGKILL (whose
+``finally`` never ran; one such leftover held 626 MB): see :func:`remove_stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +40,13 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
 
     Works for files and directories. On any exception (including KeyboardInterrupt
     and SystemExit from a signal handler) the temporary is removed and ``final`` is
-    left as it was.
+    left as it was. Leftovers of killed writers of ``final`` are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale_temporaries(final)
+    prefix = f".{final.name}.{host_token()}-{os.getpid()}."
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=final.parent))
     target = tmp / final.name
     try:
         yield target
@@ -48,14 +57,122 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
 
 def _replace(src: Path, final: Path) -> None:
     if final.is_dir() and not final.is_symlink():
-        # A directory cannot be renamed over a non-empty one: move the old one aside first.
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        # A directory cannot be renamed over a non-empty one: move the old one aside first,
+        # into our own temporary, so a kill between the two renames leaves it where the
+        # next writer's cleanup finds it (never a stray ``.<name>.old`` that nobody owns).
+        old = src.parent / ".old"
         os.replace(final, old)
         os.replace(src, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, final)
+
+
+# A legacy temporary (``.<name>.<random>.tmp`` or ``.<name>.old``, written before temporaries
+# named their owner) is removed when nothing in it changed since the machine booted, or for a
+# day: only a concurrent writer running an older rkpipe could still own it, no stage goes a
+# day without writing into its temporary, and if one did, it fails loudly at its rename
+# instead of leaving a wrong file.
+LEGACY_IDLE_S = 24 * 3600
+
+
+def remove_stale_temporaries(final: Path | str) -> list[Path]:
+    """Remove the temporaries of ``final`` whose writer is dead; return what was removed.
+
+    An owned temporary (``.<name>.<host>-<pid>.<random>.tmp``) is stale when it was made on
+    this host by a pid that no longer runs; one whose pid is alive is a concurrent writer and
+    is kept, and one from another host (a shared file system) is never judged.
+    """
+    final = Path(final)
+    owned = re.compile(rf"\.{re.escape(final.name)}\.([A-Za-z0-9_-]+)-(\d+)\.[a-z0-9_]+\.tmp")
+    legacy = re.compile(rf"\.{re.escape(final.name)}\.([a-z0-9_]{{8}}\.tmp|old)")
+    try:
+        names = os.listdir(final.parent)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = final.parent / name
+        match = owned.fullmatch(name)
+        if match:
+            stale = match.group(1) == host_token() and not pid_alive(int(match.group(2)))
+        else:
+            stale = bool(legacy.fullmatch(name)) and _idle_since_boot_or_a_day(path)
+        if stale:
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _idle_since_boot_or_a_day(path: Path) -> bool:
+    """Whether nothing under ``path`` changed since boot, or for :data:`LEGACY_IDLE_S`."""
+    boot = boot_time()
+    limit = max(time.time() - LEGACY_IDLE_S, boot or 0.0)
+    paths = [path]
+    if path.is_dir() and not path.is_symlink():
+        for top, dirs, files in os.walk(path):
+            paths += [Path(top, n) for n in dirs + files]
+    for item in paths:
+        with contextlib.suppress(OSError):
+            if item.lstat().st_mtime >= limit:
+                return False
+    return True
+
+
+def host_token() -> str:
+    """This host's name as it appears in temporaries' names (no dots; at most 32 characters)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:32] or "host"
+
+
+def boot_time() -> float | None:
+    """When this machine booted (epoch seconds), from ``/proc/stat``; None off Linux."""
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot (``/proc``), None if unknown.
+
+    With the pid it identifies a process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie counts as dead); with ``started``
+    (see :func:`process_start`), also that it is the same process and not a reused pid."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill(0)
+    if stat[stat.rfind(")") + 2 :].startswith("Z"):
+        return False
+    return started is None or process_start(pid) in (None, started)
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rkpipe.config import PipelineConfig, load_params
 from rkpipe.errors import RkpipeError
+from rkpipe.secrets import redact_text
 
 log = logging.getLogger("rkpipe.stage")
 
@@ -29,7 +30,13 @@ StageBody = Callable[[PipelineConfig, "VariantRun"], None]  # noqa: F821
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Log to stderr with rich when available; ``RKPIPE_LOG_LEVEL`` sets the level."""
+    """Log to stderr with rich when available; ``RKPIPE_LOG_LEVEL`` sets the level.
+
+    Every record and warning (libraries' too) passes :class:`~rkpipe.secrets.RedactingFilter`,
+    so a credential in a URI or a token's value never reaches the log.
+    """
+    from rkpipe.secrets import RedactingFilter
+
     level = (level or os.environ.get("RKPIPE_LOG_LEVEL", "INFO")).upper()
     try:
         from rich.logging import RichHandler
@@ -39,7 +46,9 @@ def configure_logging(level: str | None = None) -> None:
     except ImportError:
         handler = logging.StreamHandler()
         fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    logging.captureWarnings(True)
 
 
 def ensure_fixed_hash_seed(seed: str = "0") -> None:
@@ -69,7 +78,9 @@ def run_stage(
             body(cfg, run)
             run.log_metrics({f"stage_{name}_s": time.perf_counter() - start})
     except RkpipeError as exc:
-        print(f"rkpipe {name}: error: {exc}", file=sys.stderr)
+        # The user gets one line; the traceback stays in the log at debug level.
+        log.debug("stage %s failed", name, exc_info=True)
+        print(f"rkpipe {name}: error: {redact_text(str(exc))}", file=sys.stderr)
         sys.exit(1)
     except Terminated:
         print(f"rkpipe {name}: terminated", file=sys.stderr)

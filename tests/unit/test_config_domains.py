@@ -15,11 +15,11 @@ from rkpipe.config.domain import (
     domain_of,
     domain_problems,
     path_problems,
-    redact_uri,
     undeclared_fields,
     walk,
 )
 from rkpipe.errors import ConfigError
+from rkpipe.secrets import redact_uri
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -46,9 +46,15 @@ def test_every_registry_backed_domain_resolves_to_names():
         ("eval.threads=-1", "eval.threads=-1 is out of range; allowed: an integer >= 1"),
         ("eval.threads=0", "eval.threads=0 is out of range"),
         ("asr.max_new_tokens=0", "asr.max_new_tokens=0 is out of range; allowed: an integer >= 1"),
-        ("board.port=70000", "board.port=70000 is out of range; allowed: an integer >= 1 and <= 65535"),
+        (
+            "board.port=70000",
+            "board.port=70000 is out of range; allowed: an integer >= 1 and <= 65535",
+        ),
         ("board.timeout_s=-5", "board.timeout_s=-5.0 is out of range; allowed: a number > 0"),
-        ("board.workdir=relative/dir", "board.workdir='relative/dir' is not allowed; allowed: an absolute path"),
+        (
+            "board.workdir=relative/dir",
+            "board.workdir='relative/dir' is not allowed; allowed: an absolute path",
+        ),
         ("bench.repetitions=0", "bench.repetitions=0 is out of range"),
         ("bench.warmup=-1", "bench.warmup=-1 is out of range; allowed: an integer >= 0"),
         ("calib.num_samples=0", "calib.num_samples=0 is out of range"),
@@ -56,7 +62,10 @@ def test_every_registry_backed_domain_resolves_to_names():
         ("quant.ort.calib_records=0", "quant.ort.calib_records=0 is out of range"),
         ("quant.ort.block_size=48", "quant.ort.block_size=48 is not allowed; allowed: 16, 32, 64"),
         ("quant.ort.reduce_range=maybe", "quant.ort.reduce_range='maybe' is not allowed"),
-        ("asr.task=summarise", "asr.task='summarise' is not allowed; allowed: transcribe, translate"),
+        (
+            "asr.task=summarise",
+            "asr.task='summarise' is not allowed; allowed: transcribe, translate",
+        ),
         ("asr.language=English", "asr.language='English' is not allowed; allowed: a language code"),
         ("asr.rknn.quantized_algorithm=best", "allowed: normal, mmse, kl_divergence"),
         ("model.commit=abc", "model.commit='abc' is not allowed; allowed: a 40-hex commit"),
@@ -84,17 +93,20 @@ def test_a_password_in_the_tracking_uri_is_refused_without_printing_it():
         compose(CONF, ["tracking.uri=http://alice:s3cr3t-planted@127.0.0.1:5000"])
     message = str(info.value)
     assert "s3cr3t-planted" not in message
-    assert "alice:***@127.0.0.1" in message
+    assert "http://***@127.0.0.1:5000" in message
     assert "MLFLOW_TRACKING_PASSWORD" in message
 
 
 def test_redact_uri_keeps_everything_but_the_password():
-    assert redact_uri("postgresql://u:pw@db:5432/x?a=1") == "postgresql://u:***@db:5432/x?a=1"
+    assert redact_uri("postgresql://u:pw@db:5432/x?a=1") == "postgresql://***@db:5432/x?a=1"
+    assert redact_uri("see https://tok3n@hub.example/x") == "see https://***@hub.example/x"
     assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_number_domains_reject_booleans_and_describe_bounds():
-    assert Int(1, 3).problem("k", True) == "k=True is not a number; allowed: an integer >= 1 and <= 3"
+    assert (
+        Int(1, 3).problem("k", True) == "k=True is not a number; allowed: an integer >= 1 and <= 3"
+    )
     assert Number(above=0).problem("k", 0.5) is None
     assert OneOf(values=(0, 1)).problem("k", True) is not None
 
@@ -102,7 +114,9 @@ def test_number_domains_reject_booleans_and_describe_bounds():
 def test_path_problems_name_missing_inputs_only_when_the_stage_reads_them(tmp_path):
     cfg = compose(CONF, [f"eval.text_file={tmp_path}/missing.txt"])
     problems = path_problems(cfg)
-    assert any(p.startswith(f"eval.text_file='{tmp_path}/missing.txt': no such file") for p in problems)
+    assert any(
+        p.startswith(f"eval.text_file='{tmp_path}/missing.txt': no such file") for p in problems
+    )
     # calib.json_file is read only when calib.source=json
     unused = compose(CONF, [f"calib.json_file={tmp_path}/nope.json"])
     assert not any("calib.json_file" in p for p in path_problems(unused))

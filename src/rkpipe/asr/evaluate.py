@@ -3,7 +3,9 @@
 Both models run in the same process with the same engine (the one ``engine.json`` names:
 ``rkpipe.engines.ort_whisper`` or ``rkpipe.engines.ort_ctc``), clip by clip in alternation, so
 machine noise hits both alike. Metric keys are flat and carry the
-variant as a suffix: ``asr_wer`` (quantized) vs ``asr_wer_fp32``.
+variant as a suffix: ``asr_wer`` (quantized) vs ``asr_wer_fp32``. The real-time factor measured
+here is ``asr_host_rtf``: ``asr_rtf`` is the board's, in ``metrics/bench.json`` (one name per
+figure, or MLflow keeps whichever was logged last).
 """
 
 from __future__ import annotations
@@ -124,11 +126,12 @@ def evaluate_asr(
     greedy CTC labels decoded by the engine's own character table (``language``, ``task`` and
     ``max_new_tokens`` do not apply). ``random_weights`` defaults to the flag
     in ``fp32_dir/engine.json``. ``details_path`` (optional) receives one JSON line per clip and
-    variant. Returns flat metrics (see module doc): ``asr_wer``, ``asr_cer``, ``asr_rtf``,
+    variant. Returns flat metrics (see module doc): ``asr_wer``, ``asr_cer``, ``asr_host_rtf``,
     ``asr_encoder_ms_mean``, ``asr_decoder_ms_mean``, ``asr_size_mb`` and their ``_fp32`` twins,
-    ``asr_wer_delta``/``asr_cer_delta`` (quant - fp32, in points), ``asr_rtf_speedup`` (fp32 rtf /
-    quant rtf), ``asr_size_ratio``, ``asr_token_agreement``, ``asr_exact_match``, ``asr_clips``,
-    ``asr_audio_s`` and ``asr_random_weights``. Raises :class:`AsrError` for unusable inputs.
+    ``asr_wer_delta``/``asr_cer_delta`` (quant - fp32, in points), ``asr_host_rtf_speedup``
+    (fp32 rtf / quant rtf), ``asr_size_ratio``, ``asr_token_agreement``, ``asr_exact_match``,
+    ``asr_clips``, ``asr_audio_s`` and ``asr_random_weights``. Raises :class:`AsrError` for
+    unusable inputs.
     """
     clips = load_testset(testset_dir)
     engines = _load_engines(Path(fp32_dir), Path(quant_dir), threads)
@@ -218,7 +221,7 @@ def _metrics(refs: list[str], hyps: dict, runs: dict, sizes: dict) -> dict:
         processing_s = sum(r["total_ms"] for r in rows) / 1e3
         out[f"asr_wer{suffix}"] = jiwer.wer(refs, hyps[variant])
         out[f"asr_cer{suffix}"] = jiwer.cer(refs, hyps[variant])
-        out[f"asr_rtf{suffix}"] = processing_s / sum(r["audio_s"] for r in rows)
+        out[f"asr_host_rtf{suffix}"] = processing_s / sum(r["audio_s"] for r in rows)
         out[f"asr_encoder_ms_mean{suffix}"] = mean(r["encoder_ms"] for r in rows)
         out[f"asr_decoder_ms_mean{suffix}"] = mean(r["decoder_ms"] for r in rows)
         out[f"asr_new_tokens_mean{suffix}"] = mean(float(len(r["ids"])) for r in rows)
@@ -226,7 +229,7 @@ def _metrics(refs: list[str], hyps: dict, runs: dict, sizes: dict) -> dict:
     ids = {v: [r["ids"] for r in runs[v]] for v in VARIANTS}
     out["asr_wer_delta"] = 100.0 * (out["asr_wer"] - out["asr_wer_fp32"])
     out["asr_cer_delta"] = 100.0 * (out["asr_cer"] - out["asr_cer_fp32"])
-    out["asr_rtf_speedup"] = out["asr_rtf_fp32"] / out["asr_rtf"]
+    out["asr_host_rtf_speedup"] = out["asr_host_rtf_fp32"] / out["asr_host_rtf"]
     out["asr_size_ratio"] = sizes["quant"] / sizes["fp32"]
     out["asr_token_agreement"] = token_agreement(ids["fp32"], ids["quant"])
     out["asr_exact_match"] = mean(
@@ -256,9 +259,9 @@ def _log_summary(m: dict) -> None:
         "token agreement %.3f%s",
         m["asr_wer_fp32"],
         m["asr_wer"],
-        m["asr_rtf_fp32"],
-        m["asr_rtf"],
-        m["asr_rtf_speedup"],
+        m["asr_host_rtf_fp32"],
+        m["asr_host_rtf"],
+        m["asr_host_rtf_speedup"],
         m["asr_size_mb_fp32"],
         m["asr_size_mb"],
         m["asr_token_agreement"],

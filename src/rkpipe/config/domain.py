@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rkpipe.secrets import redact_uri
+
 DOMAIN_KEY = "rkpipe.domain"
 
 
@@ -206,22 +208,22 @@ class LocalPath(Domain):
 
 @dataclass(frozen=True, kw_only=True)
 class Uri(Domain):
-    """A URI with no password in it: passwords come from the environment (``via``)."""
+    """A URI with no credentials in it: they come from the environment (``via``)."""
 
     via: str = "the environment"
 
     def _problem(self, key: str, value: Any) -> str | None:
         if not isinstance(value, str) or not value:
             return f"{key}={value!r} is not a URI"
-        if urlsplit(value).password:
+        if "@" in urlsplit(value).netloc:  # a password, or a token as the user name
             return (
-                f"{key}={redact_uri(value)} carries a password, which would be written to "
-                f"params.yaml, MLflow and logs; remove it and pass it with {self.via}"
+                f"{key}={redact_uri(value)} carries credentials, which would be written to "
+                f"params.yaml, MLflow and logs; remove them and pass them with {self.via}"
             )
         return None
 
     def describe(self) -> str:
-        return "a URI without a password"
+        return "a URI without user:password@"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,15 +237,6 @@ class Free(Domain):
 
     def describe(self) -> str:
         return f"anything ({self.why})"
-
-
-def redact_uri(uri: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://user:***@host/...``."""
-    parts = urlsplit(uri)
-    if not parts.password:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def typed(default: Any, domain: Domain) -> Any:

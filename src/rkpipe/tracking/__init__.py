@@ -5,8 +5,30 @@ This package is the only place that imports mlflow; this file is its face, the p
 stage) and :mod:`.provenance` (what a rebuild needs). A variant is identified by the hash of
 its resolved config (:func:`rkpipe.config.variant_id`); each stage finds the run
 tagged with that hash (or creates it), resumes it, logs, and closes it with the
-right status: FINISHED, FAILED on an exception, KILLED on SIGTERM/Ctrl-C. A run
-left RUNNING by a SIGKILL is closed as KILLED by the next stage that opens it.
+right status: FINISHED, FAILED on an exception, KILLED on SIGTERM/Ctrl-C.
+
+Kills. A stage marks itself running with a local file,
+``<repo>/.dvc/tmp/rkpipe/running/<variant>.<stage>.<pid>.json`` (run id, stage, pid, host, start
+time; :mod:`.markers`), written when it opens the run and removed once it has closed it.
+:func:`reconcile_killed` (called by the preflight stage, which runs first on every
+``dvc repro``/``dvc exp run``, and by every stage when it opens its run) finds the markers whose
+process is gone, records that stage as KILLED and terminates the run as KILLED if it is still
+RUNNING, so a run is closed even when every later stage is restored from DVC's run cache. It
+reads only that directory (no mlflow import) when nothing was killed. A run left RUNNING
+without a marker (a kill by an older rkpipe) is closed as KILLED by the next stage that opens
+it (tags ``rkpipe.pid``/``rkpipe.host`` name a dead process).
+
+Per-stage status. ``rkpipe.stage.<stage>`` holds the stage's latest status (``finished``,
+``failed``, ``killed``) and ``rkpipe.stage.<stage>.history`` every status it ended with, oldest
+first (``killed,finished``), appended, never rewritten: when a later stage finishes the run
+FINISHED after a kill, the history still shows the kill (``rkpipe.killed_stage`` names the
+last stage killed).
+
+Outages. A tracking server (``http(s)://``) is waited for at most ``tracking.timeout_s``
+(MLflow's own retries, about 250 s, are turned off; :mod:`.client`); a failing store ends the
+stage with one :class:`~rkpipe.errors.TrackingError` line naming the URI with credentials
+redacted (:func:`redact_uri`). Stages write their metrics file before logging to MLflow, so
+an outage never loses a computed figure. :func:`check_tracker` probes a server for a preflight.
 
 Parallel writers (``dvc queue start -j N``) share one SQLite store: every client call
 holds an exclusive file lock next to the database and retries "database is locked"
@@ -18,10 +40,14 @@ differed from it, the experiment name, and the versions of the runtimes.
 """
 
 from rkpipe.tracking.client import (
+    FALLBACK_HINT,
     STORE_DIR,
     SerialisedClient,
     artifact_location,
+    check_tracker,
+    is_server,
     make_client,
+    redact_uri,
     store_lock,
     tracking_uri,
     with_retry,
@@ -29,6 +55,7 @@ from rkpipe.tracking.client import (
 from rkpipe.tracking.handle import NullRun, VariantRun
 from rkpipe.tracking.lifecycle import (
     HOST_TAG,
+    KILLED_STAGE_TAG,
     PARENT_ENV,
     PARENT_TAG,
     PID_TAG,
@@ -38,11 +65,16 @@ from rkpipe.tracking.lifecycle import (
     Terminated,
     open_variant_run,
     parent_tags,
+    reconcile_killed,
+    record_stage_status,
     run_name,
+    stage_history_tag,
     stage_run,
+    stage_status_tag,
     untracked_run,
     variant_tags,
 )
+from rkpipe.tracking.markers import dead_markers, marker_dir
 from rkpipe.tracking.provenance import (
     VERSION_PACKAGES,
     reproduction_tags,
@@ -52,7 +84,9 @@ from rkpipe.tracking.provenance import (
 )
 
 __all__ = [
+    "FALLBACK_HINT",
     "HOST_TAG",
+    "KILLED_STAGE_TAG",
     "PARENT_ENV",
     "PARENT_TAG",
     "PID_TAG",
@@ -66,13 +100,22 @@ __all__ = [
     "Terminated",
     "VariantRun",
     "artifact_location",
+    "check_tracker",
+    "dead_markers",
+    "is_server",
     "make_client",
+    "marker_dir",
     "open_variant_run",
     "parent_tags",
+    "reconcile_killed",
+    "record_stage_status",
+    "redact_uri",
     "reproduction_tags",
     "run_name",
     "runtime_versions",
+    "stage_history_tag",
     "stage_run",
+    "stage_status_tag",
     "standard_tags",
     "store_lock",
     "tracking_uri",

@@ -1,17 +1,55 @@
-"""The logging handle a stage gets for its variant's MLflow run."""
+"""The logging handle a stage gets for its variant's MLflow run.
+
+Every failure of the tracking store raised while logging (MLflow's exceptions, requests',
+SQLAlchemy's, I/O errors) leaves the handle as one :class:`TrackingError` line naming the
+store, with credentials redacted: a stage then ends with that line, not a 300-line traceback.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from rkpipe.tracking.client import with_retry
+from rkpipe.errors import TrackingError
+from rkpipe.tracking.client import first_line, redact_uri, with_retry
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+# Exceptions from these packages are the store's failures, not bugs of the caller.
+STORE_PACKAGES = ("mlflow", "requests", "urllib3", "sqlalchemy", "alembic")
+
+
+def store_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the tracking store rather than by a bug in our code."""
+    package = type(exc).__module__.split(".")[0]
+    return package in STORE_PACKAGES or isinstance(exc, OSError)
+
+
+def as_tracking_error(uri: str, what: str, exc: BaseException) -> TrackingError:
+    """One line: which store (credentials redacted), what we tried, and what it said."""
+    return TrackingError(f"MLflow {what} failed on {redact_uri(uri)}: {first_line(exc)}")
+
+
+def _store_errors(func: F) -> F:
+    """Turn a store failure inside a :class:`VariantRun` method into :class:`TrackingError`."""
+
+    @functools.wraps(func)
+    def wrapper(self: VariantRun, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(self, *args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            if not store_failure(exc):
+                raise
+            raise as_tracking_error(self.uri, func.__name__, exc) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class VariantRun:
@@ -22,6 +60,12 @@ class VariantRun:
         self.run_id = run_id
         self.stage = stage
 
+    @property
+    def uri(self) -> str:
+        """The tracking store's URI (may hold credentials: print it through ``redact_uri``)."""
+        return str(getattr(self.client, "tracking_uri", "") or "?")
+
+    @_store_errors
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values stringified); a key already logged with the same value is fine."""
         from mlflow.entities import Param
@@ -32,6 +76,7 @@ class VariantRun:
             batch = fresh[start : start + 100]
             with_retry(lambda b=batch: self.client.log_batch(self.run_id, params=b))
 
+    @_store_errors
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Log numeric metrics (names carry units, e.g. ``ttft_ms``); non-numbers are skipped."""
         from mlflow.entities import Metric
@@ -45,6 +90,7 @@ class VariantRun:
         if entries:
             with_retry(lambda: self.client.log_batch(self.run_id, metrics=entries))
 
+    @_store_errors
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags (stringified)."""
         from mlflow.entities import RunTag
@@ -52,6 +98,7 @@ class VariantRun:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         with_retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
+    @_store_errors
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         """Copy a file or directory into the run's artifacts."""
         path = Path(path)
@@ -63,10 +110,12 @@ class VariantRun:
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_store_errors
     def log_dict(self, data: Any, artifact_file: str) -> None:
         """Store ``data`` as a JSON/YAML artifact (by extension)."""
         self.client.log_dict(self.run_id, data, artifact_file)
 
+    @_store_errors
     def log_dataset(self, path: Path, digest: str, name: str, context: str) -> None:
         """Record a file (e.g. the calibration JSON) as an MLflow dataset input of the run."""
         import mlflow

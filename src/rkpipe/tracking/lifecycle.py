@@ -1,6 +1,11 @@
 """One MLflow run per variant, shared by its stages: find or create it, close it with the status
 the stage earned (FINISHED, FAILED, KILLED on SIGTERM/Ctrl-C), and close runs a SIGKILL left
-RUNNING."""
+RUNNING.
+
+Each stage's outcome stays visible after later stages succeed: ``rkpipe.stage.<stage>`` holds
+its latest status and ``rkpipe.stage.<stage>.history`` every status it ever ended with, in
+order (``killed,finished``), appended and never rewritten.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,30 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
-from rkpipe.tracking.client import artifact_location, make_client, tracking_uri, with_retry
-from rkpipe.tracking.handle import NullRun, VariantRun
+from rkpipe.errors import TrackingError
+from rkpipe.io import pid_alive
+from rkpipe.tracking.client import (
+    artifact_location,
+    first_line,
+    make_client,
+    redact_uri,
+    tracking_uri,
+    with_retry,
+)
+from rkpipe.tracking.handle import NullRun, VariantRun, as_tracking_error, store_failure
+from rkpipe.tracking.markers import (
+    Marker,
+    dead_markers,
+    remove_marker,
+    update_marker,
+    write_marker,
+)
 from rkpipe.tracking.provenance import reproduction_tags, standard_tags, workspace_root
+from rkpipe.workspace import repo_root
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +49,8 @@ PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "rkpipe.sweep"
 STORE_DIR = ".mlflow"
 PARENT_ENV = "RKPIPE_PARENT_RUN_ID"
+KILLED_STAGE_TAG = "rkpipe.killed_stage"
+HISTORY_LIMIT = 4000  # characters of a history tag (MLflow caps tag values at 8000)
 
 # Config sections that say where results go or how they are judged, not what is built.
 UNTRACKED_KEYS = ("tracking", "gates")
@@ -55,14 +80,47 @@ def variant_tags(cfg: PipelineConfig) -> dict[str, str]:
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def stage_status_tag(stage: str) -> str:
+    """The tag holding ``stage``'s latest status (lower case)."""
+    return f"rkpipe.stage.{stage}"
+
+
+def stage_history_tag(stage: str) -> str:
+    """The tag holding every status ``stage`` ended with, oldest first, comma separated."""
+    return f"rkpipe.stage.{stage}.history"
+
+
+def record_stage_status(
+    client: Any, run_id: str, stage: str, status: str, tags: dict[str, str] | None = None
+) -> None:
+    """Set ``stage``'s status and append it to its history, in one batch.
+
+    Read-modify-write is safe: the stages of one variant run one after another.
+    """
+    from mlflow.entities import RunTag
+
+    if tags is None:
+        tags = client.get_run(run_id).data.tags
+    past = tags.get(stage_history_tag(stage), "")
+    history = f"{past},{status.lower()}" if past else status.lower()
+    if len(history) > HISTORY_LIMIT:  # keep the newest entries whole
+        history = "...," + history[-HISTORY_LIMIT:].split(",", 1)[-1]
+    batch = [
+        RunTag(stage_status_tag(stage), status.lower()),
+        RunTag(stage_history_tag(stage), history),
+    ]
+    if status == "KILLED":
+        batch.append(RunTag(KILLED_STAGE_TAG, stage))
+    client.log_batch(run_id, tags=batch)
+
+
+def _stage_alive(tags: dict[str, str]) -> bool:
+    """Whether the stage that last opened the run (tags ``rkpipe.pid``/``rkpipe.host``) still
+    runs; a stage on another host cannot be judged from here and counts as alive."""
+    pid = int(tags.get(PID_TAG, "0") or 0)
+    if not pid:
         return False
-    except PermissionError:
-        return True
-    return True
+    return tags.get(HOST_TAG) != socket.gethostname() or pid_alive(pid)
 
 
 def _experiment_id(client: Any, name: str) -> str:
@@ -76,17 +134,72 @@ def _experiment_id(client: Any, name: str) -> str:
 
 
 def _close_if_orphaned(client: Any, run: Any) -> None:
-    """Close a run left RUNNING by a SIGKILLed stage (its process is gone) as KILLED."""
+    """Close a run left RUNNING by a SIGKILLed stage (its process is gone) as KILLED.
+
+    The fallback for a kill without a marker (see :func:`reconcile_killed`), e.g. by an older
+    rkpipe: same tags, same history entry.
+    """
     tags = run.data.tags
     if run.info.status != "RUNNING" or tags.get(HOST_TAG) != socket.gethostname():
         return
-    pid = int(tags.get(PID_TAG, "0") or 0)
-    if pid and not _pid_alive(pid):
+    if tags.get(PID_TAG) and not _stage_alive(tags):
         log.warning(
             "run %s was left RUNNING by a killed stage; closing it as KILLED", run.info.run_id
         )
-        client.set_tag(run.info.run_id, "rkpipe.killed_stage", tags.get("rkpipe.stage", "?"))
+        record_stage_status(client, run.info.run_id, tags.get("rkpipe.stage", "?"), "KILLED", tags)
         client.set_terminated(run.info.run_id, "KILLED")
+
+
+def reconcile_killed(root: Path | None, cfg: PipelineConfig) -> int:
+    """Close the runs of stages that died without closing them; return how many.
+
+    For each marker (``.dvc/tmp/rkpipe/running``) whose process is gone, records the stage as
+    KILLED (or the status it failed to close with) in ``rkpipe.stage.<stage>`` and its history,
+    and terminates the run with that status if it is still RUNNING and no live stage holds it.
+    Cheap when nothing died: it then reads a directory and neither imports mlflow nor
+    contacts the tracking server. Raises :class:`TrackingError` if the server is unreachable.
+    """
+    root = Path(root) if root is not None else repo_root()
+    found = dead_markers(root)
+    if not found or not cfg.tracking.enabled:
+        return 0
+    uri = tracking_uri(cfg.tracking.uri, root)
+    return reconcile_markers(make_client(uri, cfg.tracking.timeout_s), found)
+
+
+def reconcile_markers(client: Any, markers: list[Marker]) -> int:
+    """:func:`reconcile_killed` with an open client and the dead markers already found."""
+    done = 0
+    store = redact_uri(client.tracking_uri)
+    for marker in markers:
+        if marker.data.get("store", store) != store:
+            continue  # another store's run: reconciled by a stage that uses that store
+        try:
+            _reconcile(client, marker)
+        except TrackingError:
+            raise  # the server is gone: so is every other marker's chance
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "not found" not in str(exc):
+                log.warning("cannot reconcile %s: %s", marker.path.name, first_line(exc))
+                continue
+        remove_marker(marker.path)
+        done += 1
+    return done
+
+
+def _reconcile(client: Any, marker: Marker) -> None:
+    run = client.get_run(marker.run_id)
+    status = marker.outcome
+    log.warning(
+        "stage %s (pid %d) ended without closing run %s; recording it as %s",
+        marker.stage, marker.pid, marker.run_id, status,
+    )  # fmt: skip
+    if not marker.data.get("recorded"):
+        record_stage_status(client, marker.run_id, marker.stage, status, run.data.tags)
+    tags = run.data.tags
+    mine = tags.get(PID_TAG) in (None, "", str(marker.pid))
+    if run.info.status == "RUNNING" and (mine or not _stage_alive(tags)):
+        client.set_terminated(marker.run_id, status)
 
 
 def open_variant_run(client: Any, cfg: PipelineConfig) -> str:
@@ -139,21 +252,28 @@ def _sigterm_raises() -> Iterator[None]:
 def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
     """Open the variant's run for ``stage`` and close it with the status the stage earned.
 
-    Logs the flattened config, git state and the resolved config on entry; yields a
-    :class:`VariantRun`. Exceptions propagate after the run is marked FAILED
-    (KILLED for SIGTERM or Ctrl-C).
+    First reconciles the runs of killed stages (:func:`reconcile_killed`). Logs the flattened
+    config, git state and the resolved config on entry; yields a :class:`VariantRun`.
+    Exceptions propagate after the run is marked FAILED (KILLED for SIGTERM or Ctrl-C). A
+    tracking store that fails raises :class:`TrackingError` (one line) within
+    ``tracking.timeout_s``; closing the run after another error never hides that error.
     """
     if not cfg.tracking.enabled:
         with untracked_run(stage) as run:
             yield run
         return
-    client = _client(cfg)
-    run_id = open_variant_run(client, cfg)
-    with_retry(lambda: client.update_run(run_id, status="RUNNING"))
+    root = repo_root()
+    client = make_client(tracking_uri(cfg.tracking.uri, root), cfg.tracking.timeout_s)
+    with _as_tracking_error(client, "opening the variant's run"):
+        reconcile_markers(client, dead_markers(root))
+        run_id = open_variant_run(client, cfg)
+    marker = write_marker(root, run_id, variant_id(cfg), stage, redact_uri(client.tracking_uri))
     run = VariantRun(client, run_id, stage)
     status = "FAILED"
     try:
         with _sigterm_raises():
+            with _as_tracking_error(client, "starting the run"):
+                client.update_run(run_id, status="RUNNING")
             _log_start(run, cfg, stage)
             yield run
             status = "FINISHED"
@@ -161,8 +281,42 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
         status = "KILLED"
         raise
     finally:
-        run.set_tags({f"rkpipe.stage.{stage}": status.lower()})
-        with_retry(lambda: client.set_terminated(run_id, status))
+        # Any status but FINISHED means an exception is on its way out: it is the one to report.
+        _close(client, run_id, stage, status, marker, quiet=status != "FINISHED")
+
+
+def _close(client: Any, run_id: str, stage: str, status: str, marker: Path, quiet: bool) -> None:
+    """Record the stage's status and terminate the run; forget the marker once both are done.
+
+    If the store fails, the marker keeps the status, so that :func:`reconcile_killed` closes
+    the run with it later; the failure is raised unless ``quiet``.
+    """
+    recorded = False
+    try:
+        with _as_tracking_error(client, "closing the run"):
+            record_stage_status(client, run_id, stage, status)
+            recorded = True
+            client.set_terminated(run_id, status)
+    except TrackingError as exc:
+        update_marker(marker, outcome=status, recorded=recorded)
+        if not quiet:
+            raise
+        log.debug("run %s not closed: %s", run_id, exc)
+        return
+    remove_marker(marker)
+
+
+@contextlib.contextmanager
+def _as_tracking_error(client: Any, what: str) -> Iterator[None]:
+    """Turn a failure of the store inside the block into one :class:`TrackingError` line."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as exc:
+        if not store_failure(exc):
+            raise
+        raise as_tracking_error(client.tracking_uri, what, exc) from None
 
 
 @contextlib.contextmanager
@@ -170,10 +324,6 @@ def untracked_run(stage: str) -> Iterator[VariantRun]:
     """A run handle that logs nothing (SIGTERM still raises :class:`Terminated`)."""
     with _sigterm_raises():
         yield NullRun(stage)
-
-
-def _client(cfg: PipelineConfig) -> Any:
-    return make_client(tracking_uri(cfg.tracking.uri))
 
 
 def _log_start(run: VariantRun, cfg: PipelineConfig, stage: str) -> None:
