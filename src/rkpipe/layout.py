@@ -98,6 +98,15 @@ class Layout:
         """The board's facts (host_fingerprint stage)."""
         return board_file(self.data)
 
+    @property
+    def preflight_verdict(self) -> Path:
+        """The preflight stage's verdict: every other stage depends on it, so runs after it."""
+        return self.data / "preflight" / "passed.json"
+
+    def source_fingerprint(self, model: str) -> Path:
+        """The stat fingerprint of a local ``llm`` or ``asr`` source (preflight stage)."""
+        return self.data / "preflight" / f"{model}_source.json"
+
     def metrics_file(self, name: str) -> Path:
         """``<metrics>/<name>.json`` (a stage's metrics; deploy_bench's is ``bench``)."""
         return self.metrics / f"{name}.json"

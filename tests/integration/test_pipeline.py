@@ -7,58 +7,16 @@ the suite stays within its time budget; the main job in the README runs the full
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from repo_copy import copy_repo as _copy_repo
+from repo_copy import run as _run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = "experiment=smoke"  # conf/experiment/smoke.yaml: fewer samples and repetitions
-
-
-def _run(argv, cwd, timeout=900, check=True):
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    out = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    if check and out.returncode != 0:
-        raise AssertionError(
-            f"{argv} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-        )
-    return out
-
-
-def _copy_repo(dst: Path) -> None:
-    files = _run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
-    for name in files:
-        src = REPO / name
-        if src.is_file() and not name.startswith(("models/", "metrics/", "reports/")):
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / name)
-    for name in ("dvc.lock", "data/calib/calibration.json"):
-        (dst / name).unlink(missing_ok=True)
-    shutil.rmtree(dst / "data" / "asr" / "testset", ignore_errors=True)
-    _run(["git", "init", "-q"], dst)
-    _run(
-        [
-            "git",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "user.name=t",
-            "commit",
-            "-qam",
-            "init",
-            "--allow-empty",
-        ],
-        dst,
-        check=False,
-    )
-    _run(["git", "add", "-A"], dst)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], dst)
 
 
 @pytest.fixture(scope="module")

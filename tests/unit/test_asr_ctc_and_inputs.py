@@ -134,7 +134,7 @@ def test_random_wav2vec2_checks_its_dimensions():
     [
         ("asr.quant.scheme=int3", "allowed: dynamic, static_qdq, matmul_nbits4"),
         ("asr.quant.encoder_scheme=fp8", "asr.quant.encoder_scheme='fp8'"),
-        ("asr.quant.block_size=48", "power of 2"),
+        ("asr.quant.block_size=48", "allowed: 16, 32, 64, 128, 256"),
         ("asr.quant.calibrate_method=Magic", "allowed: MinMax, Entropy, Percentile"),
         ("asr.architecture=conformer", "allowed: wav2vec2, whisper"),
         ("asr.backend=tflite", "allowed: onnxruntime, rknn"),

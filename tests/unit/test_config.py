@@ -79,7 +79,10 @@ def test_seed_experiment_is_w8a8_on_rk3576_with_two_cores():
             ["quant.max_context=4001"],
             "quant.max_context=4001 is not allowed; allowed: a multiple of 32 between 32 and 16384",
         ),
-        (["quant.max_context=32768"], "quant.max_context=32768 is out of range; allowed: an integer >= 32 and <= 16384"),
+        (
+            ["quant.max_context=32768"],
+            "quant.max_context=32768 is out of range; allowed: an integer >= 32 and <= 16384",
+        ),
         (
             ["platform=rk3576", "quant=w8a8", "quant.hybrid_rate=1.0"],
             "quant.hybrid_rate=1.0 is out of range; allowed: a number >= 0 and < 1",

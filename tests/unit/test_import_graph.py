@@ -136,7 +136,7 @@ def test_rkpipe_has_no_import_cycles():
 # ``foundation`` is the set of modules every part may use and that use only each other.
 FOUNDATION = {
     "errors", "io", "registry", "workspace", "hub", "hostinfo", "toolchain", "quant_manifest",
-    "layout",
+    "layout", "secrets",
 }  # fmt: skip
 FORBIDDEN = {
     "engines": "everything",  # copied alone to a board: stdlib, numpy, onnxruntime only
@@ -146,6 +146,8 @@ FORBIDDEN = {
     "llm": {"board", "tracking", "report", "evaluate"},
     "asr": {"board", "tracking", "report", "backends"},
     "tracking": {"board", "backends", "report", "sweep", "cli", "stage"},
+    "preflight": {"backends", "report", "sweep", "reproduce", "cli", "stage"},
+    "workspace_claim": "everything",  # started alone as the claim's watcher process
 }
 
 

@@ -30,6 +30,11 @@ def declared_outputs(paths: PathsConfig) -> dict[str, set[str]]:
 
 def layout_outputs(layout: Layout) -> dict[str, set[Path]]:
     return {
+        "preflight": {
+            layout.preflight_verdict,
+            layout.source_fingerprint("llm"),
+            layout.source_fingerprint("asr"),
+        },
         "host_fingerprint": {layout.host_fingerprint, layout.board_fingerprint},
         "download_llm": {layout.llm.float, layout.metrics_file("download_llm")},
         "download_asr": {layout.asr.float},

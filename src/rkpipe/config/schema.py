@@ -37,7 +37,9 @@ REPO_ID = Text(
     optional=True, pattern=r"[\w.-]+(/[\w.-]+)?", means="a Hugging Face repo id (org/name)"
 )
 REVISION = Text(means="a branch, tag or commit of the hub repo")
-COMMIT = Text(optional=True, pattern=r"[0-9a-f]{40}", means="a 40-hex commit (set by rkpipe params)")
+COMMIT = Text(
+    optional=True, pattern=r"[0-9a-f]{40}", means="a 40-hex commit (set by rkpipe params)"
+)
 POSITIVE = Int(1)
 WEIGHT_TYPES = OneOf(values=("QInt8", "QUInt8"))
 CALIBRATE_METHODS = OneOf(values=("MinMax", "Entropy", "Percentile"))
@@ -205,12 +207,8 @@ class CalibConfig:
     """
 
     source: str = typed("prompts", OneOf(values=("prompts", "dataset", "json")))
-    prompts_file: str = typed(
-        "data/calib/prompts.txt", LocalPath(when=("calib.source", "prompts"))
-    )
-    json_file: str | None = typed(
-        None, LocalPath(optional=True, when=("calib.source", "json"))
-    )
+    prompts_file: str = typed("data/calib/prompts.txt", LocalPath(when=("calib.source", "prompts")))
+    json_file: str | None = typed(None, LocalPath(optional=True, when=("calib.source", "json")))
     dataset: str | None = typed(None, Text(optional=True, means="a datasets name or path"))
     dataset_config: str | None = typed(None, Text(optional=True))
     split: str = typed("train", Text(means="a dataset split, e.g. train or train[:200]"))
@@ -261,9 +259,7 @@ class OrtQuantConfig:
     q4_1_mode: str = typed("residual", OneOf(registry="rkpipe.backends.ort.schemes:Q4_1_MODES"))
     # genai_* / gguf_exact: 4-bit MatMulNBits accuracy level of one-token (decode) steps, in an
     # If branch beside the prefill graph (None: one graph for both)
-    decode_accuracy_level: int | None = typed(
-        None, OneOf(values=ACCURACY_LEVELS, optional=True)
-    )
+    decode_accuracy_level: int | None = typed(None, OneOf(values=ACCURACY_LEVELS, optional=True))
     # dynamic / static_qdq int8: quantize weights to 7 bits so that u8 x s8 products cannot
     # saturate AVX2's 16-bit vpmaddubsw on x86 without VNNI. auto: on for per-channel QInt8
     # weights (see rkpipe.backends.ort.reduce_range); true / false force it.
@@ -293,9 +289,7 @@ class QuantConfig:
 
     backend: str = typed("onnxruntime", OneOf(registry="rkpipe.backends:available"))
     # The backend's own dtypes are checked by the cross-field rules (rkpipe.config.validate).
-    dtype: str = typed(
-        "int8", OneOf(registry="rkpipe.config.platforms:ALL_DTYPES")
-    )
+    dtype: str = typed("int8", OneOf(registry="rkpipe.config.platforms:ALL_DTYPES"))
     algorithm: str = typed(
         "normal",
         Text(pattern=r"(normal|grq|gdq)(_r\d+)?", means="normal, grq, or their _rN forms"),

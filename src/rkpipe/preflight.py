@@ -1,0 +1,97 @@
+"""What the preflight stage checks before any stage deletes an output.
+
+DVC deletes a stage's outputs before it runs the stage, so a bad value found inside a heavy
+stage costs the previous good outputs as well as the time. The preflight stage runs first on
+every ``dvc repro`` / ``dvc exp run`` (every other stage depends on its verdict file) and, in
+about a second, checks:
+
+- the whole config against its domains and rules (``run_stage`` loads it validated), that
+  the files the stages will read exist (:func:`rkpipe.config.domain.path_problems`) and that a
+  ready calibration file is well formed;
+- a local model source: its stat fingerprint is written where ``download_llm`` /
+  ``download_asr`` depend on it, so a model edited in place reruns the download instead of
+  DVC restoring stale outputs from its run cache;
+- a remote board: reachable, host key known, SoC as its config says
+  (:func:`rkpipe.board.preflight.quick_check`);
+- a tracking server: answers within ``tracking.timeout_s``;
+- runs a SIGKILL left RUNNING are closed KILLED (:func:`rkpipe.tracking.reconcile_killed`);
+- the workspace is claimed for this ``dvc exp run`` (:mod:`rkpipe.workspace_claim`), so a second
+  one is refused before it rewrites ``params.yaml``.
+
+The verdict file's content does not depend on the config: a passed preflight never reruns a
+stage by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from rkpipe.config.domain import path_problems
+from rkpipe.config.schema import PipelineConfig
+from rkpipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+VERDICT = {"preflight": "passed"}
+LOCAL_SOURCES = {"llm": ("model", "local"), "asr": ("asr", "local")}
+
+
+def check_paths(cfg: PipelineConfig) -> None:
+    """Fail in one line when a file a stage will read is missing."""
+    if problems := path_problems(cfg):
+        raise ConfigError("missing input: " + "; ".join(problems))
+
+
+def check_calibration_file(cfg: PipelineConfig) -> None:
+    """A ready calibration file (``calib.source=json``) parses and every record is usable."""
+    if cfg.calib.source != "json":
+        return
+    from rkpipe.calibration.validate import validate_calibration_file
+
+    validate_calibration_file(Path(cfg.calib.json_file), max_context=None)
+
+
+def source_fingerprint(cfg: PipelineConfig, model: str) -> dict[str, Any]:
+    """What a download stage acquires from: a local path's stat fingerprint, else nothing.
+
+    Hub and package sources are pinned by params (commit, package version), so they need no
+    fingerprint; a local directory can change under the same params.
+    """
+    from rkpipe.llm.integrity import local_source_fingerprint
+
+    section, local = LOCAL_SOURCES[model]
+    conf = getattr(cfg, section)
+    if conf.source != local or not conf.path:
+        return {"source": conf.source}
+    return {"source": conf.source, "files": local_source_fingerprint(conf.path)}
+
+
+def check_board(cfg: PipelineConfig) -> None:
+    """A remote board answers, its host key is known and its SoC is the configured one."""
+    if cfg.board.transport == "local":
+        return
+    from rkpipe.board.preflight import quick_check
+
+    facts = quick_check(cfg.board, timeout_s=min(cfg.board.timeout_s, 30.0))
+    log.info("board %s: %s", cfg.board.name, ", ".join(f"{k} {v}" for k, v in facts.items()))
+
+
+def check_tracker(cfg: PipelineConfig) -> None:
+    """The tracking server answers within ``tracking.timeout_s`` (the embedded store always)."""
+    if not cfg.tracking.enabled:
+        return
+    from rkpipe.tracking import check_tracker as probe
+
+    probe(cfg.tracking.uri, cfg.tracking.timeout_s)
+
+
+def reconcile(cfg: PipelineConfig) -> None:
+    """Close, as KILLED, the runs of stages a SIGKILL ended (cheap when there are none)."""
+    if not cfg.tracking.enabled:
+        return
+    from rkpipe.tracking import reconcile_killed
+
+    if closed := reconcile_killed(None, cfg):
+        log.warning("closed %d MLflow run stage(s) a kill left RUNNING as KILLED", closed)

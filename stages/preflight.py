@@ -1,0 +1,27 @@
+"""DVC stage preflight (always runs, first): checks the config, the inputs, the board and the
+tracker in about a second, before any stage's outputs are deleted (see rkpipe.preflight)."""
+
+from rkpipe.stage import run_stage
+
+
+def body(cfg, run):
+    from pathlib import Path
+
+    from rkpipe import preflight
+    from rkpipe.io import write_json_atomic
+    from rkpipe.workspace_claim import claim_workspace
+
+    claim_workspace(Path.cwd())
+    preflight.check_paths(cfg)
+    preflight.check_calibration_file(cfg)
+    for model in preflight.LOCAL_SOURCES:
+        fingerprint = preflight.source_fingerprint(cfg, model)
+        write_json_atomic(cfg.layout.source_fingerprint(model), fingerprint)
+    preflight.check_tracker(cfg)
+    preflight.reconcile(cfg)
+    preflight.check_board(cfg)
+    write_json_atomic(cfg.layout.preflight_verdict, preflight.VERDICT)
+
+
+if __name__ == "__main__":
+    run_stage("preflight", body, tracked=False)
