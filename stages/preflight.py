@@ -19,9 +19,15 @@ def body(cfg, run):
         write_json_atomic(cfg.layout.source_fingerprint(model), fingerprint)
     preflight.check_tracker(cfg)
     preflight.reconcile(cfg)
+    preflight.remove_leftovers(cfg, Path.cwd())
     preflight.check_board(cfg)
     write_json_atomic(cfg.layout.preflight_verdict, preflight.VERDICT)
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from rkpipe.preflight import scrub_credentials
+
+    scrub_credentials(Path("params.yaml"))  # before the config is read, which refuses them
     run_stage("preflight", body, tracked=False)

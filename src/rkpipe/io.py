@@ -17,12 +17,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from rkpipe.processes import boot_time, host_token, pid_alive
 
 
 def sha256_file(path: Path | str, chunk_size: int = 1 << 20) -> str:
@@ -125,54 +126,6 @@ def _idle_since_boot_or_a_day(path: Path) -> bool:
             if item.lstat().st_mtime >= limit:
                 return False
     return True
-
-
-def host_token() -> str:
-    """This host's name as it appears in temporaries' names (no dots; at most 32 characters)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:32] or "host"
-
-
-def boot_time() -> float | None:
-    """When this machine booted (epoch seconds), from ``/proc/stat``; None off Linux."""
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def process_start(pid: int) -> int | None:
-    """Start time of process ``pid`` in clock ticks since boot (``/proc``), None if unknown.
-
-    With the pid it identifies a process even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def pid_alive(pid: int, started: int | None = None) -> bool:
-    """Whether process ``pid`` runs on this host (a zombie counts as dead); with ``started``
-    (see :func:`process_start`), also that it is the same process and not a reused pid."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    if stat[stat.rfind(")") + 2 :].startswith("Z"):
-        return False
-    return started is None or process_start(pid) in (None, started)
 
 
 def write_text_atomic(path: Path | str, text: str) -> None:

@@ -14,7 +14,8 @@ about a second, checks:
 - a remote board: reachable, host key known, SoC as its config says
   (:func:`rkpipe.board.preflight.quick_check`);
 - a tracking server: answers within ``tracking.timeout_s``;
-- runs a SIGKILL left RUNNING are closed KILLED (:func:`rkpipe.tracking.reconcile_killed`);
+- runs a SIGKILL left RUNNING are closed KILLED (:func:`rkpipe.tracking.reconcile_killed`),
+  and the temporaries a killed stage left beside its outputs are removed;
 - the workspace is claimed for this ``dvc exp run`` (:mod:`rkpipe.workspace_claim`), so a second
   one is refused before it rewrites ``params.yaml``.
 
@@ -36,6 +37,27 @@ log = logging.getLogger(__name__)
 
 VERDICT = {"preflight": "passed"}
 LOCAL_SOURCES = {"llm": ("model", "local"), "asr": ("asr", "local")}
+
+
+def scrub_credentials(params_file: Path) -> bool:
+    """Mask credentials in URIs of ``params_file``; returns whether there were any.
+
+    ``rkpipe params`` refuses such a value, but ``dvc exp run -S tracking.uri=http://u:p@h``
+    writes it into params.yaml before any stage runs. The preflight then fails on it (a URI
+    with credentials is out of its domain); masking it first keeps the password out of the
+    file a user may commit.
+    """
+    from rkpipe.io import write_text_atomic
+    from rkpipe.secrets import redact_uri
+
+    if not params_file.is_file():
+        return False
+    text = params_file.read_text(encoding="utf-8")
+    clean = redact_uri(text)
+    if clean != text:
+        write_text_atomic(params_file, clean)
+        log.warning("masked credentials in %s; pass them through the environment", params_file)
+    return clean != text
 
 
 def check_paths(cfg: PipelineConfig) -> None:
@@ -66,6 +88,23 @@ def source_fingerprint(cfg: PipelineConfig, model: str) -> dict[str, Any]:
     if conf.source != local or not conf.path:
         return {"source": conf.source}
     return {"source": conf.source, "files": local_source_fingerprint(conf.path)}
+
+
+def remove_leftovers(cfg: PipelineConfig, root: Path) -> int:
+    """Remove the temporaries killed writers left beside any declared output.
+
+    The next run of a killed stage removes its own, but DVC often restores that stage from its
+    run cache instead of running it, so the preflight sweeps every output once per repro.
+    """
+    from rkpipe.config import config_dict
+    from rkpipe.io import remove_stale_temporaries
+    from rkpipe.workspace import declared_outputs
+
+    outputs = declared_outputs(root / "dvc.yaml", config_dict(cfg))
+    removed = [p for out in outputs for p in remove_stale_temporaries(root / out)]
+    for path in removed:
+        log.info("removed %s, left by a killed stage", path)
+    return len(removed)
 
 
 def check_board(cfg: PipelineConfig) -> None:

@@ -124,12 +124,14 @@ def measurement_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
 
 
 def host_dependent_metrics(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
-    """The metrics files of the stages that depend on an always-changed stage's outputs (the
-    host and board fingerprints): their figures belong to the machine that measured them."""
+    """The metrics files of the stages that depend on an always-changed stage's measurement
+    outputs (the host and board fingerprints): their figures belong to the machine that
+    measured them. (The preflight stage is always-changed too, but its verdict is the same on
+    every machine, so depending on it says nothing about where a figure was measured.)"""
     stages = _stages(dvc_yaml)
     fingerprints = {
         path for stage in stages.values() if stage.get("always_changed")
-        for path, _, _ in _stage_outputs(stage, params)
+        for path, _, measured in _stage_outputs(stage, params) if measured
     }  # fmt: skip
     return [
         path

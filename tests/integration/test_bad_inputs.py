@@ -261,7 +261,7 @@ CASES = [
     # trackers
     Case("tracker-closed", "127.0.0.1", setup=tracker_closed),
     Case("tracker-silent", "127.0.0.1", setup=tracker_silent),
-    Case("tracker-env-closed", "127.0.0.1:9", setup=tracker_env_closed, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
+    Case("tracker-env-closed", "127.0.0.1:9 (from MLFLOW_TRACKING_URI)", setup=tracker_env_closed, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
     Case("tracker-timeout", "tracking.timeout_s=0.0 is out of range", {"tracking.timeout_s": 0.0}),
     # secrets
     Case("tracker-password", "carries credentials", {"tracking.uri": f"http://alice:{SECRET}@127.0.0.1:5000"}),
@@ -332,6 +332,7 @@ def test_bad_input_fails_in_one_line_and_touches_nothing(workspace, case):
         target = [case.target] if case.target else []
         env = case.env | ctx.env | {"HF_HUB_OFFLINE": "0"}
         out = run(["dvc", "repro", *target], root, check=False, timeout=300, env=env)
+        assert SECRET not in params_file.read_text()  # as the failed run left it
     finally:
         params_file.write_text(original)
         ctx.env.clear()

@@ -8,8 +8,8 @@ After each kill:
 - the re-run finishes and ``dvc status`` is clean;
 - every output loads (metrics JSON parse, ONNX models load, the report is there);
 - DVC's locks do not block (the re-run itself proves it) and no leftover temporaries remain;
-- no MLflow run is left RUNNING, and the variant's run records the kill in the stage's
-  history (``rkpipe.stage.<stage>.history`` holds ``killed``);
+- no MLflow run is left RUNNING, and when the stage had opened the variant's run, the run
+  records the kill in the stage's history (``rkpipe.stage.<stage>.history`` holds ``killed``);
 - the board lock of deploy_bench can be taken again.
 """
 
@@ -37,9 +37,11 @@ KILL_POINTS = [
     ("quantize_llm", 2.0),
     ("quantize_llm", 10.0),
     ("evaluate", 4.0),
+    ("evaluate", 15.0),
     ("deploy_bench", 3.0),
     ("deploy_bench", 12.0),
     ("record", 0.5),
+    ("record", 3.0),
 ]
 
 
@@ -58,9 +60,10 @@ def _stage_pid(root: Path, stage: str, timeout: float = 120.0) -> int | None:
     return None
 
 
-def _kill_stage_during(root: Path, stage: str, delay: float) -> bool:
+def _kill_stage_during(root: Path, stage: str, delay: float) -> tuple[bool, bool]:
     """Run the stage alone, forced, and SIGKILL its process ``delay`` s after it starts.
-    Returns whether the kill landed (the stage was still running)."""
+    Returns whether the kill landed (the stage was still running) and whether the stage had
+    opened its MLflow run by then (its marker under .dvc/tmp/rkpipe/running was there)."""
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     repro = subprocess.Popen(
@@ -70,6 +73,8 @@ def _kill_stage_during(root: Path, stage: str, delay: float) -> bool:
     pid = _stage_pid(root, stage)
     assert pid is not None, f"stage {stage} never started"
     time.sleep(delay)
+    markers = root / ".dvc" / "tmp" / "rkpipe" / "running"
+    opened = any(markers.glob(f"*.{stage}.{pid}.json"))
     try:
         os.kill(pid, signal.SIGKILL)
         landed = True
@@ -78,7 +83,7 @@ def _kill_stage_during(root: Path, stage: str, delay: float) -> bool:
     output, _ = repro.communicate(timeout=600)
     if landed:
         assert repro.returncode != 0, output[-2000:]
-    return landed
+    return landed, opened
 
 
 def _runs(root: Path) -> list:
@@ -119,11 +124,14 @@ def built(tmp_path_factory):
 
 
 def test_kill_minus_nine_at_every_point_is_survived(built):
-    survived, landed_points = [], []
+    survived, landed_points, opened_points = [], [], []
     for stage, delay in KILL_POINTS:
-        if not _kill_stage_during(built, stage, delay):
+        landed, opened = _kill_stage_during(built, stage, delay)
+        if not landed:
             continue  # the stage finished first: not a kill point on this machine
         landed_points.append((stage, delay))
+        if opened:
+            opened_points.append((stage, delay))
         run(["dvc", "repro"], built, timeout=1800)
         status = run(["dvc", "status", "--json"], built).stdout
         changed = {k: v for k, v in json.loads(status).items() if k != "preflight"}
@@ -132,10 +140,13 @@ def test_kill_minus_nine_at_every_point_is_survived(built):
         _assert_outputs_load(built)
         runs = _runs(built)
         assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
-        history = [r.data.tags.get(f"rkpipe.stage.{stage}.history", "") for r in runs]
-        assert any("killed" in h for h in history), (stage, history)
+        if opened:  # a stage killed before it opened its run has nothing to record there
+            history = [r.data.tags.get(f"rkpipe.stage.{stage}.history", "") for r in runs]
+            assert any("killed" in h for h in history), (stage, history)
         _board_lock_free()
         survived.append((stage, delay))
     print(f"kill -9 survived {len(survived)} / {len(landed_points)} points: {survived}")
+    print(f"kill -9 points that landed after the stage opened its run: {opened_points}")
     assert len({stage for stage, _ in landed_points}) >= 5, landed_points
+    assert len({stage for stage, _ in opened_points}) >= 4, opened_points
     assert survived == landed_points

@@ -313,7 +313,8 @@ def _dead_pid() -> int:
 
 
 def test_next_writer_removes_a_dead_writers_temporary_and_keeps_a_live_ones(tmp_path):
-    from rkpipe.io import host_token, write_json_atomic
+    from rkpipe.io import write_json_atomic
+    from rkpipe.processes import host_token
 
     final = tmp_path / "evaluate.json"
     live = subprocess.Popen(["sleep", "60"])

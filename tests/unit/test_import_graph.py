@@ -136,7 +136,7 @@ def test_rkpipe_has_no_import_cycles():
 # ``foundation`` is the set of modules every part may use and that use only each other.
 FOUNDATION = {
     "errors", "io", "registry", "workspace", "hub", "hostinfo", "toolchain", "quant_manifest",
-    "layout", "secrets",
+    "layout", "secrets", "processes",
 }  # fmt: skip
 FORBIDDEN = {
     "engines": "everything",  # copied alone to a board: stdlib, numpy, onnxruntime only

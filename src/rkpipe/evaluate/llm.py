@@ -309,16 +309,17 @@ def write_reference(
 ) -> dict[str, float]:
     """The ``reference_logits`` stage: score the float ONNX export once and save it to ``out``.
 
-    Returns ``ppl_float``, ``eval_tokens``, ``eval_windows`` and ``reference_s``.
+    Returns ``reference_ppl``, ``reference_tokens``, ``reference_windows`` and ``reference_s``
+    (named apart from evaluate's ``ppl_float``/``eval_tokens``: one name per metrics file).
     """
     start = time.perf_counter()
     windows = eval_windows(text, tokenizer_dir, seqlen)
     reference = build_reference(load_onnx_llm(model_dir, threads).logits, windows)
     save_reference(reference, out)
     return {
-        "ppl_float": math.exp(-float(reference.target_logp.sum()) / reference.positions),
-        "eval_tokens": float(reference.positions),
-        "eval_windows": float(len(windows)),
+        "reference_ppl": math.exp(-float(reference.target_logp.sum()) / reference.positions),
+        "reference_tokens": float(reference.positions),
+        "reference_windows": float(len(windows)),
         "reference_s": time.perf_counter() - start,
     }
 

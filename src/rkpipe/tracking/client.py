@@ -168,9 +168,11 @@ class SerialisedClient:
 
 def unreachable_message(uri: str, what: str, timeout_s: float) -> str:
     """The one line that says a tracking server cannot be used, and what to do instead."""
+    source = " (from MLFLOW_TRACKING_URI)" if os.environ.get("MLFLOW_TRACKING_URI") else ""
+    hint = f"unset MLFLOW_TRACKING_URI, or {FALLBACK_HINT}" if source else FALLBACK_HINT
     return (
-        f"MLflow tracking server {redact_uri(uri)} failed within {timeout_s:g} s "
-        f"({redact_uri(what)}); {FALLBACK_HINT}"
+        f"MLflow tracking server {redact_uri(uri)}{source} failed within {timeout_s:g} s "
+        f"({redact_uri(what)}); {hint}"
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
 from rkpipe.errors import TrackingError
-from rkpipe.io import pid_alive
+from rkpipe.processes import pid_alive
 from rkpipe.tracking.client import (
     artifact_location,
     first_line,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rkpipe.io import pid_alive, process_start, write_json_atomic
+from rkpipe.io import write_json_atomic
+from rkpipe.processes import pid_alive, process_start
 
 log = logging.getLogger(__name__)
 MARKER_DIR = Path(".dvc") / "tmp" / "rkpipe" / "running"
