@@ -126,7 +126,7 @@ def board(args: argparse.Namespace) -> int:
 
     cfg = compose(Path(args.config_dir), [f"board={args.name}", *args.overrides])
     if args.action == "trust":
-        from rkpipe.board.ssh import trust_host
+        from rkpipe.board.host_keys import trust_host
 
         print(f"trusted {cfg.board.host}:{cfg.board.port}: {trust_host(cfg.board)}")
         return 0

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from board_fixture import load_fake_runtime_builder, write_board_root, write_fake_sysfs
 
+from rkpipe.board.clocks import pin_frequency
 from rkpipe.board.deploy import bench_llm, parse_json_lines
-from rkpipe.board.preflight import pin_frequency, preflight
-from rkpipe.board.ssh import CHUNK_BYTES, SshTransport, trust_host
+from rkpipe.board.preflight import preflight
+from rkpipe.board.host_keys import trust_host
+from rkpipe.board.ssh import CHUNK_BYTES, SshTransport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.errors import BoardError
 

@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from rkpipe.board.clocks import plan_frequency_writes
 from rkpipe.board.preflight import (
     check_board_platform,
     check_facts,
     parse_df_available_mb,
     parse_driver_version,
     parse_mem_available_mb,
-    plan_frequency_writes,
     soc_from_compatible,
 )
-from rkpipe.board.ssh import known_hosts_name, parse_sha256sum
+from rkpipe.board.host_keys import known_hosts_name
+from rkpipe.board.ssh import parse_sha256sum
 from rkpipe.board.trust_hint import trust_command
 from rkpipe.config.schema import BoardConfig
 from rkpipe.engines.rkllm_runner import default_cpu_mask

@@ -236,7 +236,7 @@ def local_rkllm_unavailable(cfg: PipelineConfig) -> str | None:
 def _pin_clocks(cfg: PipelineConfig, transport: Transport, facts: dict[str, Any]) -> int:
     """Pin the board's CPU/NPU/DDR clocks at their maximum (Rockchip's fix_freq scripts) so
     that runs are comparable; returns the number of settings written (0 on this host)."""
-    from rkpipe.board.preflight import pin_frequency
+    from rkpipe.board.clocks import pin_frequency
 
     soc = facts.get("soc") or cfg.board.platform
     if cfg.board.transport == "local" or not soc:

@@ -20,14 +20,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from rkpipe.board.preflight import (
-    CPU_DIR,
-    DDR_TARGET,
-    DRIVER_FILES,
-    NPU_TARGETS,
-    parse_driver_version,
-    soc_from_compatible,
-)
+from rkpipe.board.clocks import CPU_DIR, DDR_TARGET, NPU_TARGETS
+from rkpipe.board.preflight import DRIVER_FILES, parse_driver_version, soc_from_compatible
 from rkpipe.board.transport import Transport, make_transport
 from rkpipe.config.platforms import normalise_name
 from rkpipe.config.schema import BoardConfig
