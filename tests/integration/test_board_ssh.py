@@ -18,8 +18,8 @@ from board_fixture import load_fake_runtime_builder, write_board_root, write_fak
 
 from rkpipe.board.clocks import pin_frequency
 from rkpipe.board.deploy import bench_llm, parse_json_lines
-from rkpipe.board.preflight import preflight
 from rkpipe.board.host_keys import trust_host
+from rkpipe.board.preflight import preflight
 from rkpipe.board.ssh import CHUNK_BYTES, SshTransport
 from rkpipe.config.schema import BenchConfig
 from rkpipe.errors import BoardError

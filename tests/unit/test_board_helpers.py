@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from rkpipe.board.clocks import plan_frequency_writes
+from rkpipe.board.host_keys import known_hosts_name
 from rkpipe.board.preflight import (
     check_board_platform,
     check_facts,
@@ -15,7 +16,6 @@ from rkpipe.board.preflight import (
     parse_mem_available_mb,
     soc_from_compatible,
 )
-from rkpipe.board.host_keys import known_hosts_name
 from rkpipe.board.ssh import parse_sha256sum
 from rkpipe.board.trust_hint import trust_command
 from rkpipe.config.schema import BoardConfig
