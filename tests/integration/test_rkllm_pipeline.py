@@ -176,8 +176,11 @@ def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, t
     missing = tmp_path / "no-npu-here" / "librkllmrt.so"
     params(repo, env, f"quant.rkllm.python={pipeline['python']}", f"board.rkllm_lib={missing}")
     out = run(["dvc", "repro"], repo, env, timeout=1200)
-    # host_fingerprint always runs; board.rkllm_lib leaves the board's fingerprint unchanged
-    assert stages_run(out.stdout) == {"host_fingerprint", "deploy_bench", "report", "record"}
+    # preflight and host_fingerprint always run; board.rkllm_lib leaves the board's fingerprint
+    # unchanged
+    assert stages_run(out.stdout) == {
+        "preflight", "host_fingerprint", "deploy_bench", "report", "record",
+    }  # fmt: skip
     said = " ".join((out.stdout + out.stderr).split())  # the log handler wraps long lines
     assert "LLM benchmark skipped" in said and "board.rkllm_lib" in said
     bench = read_json(repo / "metrics/bench.json")
