@@ -136,9 +136,10 @@ def test_tokenizer_round_trips(tokenizer, text):
 # --------------------------------------------------------------------------- evaluation helpers
 
 
-def test_normalize_text_lowercases_and_strips_punctuation():
+def test_normalize_text_is_whispers_english_normaliser():
+    # lowercased, punctuation and quotes dropped, the contraction expanded as Whisper does
     assert normalize_text("Open the window, the kitchen's WARM!  'Quote'") == (
-        "open the window the kitchen's warm quote"
+        "open the window the kitchen is warm quote"
     )
 
 

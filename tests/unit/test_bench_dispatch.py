@@ -161,6 +161,11 @@ def local_cfg(default_cfg, root: Path, rkllm_lib: Path):
     testset = root / "data" / "asr" / "testset"
     testset.mkdir(parents=True)
     (testset / "clip0.wav").write_bytes(b"RIFF")
+    (testset / "clip0_white_10db.wav").write_bytes(b"RIFF")  # not benchmarked: a clean clip is
+    (testset / "transcripts.jsonl").write_text(
+        '{"audio": "clip0.wav", "text": "a"}\n'
+        '{"audio": "clip0_white_10db.wav", "text": "a", "variant": "white_10db"}\n'
+    )
     asr = root / "models" / "asr" / "quantized"
     asr.mkdir(parents=True)
     (asr / "engine.json").write_text(json.dumps({"engine": "ort_whisper"}))
@@ -314,3 +319,17 @@ def test_report_and_compare_say_no_board_instead_of_figures(default_cfg, tmp_pat
     alone = compare_runs([rkllm]).to_markdown()  # speed columns kept, saying why they are empty
     assert "TTFT (ms)" in alone and alone.count(NO_BOARD) == 3
     assert NO_BOARD not in compare_runs([ort]).to_markdown()
+
+
+def test_the_board_benchmarks_only_the_clean_clips(tmp_path):
+    """Speed does not depend on noise or tempo: the harder test-set variants stay on the host."""
+    from rkpipe.board.deploy import _testset_audio
+
+    for name in ("clip_000.wav", "clip_000_pink_10db.wav", "clip_000_tempo_0.9.wav"):
+        (tmp_path / name).write_bytes(b"RIFF")
+    (tmp_path / "transcripts.jsonl").write_text(
+        '{"audio": "clip_000.wav", "text": "a", "variant": "clean"}\n'
+        '{"audio": "clip_000_pink_10db.wav", "text": "a", "variant": "pink_10db"}\n'
+        '{"audio": "clip_000_tempo_0.9.wav", "text": "a", "variant": "tempo_0.9"}\n'
+    )
+    assert [p.name for p in _testset_audio(tmp_path)] == ["clip_000.wav"]

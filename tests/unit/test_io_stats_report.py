@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from rkpipe.io import atomic_path, read_json, write_json_atomic
 from rkpipe.measure.stats import percentile, summarize, summarize_samples
 from rkpipe.report import ReportContext, render_report
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -56,7 +59,10 @@ def test_summarize_samples_excludes_warmups():
     assert "x_absent" not in out
 
 
-def test_report_has_seed_columns_and_caveats(default_cfg):
+def test_report_has_seed_columns_and_caveats():
+    from rkpipe.config import compose
+
+    default_cfg = compose(REPO / "conf", ["asr=whisper_tiny_random"])  # the random-weight caveat
     metrics = {
         "ttft_ms": 91.234,
         "decode_tok_per_s": 73.0,
@@ -91,3 +97,28 @@ def test_report_has_seed_columns_and_caveats(default_cfg):
     mixed = render_report(default_cfg, metrics, "abc", dataclasses.replace(ctx, provenance=other))
     assert "more than one host" in mixed and "0123456789ab" in mixed
     assert "random weights" in text and "de-quantized" in text
+
+
+def _asr_section(text: str) -> str:
+    return text.split("## ASR", 1)[1].split("## Provenance", 1)[0]
+
+
+def test_report_shows_wer_per_clip_variant_only_when_there_are_several(default_cfg):
+    one = {"asr_wer": 0.1, "asr_clips.clean": 3.0, "asr_wer.clean": 0.1}
+    assert "clip variant" not in _asr_section(render_report(default_cfg, one, "abc"))
+    several = one | {"asr_clips.white_10db": 3.0, "asr_wer.white_10db": 0.25,
+                     "asr_wer_fp32.white_10db": 0.2, "asr_wer_delta.white_10db": 5.0}  # fmt: skip
+    section = _asr_section(render_report(default_cfg, several, "abc"))
+    assert "| clip variant | clips | WER | WER fp32 | ΔWER (pt) | CER | CER fp32 |" in section
+    assert "| clean | 3 | 0.100 |" in section
+    assert "| white_10db | 3 | 0.250 | 0.200 | 5.00 | – | – |" in section
+    assert section.index("| clean |") < section.index("| white_10db |")
+
+
+def test_report_calls_asr_figures_meaningless_only_for_random_weights(default_cfg):
+    assert not default_cfg.asr.random_weights  # the default ASR is Whisper tiny.en, real weights
+    real = render_report(default_cfg, {"asr_random_weights": 0.0}, "abc")
+    assert "meaningless" not in real and "random weights" not in real
+    assert "Whisper's English text normaliser" in real
+    random = render_report(default_cfg, {"asr_random_weights": 1.0}, "abc")
+    assert "meaningless" in _asr_section(random)

@@ -19,9 +19,11 @@ def _host_asr_names() -> set[str]:
     from rkpipe.asr.evaluate import VARIANTS, _metrics
 
     row = {"total_ms": 10.0, "audio_s": 1.0, "encoder_ms": 1.0, "decoder_ms": 1.0, "ids": [1]}
-    runs = {v: [dict(row)] for v in VARIANTS}
-    hyps = {v: ["a"] for v in VARIANTS}
-    return set(_metrics(["a"], hyps, runs)) | {"asr_random_weights"}
+    runs = {v: [dict(row), dict(row)] for v in VARIANTS}
+    hyps = {v: ["a", "b"] for v in VARIANTS}
+    # two test-set variants, so the per-variant names (asr_wer.<variant>, ...) are checked too
+    groups = ["clean", "white_10db"]
+    return set(_metrics(["a", "b"], hyps, runs, groups)) | {"asr_random_weights"}
 
 
 def _board_names() -> set[str]:

@@ -67,7 +67,9 @@ def synthesize_calibration(sentences: list[str], out_dir: Path) -> list[tuple[st
     out_dir.mkdir(parents=True, exist_ok=True)
     text_file = out_dir / "calib_sentences.txt"
     text_file.write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    synthesize_testset(text_file, out_dir / "clips")
+    # clean clips only: calibration sees the speech the model will mostly get, not the test
+    # set's noisy and tempo-changed variants (which would also change the calibration bytes)
+    synthesize_testset(text_file, out_dir / "clips", variants=("clean",))
     return load_testset(out_dir / "clips")
 
 

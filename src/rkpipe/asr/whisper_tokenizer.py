@@ -159,3 +159,56 @@ def load_whisper_tokenizer(model_dir: Path) -> Any:
         return WhisperTokenizerFast.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise AsrError(f"cannot load the Whisper tokenizer from {model_dir}: {exc}") from exc
+
+
+def tokenizer_from_ct2(ct2_dir: Path, vocab_size: int) -> Any:
+    """The ``WhisperTokenizerFast`` of a CTranslate2 Whisper directory (faster-whisper layout).
+
+    ``tokenizer.json`` there lacks the timestamp tokens, which HF's Whisper tokenizers carry as
+    (non-special) added tokens: they are appended from ``vocabulary.txt`` (one token per id,
+    CTranslate2's ground truth), then every id is checked against that file. Raises
+    :class:`AsrError` naming the file when the sizes or ids disagree.
+    """
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizerFast
+
+    ct2_dir = Path(ct2_dir)
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(ct2_dir / "tokenizer.json"),
+        **dict.fromkeys(("unk_token", "bos_token", "eos_token", "pad_token"), "<|endoftext|>"),
+    )
+    vocabulary = _ct2_vocabulary(ct2_dir, vocab_size)
+    extra = vocabulary[len(tokenizer) :]
+    tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in extra])
+    ids = tokenizer.convert_tokens_to_ids(vocabulary)
+    wrong = [(i, t, j) for i, (t, j) in enumerate(zip(vocabulary, ids, strict=True)) if i != j]
+    if wrong or len(tokenizer) != vocab_size:
+        raise AsrError(
+            f"{ct2_dir / 'tokenizer.json'}: ids disagree with vocabulary.txt (token, id) e.g. "
+            f"{wrong[:3]}, size {len(tokenizer)} vs {vocab_size}; the files belong to two models"
+        )
+    # control tokens (<|startoftranscript|>, ...) are skipped when decoding with skip_special
+    added = tokenizer.backend_tokenizer.get_added_tokens_decoder().values()
+    specials = [t.content for t in added if t.special and t.content != "<|endoftext|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer
+
+
+def _ct2_vocabulary(ct2_dir: Path, vocab_size: int) -> list[str]:
+    """``vocabulary.txt``, or the tokenizer's tokens plus generated timestamps without it."""
+    path = ct2_dir / "vocabulary.txt"
+    if path.is_file():
+        return read_vocabulary_txt(path)
+    from transformers import PreTrainedTokenizerFast
+
+    base = PreTrainedTokenizerFast(tokenizer_file=str(ct2_dir / "tokenizer.json"))
+    tokens = base.convert_ids_to_tokens(list(range(len(base))))
+    _, timestamps = whisper_special_tokens()
+    return [*tokens, *timestamps][:vocab_size]
+
+
+def read_vocabulary_txt(path: Path) -> list[str]:
+    """CTranslate2's ``vocabulary.txt``: one token per line, line i is id i (byte-level BPE
+    tokens hold no raw newline, so splitting on it is exact)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from rkpipe.asr.testset import DEFAULT_VARIANTS
 from rkpipe.config.domain import (
     Flag,
     Free,
@@ -173,8 +174,10 @@ class AsrRknnConfig:
 @dataclass
 class AsrConfig:
     """The speech model: ``architecture`` ``whisper`` or ``wav2vec2`` (CTC); ``source`` is
-    ``random_init``, ``hub`` or ``local``; ``backend`` ``onnxruntime`` or ``rknn`` (the encoder
-    also converted for the NPU, see :class:`AsrRknnConfig`)."""
+    ``random_init``, ``hub``, ``local`` or ``package`` (a CTranslate2 Whisper shipped in the
+    Python package ``package``, converted exactly; ``revision`` then pins the wheel's
+    version); ``backend`` ``onnxruntime`` or ``rknn`` (the encoder also converted for the NPU,
+    see :class:`AsrRknnConfig`)."""
 
     name: str = typed("whisper-tiny-random", Text())
     architecture: str = typed("whisper", OneOf(registry="rkpipe.asr.architectures:ARCHITECTURES"))
@@ -183,6 +186,9 @@ class AsrConfig:
     revision: str = typed("main", REVISION)
     commit: str | None = typed(None, COMMIT)
     path: str | None = typed(None, LocalPath(optional=True, kind="model directory"))
+    package: str | None = typed(
+        None, Text(optional=True, pattern=r"[A-Za-z_][\w.]*", means="an importable package")
+    )
     seed: int = typed(0, Int(0))
     init: AsrInitConfig = field(default_factory=AsrInitConfig)
     random_weights: bool = typed(True, Flag())
@@ -193,6 +199,18 @@ class AsrConfig:
     # Whisper's decoder has 448 positions, a few of which the prompt tokens take
     max_new_tokens: int = typed(64, Int(1, 440))
     eval_sentences: str = typed("data/asr/sentences.txt", LocalPath())
+    # The test set's variants (rkpipe.asr.testset): clean espeak-ng clips plus noisy, tempo and
+    # second-voice copies made with sox; evaluate reports WER per variant and over all.
+    testset_variants: list[str] = typed(
+        list(DEFAULT_VARIANTS),
+        Items(
+            of=Text(
+                pattern=r"clean|(white|pink)_\d+(\.\d+)?db|tempo_\d+(\.\d+)?|voice_[a-z][\w+-]*",
+                means="clean, white_<snr>db, pink_<snr>db, tempo_<factor> or voice_<espeak voice>",
+            ),
+            empty=False,
+        ),
+    )
     quant: AsrQuantConfig = field(default_factory=AsrQuantConfig)
     backend: str = typed("onnxruntime", OneOf(registry="rkpipe.asr.backends:ASR_BACKENDS"))
     rknn: AsrRknnConfig = field(default_factory=AsrRknnConfig)

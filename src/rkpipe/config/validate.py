@@ -127,6 +127,8 @@ def _source_problems(cfg: PipelineConfig) -> list[str]:
         )
     if cfg.asr.source == "hub" and not cfg.asr.repo_id:
         problems.append("asr.repo_id is required when asr.source='hub'")
+    if cfg.asr.source == "package" and not cfg.asr.package:
+        problems.append("asr.package is required when asr.source='package'")
     if c.source == "json" and not c.json_file:
         problems.append("calib.json_file is required when calib.source='json'")
     if c.source == "dataset" and not c.dataset:

@@ -156,6 +156,14 @@ class OrtWhisper:
         ``ValueError`` for an unknown language or task.
         """
         ids = [int(self.info["decoder_start_token_id"])]
+        if not self.info.get("multilingual", True):
+            # *.en checkpoints were trained without language and task tokens
+            if language not in (None, "en") or task != "transcribe":
+                raise ValueError(
+                    f"an English-only model only transcribes English, got language={language!r} "
+                    f"task={task!r}; use language null (or en) and task transcribe"
+                )
+            return [*ids, int(self.info["no_timestamps_token_id"])]
         if language is not None:
             lang_to_id = self.info["lang_to_id"]
             if language not in lang_to_id:

@@ -2,7 +2,9 @@
 
 Random weights use the multilingual tokenizer built offline (:mod:`rkpipe.asr.whisper_tokenizer`);
 the export is optimum's ``automatic-speech-recognition-with-past`` (encoder, decoder, decoder
-with past, merged decoder) plus ``mel_filters.npy`` and ``engine.json``.
+with past, merged decoder) plus ``mel_filters.npy`` and ``engine.json``. English-only
+checkpoints (``*.en``, e.g. the ``package`` source's tiny.en) decode with
+``<|startoftranscript|><|notimestamps|>``: their ``engine.json`` says ``multilingual: false``.
 """
 
 from __future__ import annotations
@@ -180,18 +182,27 @@ def write_engine_files(model_dir: Path, out: Path, random_weights: bool | None) 
 
 
 def engine_info(config: Any, gen: Any, extractor: Any, random_weights: bool | None) -> dict:
-    """The constants ``engine.json`` holds (pure: built from already-loaded HF objects)."""
-    keys = ("lang_to_id", "task_to_id", "no_timestamps_token_id")
+    """The constants ``engine.json`` holds (pure: built from already-loaded HF objects).
+
+    English-only checkpoints (``*.en``) were trained without language and task tokens: they get
+    ``multilingual: false`` and empty ``lang_to_id``/``task_to_id``, and their prompt is
+    ``<|startoftranscript|><|notimestamps|>`` (see :func:`english_prompt`).
+    """
+    multilingual = is_multilingual(config, gen)
+    keys = ("lang_to_id", "task_to_id") if multilingual else ()
+    keys += ("no_timestamps_token_id",)
     missing = [k for k in keys if getattr(gen, k, None) is None]
     if missing:
         raise AsrError(
             f"generation_config.json lacks {missing}; the engine needs Whisper's language/task "
             f"ids (re-acquire the model with rkpipe)"
         )
+    languages = gen.lang_to_id if multilingual else {}
     return {
         "architecture": "whisper",
         "engine": "ort_whisper",
         "random_weights": random_weights,
+        "multilingual": multilingual,
         "n_mels": extractor.feature_size,
         "sampling_rate": extractor.sampling_rate,
         "hop_length": extractor.hop_length,
@@ -202,8 +213,8 @@ def engine_info(config: Any, gen: Any, extractor: Any, random_weights: bool | No
         "decoder_start_token_id": config.decoder_start_token_id,
         "eos_token_id": _first(gen.eos_token_id),
         "no_timestamps_token_id": gen.no_timestamps_token_id,
-        "lang_to_id": {k.strip("<|>"): v for k, v in gen.lang_to_id.items()},
-        "task_to_id": dict(gen.task_to_id),
+        "lang_to_id": {k.strip("<|>"): v for k, v in languages.items()},
+        "task_to_id": dict(gen.task_to_id) if multilingual else {},
         "suppress_tokens": list(getattr(gen, "suppress_tokens", None) or []),
         "begin_suppress_tokens": list(getattr(gen, "begin_suppress_tokens", None) or []),
         "encoder_layers": config.encoder_layers,
@@ -216,6 +227,22 @@ def engine_info(config: Any, gen: Any, extractor: Any, random_weights: bool | No
     }
 
 
+def is_multilingual(config: Any, gen: Any) -> bool:
+    """The generation config's flag, else the vocabulary size (``.en`` models have 51864 ids)."""
+    flag = getattr(gen, "is_multilingual", None)
+    return bool(flag) if flag is not None else config.vocab_size >= VOCAB_SIZE
+
+
+def english_prompt(engine: Any) -> list[int]:
+    """The prompt that decodes English: ``<|startoftranscript|><|en|><|transcribe|>
+    <|notimestamps|>``, or ``<|startoftranscript|><|notimestamps|>`` for an English-only model
+    (``engine.json`` ``multilingual: false``), whose training prompt has no language/task."""
+    info = engine.info
+    if info.get("multilingual", True):
+        return engine.prompt_ids("en", "transcribe")
+    return [int(info["decoder_start_token_id"]), int(info["no_timestamps_token_id"])]
+
+
 def _first(value: Any) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
@@ -225,7 +252,7 @@ def _whisper_feeds(engine: Any, fp32_dir: Path, clips: list) -> dict[str, list[d
 
     tokenizer = load_whisper_tokenizer(fp32_dir)
     feeds: dict[str, list[dict]] = {k: [] for k in SPLIT_FILES}
-    prompt = engine.prompt_ids("en", "transcribe")
+    prompt = english_prompt(engine)
     for _, audio, text in clips:
         features = engine.features(audio)
         hidden = engine.encode(features)
