@@ -35,8 +35,9 @@ def running_exp_run() -> tuple[int, str] | None:
             argv = parent.cmdline()
         except psutil.Error:
             continue
-        words = [os.path.basename(a) for a in argv[:3]] + argv[1:4]
-        if "dvc" in words and "exp" in argv and "run" in argv:
+        # argv[0] is the dvc script, or the Python interpreter running it (argv[1])
+        is_dvc = any(os.path.basename(arg) == "dvc" for arg in argv[:2])
+        if is_dvc and "exp" in argv and "run" in argv:
             return parent.pid, " ".join(argv)
     return None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ DOMAIN_KEY = "rkpipe.domain"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Domain:
+class Domain(ABC):
     """What a field may hold. ``optional``: null is allowed (the field is unused then)."""
 
     optional: bool = False
@@ -42,12 +43,13 @@ class Domain:
             return None if self.optional else f"{key} is required; allowed: {self.describe()}"
         return self._problem(key, value)
 
+    @abstractmethod
     def _problem(self, key: str, value: Any) -> str | None:
-        raise NotImplementedError  # every concrete domain overrides it
+        """The problem with a non-null ``value``, or None."""
 
+    @abstractmethod
     def describe(self) -> str:
         """The allowed values, as a person reads them."""
-        raise NotImplementedError
 
 
 def _registry_names(ref: str) -> list[Any]:
