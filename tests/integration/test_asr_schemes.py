@@ -49,8 +49,11 @@ SCHEMES = {
     "static_qdq": AsrQuantConfig(scheme="static_qdq", calib_clips=2),
     "nbits4": AsrQuantConfig(scheme="matmul_nbits4", op_types=MG, block_size=32),
     "nbits4_dec_int8_enc": AsrQuantConfig(scheme="matmul_nbits4", encoder_scheme="dynamic"),
+    "nbits8": AsrQuantConfig(scheme="matmul_nbits8", accuracy_level=4),
+    "nbits8_untied": AsrQuantConfig(scheme="matmul_nbits8", accuracy_level=4, tie_embedding=False),
 }
-MARK = {"dynamic": "MatMulInteger", "static_qdq": "matmul_qdq", "matmul_nbits4": "MatMulNBits"}
+MARK = {"dynamic": "MatMulInteger", "static_qdq": "matmul_qdq", "matmul_nbits4": "MatMulNBits",
+        "matmul_nbits8": "MatMulNBits"}  # fmt: skip
 # weight MatMuls per file: 12 in the encoder, 20 + LM head in the first-step decoder, 16 + LM head
 # with past (cross-attention K/V come from the cache), both branches in the merged file
 WHISPER_MATMULS = {
@@ -157,17 +160,41 @@ def test_tied_embedding_keeps_one_int8_copy(whisper):
     assert results["nbits4"]["ops"]["decoder_model.onnx"]["GatherBlockQuantized"] == 2  # tok+pos
 
 
-def test_tied_lookup_matches_the_untied_decoder(whisper):
+def test_nbits8_embedding_reads_the_8bit_lm_head(whisper):
+    import onnx
+
+    root, results = whisper
+    assert results["nbits8"]["size_mb"] < results["nbits8_untied"]["size_mb"]
+    for file in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        graph = onnx.load(str(root / "nbits8" / file)).graph
+        names = {init.name for init in graph.initializer}
+        assert "model.decoder.embed_tokens.weight" not in names, file  # the fp32 table is gone
+        lookups = [n for n in graph.node if n.op_type == "Gather" and n.input[0].endswith("_Q8")]
+        assert len(lookups) == 1, file
+    untied = onnx.load(str(root / "nbits8_untied" / "decoder_model.onnx")).graph
+    assert "model.decoder.embed_tokens.weight" in {init.name for init in untied.initializer}
+
+
+def test_nbits8_refuses_gather_before_any_work():
+    from rkpipe.asr.quantizers import config_problems
+
+    q = AsrQuantConfig(scheme="matmul_nbits8", op_types=MG)
+    assert "4-bit only" in config_problems(q)[0]
+    assert config_problems(AsrQuantConfig(scheme="matmul_nbits4", op_types=MG)) == []
+
+
+@pytest.mark.parametrize("tied", ["dynamic", "nbits8"])
+def test_tied_lookup_matches_the_untied_decoder(whisper, tied):
     root, _ = whisper
     out = {}
-    for variant in ("dynamic", "dynamic_untied"):
+    for variant in (tied, f"{tied}_untied"):
         engine = load_engine(root / variant)
         hidden = engine.encode(engine.features(_clip(8)))
         sequence = engine.prompt_ids() + [440, 3060, 1029, 13]
         logits, _ = engine._first_step(hidden, sequence)
         out[variant] = logits[0]
     # the only difference: the embedding rows are read back from int8 (measured 0.99986)
-    assert _cosine(out["dynamic"], out["dynamic_untied"]) > 0.9995
+    assert _cosine(out[tied], out[f"{tied}_untied"]) > 0.9995
 
 
 # --------------------------------------------------------------------------- outputs
@@ -188,7 +215,9 @@ def test_whisper_quantized_outputs_close_to_fp32(whisper, name):
         assert _cosine(out["fp32"][1], out[name][1]) > _tolerance(name)
 
 
-@pytest.mark.parametrize("name", _params({k: SCHEMES[k] for k in ("static_qdq", "nbits4")}))
+@pytest.mark.parametrize(
+    "name", _params({k: SCHEMES[k] for k in ("static_qdq", "nbits4", "nbits8")})
+)
 def test_whisper_quantized_merged_decoder_matches_split(whisper, name):
     from rkpipe.engines.ort_whisper import OrtWhisper
 

@@ -8,9 +8,11 @@ Schemes (``asr.quant.scheme``; ``asr.quant.encoder_scheme`` may give the encoder
   activations whose ranges come from calibration inputs (see :mod:`rkpipe.asr.calibration`:
   synthesized clips that are not the eval clips). Only MatMuls with a constant weight are
   quantized (``MatMulConstBOnly``); attention score products stay fp32;
-* ``matmul_nbits4``: ``MatMulNBitsQuantizer``: 4-bit block-wise weights (``block_size``,
-  ``symmetric``, ``accuracy_level``); with ``Gather`` in ``op_types`` the embedding becomes a
-  4-bit ``GatherBlockQuantized``.
+* ``matmul_nbits4`` / ``matmul_nbits8``: ``MatMulNBitsQuantizer``: 4- or 8-bit block-wise
+  weights (``block_size``, ``symmetric``, ``accuracy_level``; level 4 quantizes activations per
+  block at run time); with ``Gather`` in ``op_types`` the 4-bit scheme makes the embedding a
+  ``GatherBlockQuantized`` (onnxruntime has no 8-bit one: ``matmul_nbits8`` refuses ``Gather``
+  and re-ties the embedding to its 8-bit LM head instead).
 
 Two Whisper traps handled here:
 
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 from rkpipe.asr.graph import fold_transposed_weights, op_counts
-from rkpipe.asr.quantizers import QUANTIZERS, SCHEMES
+from rkpipe.asr.quantizers import QUANTIZERS, SCHEMES, config_problems
 from rkpipe.config.schema import AsrQuantConfig
 from rkpipe.errors import AsrError
 from rkpipe.io import atomic_path, onnx_size_mb
@@ -145,6 +147,8 @@ def _check_config(q: AsrQuantConfig) -> None:
         )
     if not q.op_types:
         raise AsrError("asr.quant.op_types is empty; use e.g. [MatMul] or [MatMul, Gather]")
+    for problem in config_problems(q):
+        raise AsrError(problem)
     if q.block_size < 16 or q.block_size & (q.block_size - 1):
         raise AsrError(f"asr.quant.block_size must be a power of 2 >= 16, got {q.block_size}")
 
@@ -194,21 +198,28 @@ def quantize_file(
         quantizer = QUANTIZERS[scheme]
         if quantizer.in_memory:
             quantizer.run(model, dst, q, large, feeds)
-            return
-        staged = dst.with_name(f".{dst.stem}.folded.onnx")
-        onnx.save(model, str(staged), save_as_external_data=large)
-        del model
-        try:
-            quantizer.run(staged, dst, q, large, feeds)
-        finally:
-            for path in staged.parent.glob(f"{staged.name}*"):
-                path.unlink()
+        else:
+            _run_staged(quantizer, model, dst, q, large, feeds)
         if folded and q.tie_embedding and "Gather" not in q.op_types:
             _retie(dst, folded, large)
     except AsrError:
         raise
     except Exception as exc:  # onnxruntime raises plain Exceptions with useful text
         raise AsrError(f"{scheme} quantization failed on {src.name}: {exc}") from exc
+
+
+def _run_staged(quantizer, model, dst: Path, q: AsrQuantConfig, large: bool, feeds) -> None:
+    """Run a quantizer that re-reads its input from disk, on a staged copy of ``model``."""
+    import onnx
+
+    staged = dst.with_name(f".{dst.stem}.folded.onnx")
+    onnx.save(model, str(staged), save_as_external_data=large)
+    del model
+    try:
+        quantizer.run(staged, dst, q, large, feeds)
+    finally:
+        for path in staged.parent.glob(f"{staged.name}*"):
+            path.unlink()
 
 
 def _retie(path: Path, folded: list[str], large: bool) -> None:

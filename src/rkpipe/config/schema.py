@@ -98,8 +98,9 @@ class AsrQuantConfig:
     ``scheme``: ``dynamic`` (``quantize_dynamic``: MatMul -> MatMulInteger, ``weight_type``,
     ``per_channel``, ``op_types``), ``static_qdq`` (``quantize_static`` in QDQ format with
     ``activation_type`` activations calibrated by ``calibrate_method`` on ``calib_clips``
-    synthesized clips of ``calib_sentences``, never the eval clips) or ``matmul_nbits4``
-    (4-bit block-wise MatMulNBits, ``block_size``, ``symmetric``, ``accuracy_level``).
+    synthesized clips of ``calib_sentences``, never the eval clips), ``matmul_nbits4`` or
+    ``matmul_nbits8`` (4- or 8-bit block-wise MatMulNBits, ``block_size``, ``symmetric``,
+    ``accuracy_level``; 8-bit with level 4 is Whisper tiny.en's default).
     ``encoder_scheme`` overrides the scheme of the encoder file (Whisper's
     ``encoder_model.onnx``, wav2vec2's whole ``model.onnx``); null means ``scheme``.
     ``tie_embedding``: the int8 schemes let Whisper's embedding lookup read the int8 LM-head

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from rkpipe.asr.quantizers import config_problems as asr_quant_problems
 from rkpipe.backends.ort.schemes import SCHEMES
 from rkpipe.config.domain import domain_problems
 from rkpipe.config.platforms import (
@@ -155,6 +156,7 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         problems += domain_problems(rule, f"gates.rules.{name}.")
     if not problems:  # the cross-field rules index registries and PLATFORMS by value
         problems = _run_problems(cfg) + _source_problems(cfg) + _quant_problems(cfg)
+        problems += asr_quant_problems(cfg.asr.quant)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     if cfg.quant.backend == "rkllm" and cfg.quant.num_npu_core is None:
