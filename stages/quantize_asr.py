@@ -14,7 +14,7 @@ def body(cfg, run):
     result = quantize_asr(models.onnx_fp32, models.quantized, cfg.asr.quant)
     metrics = {f"asr_{k}": v for k, v in flatten(result).items() if isinstance(v, (int, float))}
     convert = ASR_BACKENDS.get(cfg.asr.backend)
-    extra = convert(models.onnx_fp32, models.quantized, cfg.asr)
+    extra = convert(models.onnx_fp32, models.quantized, cfg.asr, cfg.layout.asr_testset)
     metrics |= {f"asr_{k}": v for k, v in extra.items() if isinstance(v, (int, float))}
     # The metrics file first: a tracking server that fails below must not lose a figure.
     metrics_file = cfg.layout.metrics_file("quantize_asr")

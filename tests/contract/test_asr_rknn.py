@@ -203,3 +203,57 @@ def test_real_toolkit_converts_and_simulates(exported, tmp_path):
         )
         assert (out / RKNN_FILE).stat().st_size > 1000
         assert metrics["rknn_sim_cosine_min"] > (0.95 if quantize else 0.999)
+
+
+def _testset(root: Path, variants: tuple[str, ...], per_variant: int) -> Path:
+    """A test set of tone clips in ``variants`` (transcripts.jsonl as the asr_testset stage)."""
+    import wave
+
+    root.mkdir()
+    rows = []
+    for v, variant in enumerate(variants):
+        for i, (_, audio, _) in enumerate(_clips(per_variant)):
+            name = f"clip_{i:03d}_{variant}.wav"
+            with wave.open(str(root / name), "wb") as out:
+                out.setnchannels(1), out.setsampwidth(2), out.setframerate(SR)
+                out.writeframes((audio * (0.5 + 0.2 * v) * 32767).astype("<i2").tobytes())
+            rows.append({"audio": name, "text": "a tone", "variant": variant})
+    (root / "transcripts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_simulated_test_clips_give_wer_per_variant(fake, exported, tmp_path):
+    from rkpipe.asr.rknn_wer import pick_eval_clips
+
+    testset = _testset(tmp_path / "testset", ("clean", "white_10db"), per_variant=3)
+    eval_clips = pick_eval_clips(testset, per_variant=2)
+    assert [(name, group) for name, _, _, group in eval_clips] == [
+        ("clip_000_clean.wav", "clean"), ("clip_001_clean.wav", "clean"),
+        ("clip_000_white_10db.wav", "white_10db"), ("clip_001_white_10db.wav", "white_10db"),
+    ]  # fmt: skip
+    metrics = convert_encoder_rknn(
+        exported, tmp_path / "r", _cfg(), clips=_clips(2), eval_clips=eval_clips
+    )
+    methods = [c["method"] for c in _calls(fake)]
+    # the simulator runs the 4 test clips, not the calibration clips
+    assert methods.count("inference") == 4 and methods.index("init_runtime") < methods.index(
+        "inference"
+    )
+    assert metrics["rknn_sim_clips"] == 4 and metrics["rknn_sim_inputs"] == 4
+    for group in ("", ".clean", ".white_10db"):
+        for key in ("rknn_sim_wer", "rknn_sim_wer_fp32"):
+            assert 0.0 <= metrics[f"{key}{group}"] <= 10.0
+        # the fake simulator rounds through float16 only: the same greedy CTC labels
+        assert metrics[f"rknn_sim_wer_delta{group}"] == 0.0
+    assert metrics["rknn_sim_empty"] == 0.0
+
+
+def test_an_encoder_that_empties_transcripts_is_counted():
+    from rkpipe.asr.rknn_wer import _wer_metrics
+
+    refs = ["the train leaves at seven", "a cat", "a dog"]
+    hyps = {"sim": ["", "a cat", ""], "fp32": ["the train leaves at seven", "a cat", ""]}
+    m = _wer_metrics(refs, hyps, ["clean", "clean", "white_10db"])
+    assert m["sim_empty"] == 1.0  # clip 3 is empty on both: not the NPU's fault
+    assert m["sim_wer_delta.clean"] == pytest.approx(100 * 5 / 7)
+    assert m["sim_wer_delta.white_10db"] == 0.0 and m["sim_clips"] == 3.0

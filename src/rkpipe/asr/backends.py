@@ -17,7 +17,7 @@ from rkpipe.registry import Registry
 if TYPE_CHECKING:
     from rkpipe.config.schema import AsrConfig
 
-# asr.backend -> convert(fp32_dir, quantized_dir, asr config) -> metrics
+# asr.backend -> convert(fp32_dir, quantized_dir, asr config, test set dir) -> metrics
 ASR_BACKENDS: Registry = Registry(
     "asr.backend",
     {
@@ -28,6 +28,8 @@ ASR_BACKENDS: Registry = Registry(
 )
 
 
-def onnxruntime_only(fp32_dir: Path, quantized_dir: Path, cfg: AsrConfig) -> dict:
+def onnxruntime_only(
+    fp32_dir: Path, quantized_dir: Path, cfg: AsrConfig, testset_dir: Path | None = None
+) -> dict:
     """Nothing beyond the onnxruntime models quantize_asr writes anyway."""
     return {}

@@ -143,7 +143,7 @@ def evaluate_asr(
     """
     clips = load_testset(testset_dir)
     engines = _load_engines(Path(fp32_dir), Path(quant_dir), threads)
-    decode = _decoder(engines["fp32"], Path(tokenizer_dir))
+    decode = text_decoder(engines["fp32"], Path(tokenizer_dir))
     runs = _run_all(engines, clips, language, task, max_new_tokens, warmup)
     refs = [normalize_text(text) for _, _, text in clips]
     hyps = {v: [normalize_text(decode(r["ids"])) for r in runs[v]] for v in VARIANTS}
@@ -176,7 +176,7 @@ def _load_engines(fp32_dir: Path, quant_dir: Path, threads: int) -> dict:
     }
 
 
-def _decoder(engine: Any, tokenizer_dir: Path) -> Any:
+def text_decoder(engine: Any, tokenizer_dir: Path) -> Any:
     """ids -> text: the CTC engine's character table, else the Whisper tokenizer."""
     if hasattr(engine, "text"):
         return engine.text

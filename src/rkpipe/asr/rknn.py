@@ -66,24 +66,37 @@ SIM_INPUTS = 2  # calibration clips also run through the simulator
 TAIL_LINES = 12
 
 
-def convert_for_stage(fp32_dir: Path, quantized_dir: Path, cfg: AsrConfig) -> dict:
-    """``asr.backend=rknn`` in the quantize_asr stage: the encoder into ``quantized_dir/rknn``."""
+def convert_for_stage(
+    fp32_dir: Path, quantized_dir: Path, cfg: AsrConfig, testset_dir: Path | None = None
+) -> dict:
+    """``asr.backend=rknn`` in the quantize_asr stage: the encoder into ``quantized_dir/rknn``,
+    simulated on ``cfg.rknn.sim_clips_per_variant`` clips per variant of ``testset_dir``."""
+    from rkpipe.asr.rknn_wer import pick_eval_clips
+
+    simulate = cfg.rknn.simulate and testset_dir is not None
+    eval_clips = pick_eval_clips(testset_dir, cfg.rknn.sim_clips_per_variant) if simulate else []
+    decoding = {"max_new_tokens": cfg.max_new_tokens, "language": cfg.language, "task": cfg.task}
     return convert_encoder_rknn(
-        fp32_dir, quantized_dir / "rknn", cfg.rknn, calib_sentences=cfg.quant.calib_sentences
-    )
+        fp32_dir, quantized_dir / "rknn", cfg.rknn, calib_sentences=cfg.quant.calib_sentences,
+        eval_clips=eval_clips, decoding=decoding,
+    )  # fmt: skip
 
 
 def convert_encoder_rknn(
     fp32_dir: Path, out_dir: Path, cfg: AsrRknnConfig, clips: list | None = None,
-    calib_sentences: str | None = None,
+    calib_sentences: str | None = None, eval_clips: list | None = None,
+    decoding: dict | None = None,
 ) -> dict:  # fmt: skip
     """Convert the fp32 ONNX encoder in ``fp32_dir`` to ``out_dir/encoder.rknn``.
 
-    ``clips`` (``[(name, 16 kHz float32 audio, text)]``) feed quantization and simulation;
-    by default ``cfg.calib_clips`` clips are synthesized from ``calib_sentences`` (see
-    :mod:`rkpipe.asr.calibration`). Returns metrics ``rknn_size_mb``, ``rknn_<step>_s`` and,
-    with ``cfg.simulate``, ``rknn_sim_cosine_min`` / ``rknn_sim_max_abs_diff`` (simulator vs
-    onnxruntime fp32 on the same inputs). Raises :class:`AsrError` for an encoder the NPU
+    ``clips`` (``[(name, 16 kHz float32 audio, text)]``) feed quantization and, without
+    ``eval_clips``, the first two the simulation; by default ``cfg.calib_clips`` clips are
+    synthesized from ``calib_sentences`` (see :mod:`rkpipe.asr.calibration`). ``eval_clips``
+    (``[(name, audio, text, test-set variant)]``, never calibration data) are simulated instead
+    and decoded with ``decoding`` for the WER figures of :mod:`rkpipe.asr.rknn_wer`. Returns
+    metrics ``rknn_size_mb``, ``rknn_<step>_s`` and, with ``cfg.simulate``,
+    ``rknn_sim_cosine_min`` / ``rknn_sim_max_abs_diff`` (simulator vs onnxruntime fp32 on the
+    same inputs) and the ``rknn_sim_wer*`` figures. Raises :class:`AsrError` for an encoder the NPU
     cannot take (opset > 19, unknown architecture) and :class:`BackendError` when no toolkit
     interpreter is found or a toolkit step fails (naming the step and the log).
     """
@@ -95,10 +108,10 @@ def convert_encoder_rknn(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
-            files = write_inputs(fp32_dir, spec, clips, Path(scratch))
+            files = write_inputs(fp32_dir, spec, clips, Path(scratch), eval_clips)
             steps = build_steps(spec, cfg, files, tmp.resolve() / RKNN_FILE)
             events = run_worker(steps, python, log_path)
-            sim = _compare(files) if cfg.simulate else {}
+            sim = _simulation(fp32_dir, files, eval_clips, decoding) if cfg.simulate else {}
         if not (tmp / RKNN_FILE).is_file():
             raise BackendError(f"export_rknn returned 0 but wrote no {RKNN_FILE}; see {log_path}")
         shutil.copyfile(log_path, tmp / TOOLKIT_LOG)
@@ -155,10 +168,13 @@ def _clips(cfg: AsrRknnConfig, calib_sentences: str | None) -> list:
     return calibration_clips(calib_sentences, max(cfg.calib_clips, SIM_INPUTS))
 
 
-def write_inputs(fp32_dir: Path, spec: dict, clips: list, scratch: Path) -> dict:
+def write_inputs(
+    fp32_dir: Path, spec: dict, clips: list, scratch: Path, eval_clips: list | None = None
+) -> dict:
     """Save the fixed-shape encoder input of every clip as ``.npy`` plus the dataset list.
 
-    The first :data:`SIM_INPUTS` clips also get the onnxruntime fp32 reference output. Returns
+    The simulated inputs are those of ``eval_clips`` when given, else the first
+    :data:`SIM_INPUTS` clips; each gets the onnxruntime fp32 reference output. Returns
     ``{"dataset", "inputs", "outputs", "references"}`` (paths). Raises :class:`AsrError` when
     there are no clips.
     """
@@ -175,6 +191,10 @@ def write_inputs(fp32_dir: Path, spec: dict, clips: list, scratch: Path) -> dict
         paths.append(scratch / f"input_{i:03d}.npy")
         np.save(paths[-1], x)
     sim = paths[:SIM_INPUTS]
+    if eval_clips:
+        sim = [scratch / f"eval_{i:03d}.npy" for i in range(len(eval_clips))]
+        for path, (_, audio, *_) in zip(sim, eval_clips, strict=True):
+            np.save(path, _fixed(engine.features(audio), spec["shape"]))
     references = [p.with_suffix(".ref.npy") for p in sim]
     for src, ref in zip(sim, references, strict=True):
         np.save(ref, _reference(engine, spec, np.load(src)))
@@ -277,6 +297,17 @@ def _check_events(events: list, code: int, text: str, marker: str, log_path: Pat
             f"rknn-toolkit2 {step['op']} step failed (ret={step['ret']}): {step['error']}; "
             f"toolkit output: {tail}; full log: {log_path}"
         )
+
+
+def _simulation(fp32_dir: Path, files: dict, eval_clips: list | None, decoding) -> dict:
+    """The simulator's agreement with onnxruntime, and its WER when eval clips were run."""
+    sim = _compare(files)
+    if eval_clips:
+        from rkpipe.asr.rknn_wer import simulated_wer
+
+        decoding = decoding or {"max_new_tokens": 96, "language": None, "task": "transcribe"}
+        sim |= simulated_wer(fp32_dir, files["outputs"], files["references"], eval_clips, decoding)
+    return sim
 
 
 def _compare(files: dict) -> dict:

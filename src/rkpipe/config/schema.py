@@ -156,7 +156,9 @@ class AsrRknnConfig:
     ``python``: that interpreter (else ``$RKPIPE_RKNN_PYTHON``, else ``.venv-rknn/bin/python``
     made by ``scripts/setup_rknn.sh``). ``do_quantization`` gives ``quantized_dtype`` (w8a8,
     calibrated on ``calib_clips`` synthesized clips), else the NPU's fp16. ``simulate`` runs
-    the converted model in the toolkit's x86 simulator against the ONNX encoder.
+    the converted model in the toolkit's x86 simulator against the ONNX encoder, on
+    ``sim_clips_per_variant`` clips of every test-set variant, whose transcripts give the
+    simulated WER (:mod:`rkpipe.asr.rknn_wer`).
     ``input_seconds``: the static input length of a CTC model (Whisper's is always 30 s).
     """
 
@@ -169,6 +171,8 @@ class AsrRknnConfig:
     python: str | None = typed(None, INTERPRETER)
     calib_clips: int = typed(4, POSITIVE)
     simulate: bool = typed(True, Flag())
+    # test-set clips per variant the simulator transcribes (WER); 0: two calibration clips only
+    sim_clips_per_variant: int = typed(2, Int(0, 100))
     input_seconds: float = typed(20.0, Number(above=0, max=30))
 
 

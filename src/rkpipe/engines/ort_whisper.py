@@ -217,6 +217,13 @@ class OrtWhisper:
 
     # ------------------------------------------------------------------ decoding
 
+    def decode_hidden(
+        self, hidden: np.ndarray, max_new_tokens: int, language: str | None, task: str
+    ) -> list[int]:
+        """Greedy ids from encoder hidden states made elsewhere (the rknn simulator's)."""
+        hidden = np.asarray(hidden, dtype=np.float32)
+        return self._greedy(hidden, self.prompt_ids(language, task), max_new_tokens)[0]
+
     def _greedy(self, hidden: np.ndarray, prompt: list[int], max_new_tokens: int):
         eot = int(self.info["eos_token_id"])
         suppress = np.asarray(self.info.get("suppress_tokens") or [], dtype=np.int64)

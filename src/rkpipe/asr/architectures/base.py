@@ -48,3 +48,8 @@ class AsrArchitecture(ABC):
     @abstractmethod
     def encoder_reference(self, engine: Any, x: Any) -> Any:
         """The fp32 onnxruntime encoder output for ``x`` (what the simulator is compared with)."""
+
+    @abstractmethod
+    def decode_encoder_output(self, engine: Any, output: Any, decoding: dict) -> list[int]:
+        """Token ids from an encoder output (the simulator's or onnxruntime's), decoded by the
+        fp32 ``engine``; ``decoding`` holds ``max_new_tokens``, ``language`` and ``task``."""

@@ -48,5 +48,10 @@ class Wav2Vec2(AsrArchitecture):
     def encoder_reference(self, engine: Any, x: Any) -> Any:
         return engine.session.run(None, {"input_values": x})[0]
 
+    def decode_encoder_output(self, engine: Any, output: Any, decoding: dict) -> list[int]:
+        from rkpipe.engines.ort_ctc import ctc_greedy
+
+        return ctc_greedy(output, engine.blank_id)  # the "encoder" is the whole CTC model
+
 
 WAV2VEC2 = Wav2Vec2()

@@ -77,6 +77,11 @@ class Whisper(AsrArchitecture):
     def encoder_reference(self, engine: Any, x: Any) -> Any:
         return engine.encode(x)
 
+    def decode_encoder_output(self, engine: Any, output: Any, decoding: dict) -> list[int]:
+        return engine.decode_hidden(
+            output, decoding["max_new_tokens"], decoding["language"], decoding["task"]
+        )
+
 
 WHISPER = Whisper()
 
