@@ -7,7 +7,6 @@ Stays light: heavy libraries are imported only inside the subcommand that needs 
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib.metadata
 import os
 import platform
@@ -96,27 +95,66 @@ def _print_host() -> None:
 
 
 def params(args: argparse.Namespace) -> int:
-    """Compose conf/ (with overrides) into params.yaml, or check it is up to date."""
+    """Compose conf/ (with overrides) into params.yaml, print it, list the options, or check."""
     from rkpipe.config import compose, compose_yaml
 
-    text = compose_yaml(Path(args.config_dir), args.overrides)
-    compose(Path(args.config_dir), args.overrides)  # validates
+    config_dir = Path(args.config_dir)
+    if args.multirun:
+        raise ConfigError("params.yaml holds one variant; run a sweep with `rkpipe sweep "
+                          f"{' '.join(args.overrides) or 'quant=a,b'}`")  # fmt: skip
+    if args.list is not None:
+        return _list_options(config_dir, args.list)
+    text = compose_yaml(config_dir, args.overrides)
+    composed = compose(config_dir, args.overrides)  # validates
+    if args.show or args.output == "-":
+        print(text, end="")
+        return 0
     target = Path(args.output)
     if args.check:
-        current = target.read_text(encoding="utf-8") if target.is_file() else ""
-        if current == text:
-            print(f"{target} is up to date with {args.config_dir}/")
-            return 0
-        diff = difflib.unified_diff(
-            current.splitlines(), text.splitlines(), str(target), "composed", lineterm=""
-        )
-        print("\n".join(diff))
-        print(f"{target} differs from what {args.config_dir}/ composes; run `rkpipe params`")
-        return 1
+        return _check_params(target, text, composed, config_dir, args.strict)
     from rkpipe.io import write_text_atomic
 
     write_text_atomic(target, text)
     print(f"wrote {target}")
+    return 0
+
+
+def _list_options(config_dir: Path, group: str) -> int:
+    from rkpipe.config.catalog import describe_group, describe_groups
+
+    try:
+        print(describe_group(config_dir, group) if group else describe_groups(config_dir))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return 0
+
+
+def _check_params(target: Path, text: str, composed: Any, config_dir: Path, strict: bool) -> int:
+    """0 when ``target`` equals what conf/ composes, or (unless ``strict``) when it is a valid
+    variant of it, as ``dvc exp run -S`` writes; the differing values are listed either way."""
+    from rkpipe.config import flatten, load_params
+    from rkpipe.config.loader import config_dict
+
+    if not target.is_file():
+        print(f"{target} is missing; compose it with: rkpipe params")
+        return 1
+    if target.read_text(encoding="utf-8") == text:
+        print(f"{target} is up to date with {config_dir}/")
+        return 0
+    try:
+        ours = flatten(config_dict(load_params(target)))
+    except ConfigError as exc:
+        print(f"{target} is not a valid config: {exc}\nre-compose it with: rkpipe params")
+        return 1
+    base = flatten(config_dict(composed))
+    changed = sorted(k for k in set(ours) | set(base) if ours.get(k) != base.get(k))
+    for key in changed:
+        print(f"  {key}: {base.get(key)!r} in {config_dir}/ -> {ours.get(key)!r} in {target}")
+    if strict or not changed:
+        print(f"{target} differs from what {config_dir}/ composes; run `rkpipe params`")
+        return 1
+    print(f"{target} is a valid variant of {config_dir}/ ({len(changed)} value(s) differ, as "
+          f"`dvc exp run -S` writes them); `rkpipe params` returns it to the defaults")  # fmt: skip
     return 0
 
 
@@ -284,14 +322,16 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a Hydra sweep of variants as DVC experiments")
+    p = _subparser(sub, "sweep", "run a Hydra sweep of variants as DVC experiments")
     p.add_argument(
         "overrides",
         nargs="+",
         help="Hydra overrides with sweeps: quant=a,b "
         "'quant=glob(ort_*)' 'bench.threads=range(1,3)' experiment=smoke",
     )
-    p.add_argument("--executor", choices=["queue", "workspace"], default="queue")
+    p.add_argument("--executor", choices=["queue", "workspace"], default="queue",
+                   help="queue: `dvc queue` workers (-j); workspace: one `dvc exp run` after "
+                   "another in this checkout")  # fmt: skip
     p.add_argument("-j", "--jobs", type=int, default=1, help="dvc queue workers")
     p.add_argument(
         "--no-prime",
@@ -305,7 +345,12 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "--report-dir",
         help="where compare.md/.csv and pareto.png go (default: <reports_dir>/sweep)",
     )
-    p.add_argument("--sweeper", choices=["basic", "optuna"], default="basic")
+    p.add_argument(
+        "--sweeper",
+        choices=["basic", "optuna"],
+        default="basic",
+        help="basic: every combination; optuna: a search over --n-trials",
+    )
     p.add_argument(
         "--objective",
         action="append",
@@ -315,18 +360,18 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-trials", type=int, default=8, help="optuna: number of trials")
     p.add_argument("--seed", type=int, default=0, help="optuna: sampler seed")
-    p.add_argument("--config-dir", default="conf")
+    _add_config_dir(p)
     _add_store_args(p)
     p.set_defaults(func=sweep)
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="compare runs, a sweep, or a baseline and candidates")
+    p = _subparser(sub, "compare", "compare runs, a sweep, or a baseline and candidates")
     p.add_argument("runs", nargs="*", help="run ids (the first is the baseline)")
     p.add_argument("--sweep", help="a sweep's parent run id: compare its children")
     p.add_argument("--baseline", help="the reference run id")
     p.add_argument("--candidate", action="append", default=[], help="a run id to compare")
-    p.add_argument("--format", choices=["md", "csv"], default="md")
+    p.add_argument("--format", choices=["md", "csv"], default="md", help="table format")
     p.add_argument("--output", help="write the table here instead of printing it")
     p.add_argument("--csv", help="also write the CSV here")
     p.add_argument("--plot", help="also write the Pareto PNG here")
@@ -338,14 +383,14 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         help="Hydra override for the gates, e.g. gates.rules.ppl.max=10",
     )
-    p.add_argument("--config-dir", default="conf")
+    _add_config_dir(p)
     _add_store_args(p)
     p.set_defaults(func=compare)
 
 
 def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="rebuild a run's variant and compare hashes and metrics")
-    p.add_argument("run_id")
+    p = _subparser(sub, "reproduce", "rebuild a run's variant and compare hashes and metrics")
+    p.add_argument("run_id", help="the MLflow run id of the variant")
     p.add_argument("--workdir", help="where to put the worktree (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the worktree afterwards")
     p.add_argument("--verbose", action="store_true", help="list every timing metric")
@@ -358,24 +403,107 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=reproduce)
 
 
+DESCRIPTION = """\
+rkpipe: turn a Hugging Face model into a measured, deployable Rockchip NPU model.
+The pipeline itself runs with "dvc repro" (stages in dvc.yaml); this command does the rest:
+compose the config, check the machine and boards, run sweeps, compare and reproduce runs."""
+EPILOG = """\
+examples:
+  rkpipe params --list quant           the quantization schemes, one line each
+  rkpipe params quant=w8a8 platform=rk3588 && dvc repro
+  rkpipe sweep quant=ort_int8,ort_int4_b32 --dry-run
+  rkpipe compare --sweep <parent run id>
+run "rkpipe COMMAND -h" for a command's options and examples."""
+EXAMPLES = {
+    "doctor": "rkpipe doctor\nrkpipe doctor --params exp/params.yaml",
+    "params": "rkpipe params quant=w8a8 platform=rk3576     # writes params.yaml\n"
+              "rkpipe params --show asr=whisper_tiny_random  # prints, writes nothing\n"
+              "rkpipe params --list                          # the config groups\n"
+              "rkpipe params --list quant                    # a group's options\n"
+              "rkpipe params --check                         # is params.yaml current?",
+    "board": "rkpipe board trust rk3588_ssh\nrkpipe board check rk3588_ssh quant=w8a8",
+    "sweep": "rkpipe sweep quant=ort_int8,ort_int4_b32 --dry-run\n"
+             "rkpipe sweep 'quant=glob(ort_*)' experiment=smoke -j 1",
+    "compare": "rkpipe compare --sweep <parent run id> --plot pareto.png\n"
+               "rkpipe compare --baseline <run id> --candidate <run id> -S gates.rules.ppl.max=10",
+    "reproduce": "rkpipe reproduce <run id>\nrkpipe reproduce <run id> --keep --workdir /tmp/rep",
+}  # fmt: skip
+
+
+def _subparser(sub: argparse._SubParsersAction, name: str, help_text: str):
+    """A subcommand whose -h ends with its examples (kept as written)."""
+    return sub.add_parser(
+        name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+        epilog="examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name].splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+
+
+def _add_config_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-dir", default="conf", metavar="DIR",
+                   help="the Hydra config directory (default: conf)")  # fmt: skip
+
+
+def _add_params_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(sub, "params", "compose conf/ into params.yaml (the file DVC's stages read)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. quant=w8a8 platform=rk3576")
+    _add_config_dir(p)
+    p.add_argument(
+        "--output",
+        default="params.yaml",
+        metavar="FILE",
+        help="where to write (default: params.yaml; '-' prints to stdout)",
+    )
+    p.add_argument(
+        "--show", action="store_true", help="print the resolved config instead of writing it"
+    )
+    p.add_argument(
+        "--list",
+        nargs="?",
+        const="",
+        metavar="GROUP",
+        help="list the config groups, or GROUP's options with their descriptions",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="say whether params.yaml matches conf/ (a valid variant written by "
+        "`dvc exp run -S` passes, its differences listed); exit 1 if stale",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="with --check: any difference from conf/ fails"
+    )
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="not supported here: sweeps run with `rkpipe sweep`")  # fmt: skip
+    p.set_defaults(func=params)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="rkpipe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("doctor", help="report versions, toolkit interpreter and tracking URI")
-    p.add_argument("--params", default="params.yaml")
+    parser = argparse.ArgumentParser(
+        prog="rkpipe", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"rkpipe {_version('rkpipe')}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _subparser(sub, "doctor", "report versions, the host CPU, toolkits and the tracking URI")
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        metavar="FILE",
+        help="the params file to read the toolkit and tracking settings from",
+    )
     p.set_defaults(func=doctor)
-    p = sub.add_parser("params", help="compose conf/ into params.yaml")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. quant=w8a8 platform=rk3576")
-    p.add_argument("--config-dir", default="conf")
-    p.add_argument("--output", default="params.yaml")
-    p.add_argument("--check", action="store_true", help="exit 1 if params.yaml is stale")
-    p.set_defaults(func=params)
-    p = sub.add_parser("board", help="trust a board's SSH host key, or preflight a board")
-    p.add_argument("action", choices=["trust", "check"])
+    _add_params_parser(sub)
+    p = _subparser(sub, "board", "trust a board's SSH host key, or preflight a board")
+    p.add_argument(
+        "action",
+        choices=["trust", "check"],
+        help="trust: record the host key; check: reachability, SoC, runtime, disk",
+    )
     p.add_argument("name", help="a conf/board/<name>.yaml")
     p.add_argument("overrides", nargs="*", help="more Hydra overrides (quant=..., platform=...)")
-    p.add_argument("--config-dir", default="conf")
+    _add_config_dir(p)
     p.set_defaults(func=board)
     _add_sweep_parser(sub)
     _add_compare_parser(sub)
@@ -383,9 +511,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _suggest_command(argv: list[str]) -> str | None:
+    """``did you mean 'params'?`` when the first word is close to a subcommand's name."""
+    from rkpipe.config.catalog import closest
+
+    words = [a for a in argv if not a.startswith("-")]
+    commands = list(EXAMPLES)
+    if not words or words[0] in commands:
+        return None
+    match = closest(words[0], commands)
+    if match is None:
+        return None
+    return f"rkpipe: error: unknown command {words[0]!r}; did you mean {match!r}?"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rkpipe`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    suggestion = _suggest_command(sys.argv[1:] if argv is None else argv)
+    if suggestion:
+        print(suggestion, file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except RkpipeError as exc:

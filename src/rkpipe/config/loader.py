@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -70,8 +71,26 @@ def compose_yaml(config_dir: Path, overrides: Sequence[str] = ()) -> str:
     except (HydraException, OmegaConfBaseException) as exc:
         cause = f" ({exc.__cause__})" if exc.__cause__ else ""
         message = " ".join(f"{exc}{cause}".split())
-        raise ConfigError(f"cannot compose {config_dir}: {message}") from None
+        raise ConfigError(f"cannot compose {config_dir}: {_explain(config_dir, message)}") from None
     return OmegaConf.to_yaml(cfg)
+
+
+MISSING_OPTION = re.compile(r"Could not find '(?P<group>[\w/]+)/(?P<option>[^']+)'")
+SWEEP_OVERRIDE = re.compile(r"Sweep parameters '(?P<override>.+)' requires --multirun")
+
+
+def _explain(config_dir: Path, message: str) -> str:
+    """Hydra's message with what to do: the closest option, or where sweeps go."""
+    from rkpipe.config.catalog import suggest_option
+
+    sweep = SWEEP_OVERRIDE.search(message)
+    if sweep:  # Hydra says "requires --multirun", a flag rkpipe does not have
+        return (f"{sweep['override']} is a sweep, and params.yaml holds one variant: run it "
+                f"with `rkpipe sweep '{sweep['override']}'`, or pick one value")  # fmt: skip
+    missing = MISSING_OPTION.search(message)
+    if missing:
+        message += suggest_option(config_dir, missing["group"], missing["option"])
+    return message
 
 
 def compose(config_dir: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
