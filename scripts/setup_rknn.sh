@@ -5,10 +5,11 @@
 # rknn-toolkit2 2.5.0 declares numpy<=1.26.4, onnx<=1.18.0, protobuf<=4.25.4 and
 # torch<=2.4.0, none of which fit rkpipe's own environment. The toolkit is installed --no-deps
 # with its declared dependencies pinned below. torch is only needed at import time for ONNX
-# conversion (its PyTorch loader is unused here): RKNN_TORCH (default "torch", which on this
-# project's machines resolves to the local 2.13.0 CPU wheel) was verified to convert and
-# simulate; set RKNN_TORCH="torch==2.4.0" with PIP_EXTRA_INDEX_URL pointing at the PyTorch CPU
-# wheel index to honour the toolkit's own pin. opencv is the headless build (no GUI libs needed).
+# conversion (its PyTorch loader is unused here): RKNN_TORCH (default "torch==2.13.0", the CPU
+# wheel these machines keep in /opt/wheels, as rkpipe's own pin) was verified to convert and
+# simulate. Never leave torch unpinned: PyPI's newest torch pulls several GB of CUDA wheels. Set
+# RKNN_TORCH="torch==2.4.0" with PIP_EXTRA_INDEX_URL pointing at the PyTorch CPU wheel index to
+# honour the toolkit's own pin. opencv is the headless build (no GUI libs needed).
 #
 # Idempotent: a second run only checks. Usage: bash scripts/setup_rknn.sh
 # Then: asr.backend=rknn (rkpipe finds ./.venv-rknn/bin/python, or set RKPIPE_RKNN_PYTHON).
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${RKNN_VENV:-.venv-rknn}
 TOOLKIT=${RKNN_TOOLKIT:-rknn-toolkit2==2.5.0}
-TORCH=${RKNN_TORCH:-torch}
+TORCH=${RKNN_TORCH:-torch==2.13.0}
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "from rknn.api import RKNN" 2>/dev/null; then
   echo "setup_rknn: $VENV already has rknn-toolkit2: $("$VENV/bin/python" -m pip show rknn-toolkit2 | grep ^Version)"
