@@ -1,6 +1,7 @@
-"""ASR quantization schemes side by side on the host: size, RTF, encoder RTF, WER, peak RSS.
+"""ASR quantization schemes on random-weight models sized like Whisper-base and wav2vec2-base:
+size, RTF, encoder RTF, output cosines, peak RSS (the real-weight figures are in asr_host.py).
 
-No real ASR weights are available offline, so two randomly initialised models are used:
+These larger configs have no real weights offline, so two randomly initialised models are used:
 
 * ``base``: a Whisper-base-sized config (d_model 512, 6+6 layers, 8 heads, ffn 2048, vocab
   51865; about 72 M parameters) for the size, speed and memory figures. Its WER is MEANINGLESS
@@ -18,7 +19,7 @@ the encoder/total times and the process's peak RSS); the variants alternate with
 so machine noise hits all alike. Ratios are fp32 / variant for speed (higher = faster) and
 variant / fp32 for size and memory (lower = smaller).
 
-    python benchmarks/asr_host.py [--rounds 3] [--clips 6] [--ctc] [--markdown out.md]
+    python benchmarks/asr_random.py [--rounds 3] [--clips 6] [--ctc] [--markdown out.md]
 
 Targets (issue 6): size <= 0.30x fp32, encoder RTF >= 1.5x faster, WER delta <= 1 point.
 """
@@ -45,7 +46,7 @@ from rkpipe.io import onnx_size_mb
 from rkpipe.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
-log = logging.getLogger("asr_host")
+log = logging.getLogger("asr_random")
 
 BASE = AsrInitConfig(d_model=512, encoder_layers=6, decoder_layers=6, attention_heads=8,
                      ffn_dim=2048)  # fmt: skip
@@ -244,7 +245,7 @@ def whisper_tables(args: argparse.Namespace, testset: Path, clips: list[Path]) -
 
 def main(argv: list[str] | None = None) -> int:
     """Build, measure and print the tables; returns 0."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--work", type=Path, default=Path("/tmp/rkpipe-asr-bench"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clips", type=int, default=6)
