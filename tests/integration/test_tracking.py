@@ -123,3 +123,20 @@ def test_run_left_running_by_sigkill_is_closed_as_killed(store, tmp_path):
     run = store.get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags["rkpipe.killed_stage"] == "deploy_bench"
+
+
+def test_experiments_open_on_runs_in_the_mlflow_ui(store, tmp_path):
+    """MLflow 3's UI shows an experiment without ``mlflow.experimentKind`` in GenAI mode."""
+    from rkpipe.tracking import ensure_experiment, stage_run
+    from rkpipe.tracking.client import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    cfg = compose(CONF)
+    with stage_run(cfg, "evaluate"):
+        pass
+    made = store.get_experiment_by_name(cfg.tracking.experiment)
+    assert made.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    # an experiment made before rkpipe tagged them gets the tag, once
+    old = store.create_experiment("made-by-hand")
+    assert ensure_experiment(store, "made-by-hand", tmp_path) == old
+    assert ensure_experiment(store, "made-by-hand", tmp_path) == old
+    assert store.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND

@@ -58,6 +58,32 @@ def artifact_location(root: Path | None = None) -> str:
     return ((root or repo_root()) / STORE_DIR / "artifacts").as_uri()
 
 
+# MLflow 3's UI opens an experiment without this tag in GenAI mode (traces, judges); rkpipe's
+# experiments hold model variants, so they say so.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def ensure_experiment(client: Any, name: str, root: Path | None = None) -> str:
+    """The id of experiment ``name``, created if missing (artifacts under ``<root>/.mlflow``),
+    tagged as a model-development experiment so the MLflow UI opens on its runs."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            created = client.create_experiment(
+                name, artifact_location=artifact_location(root),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )  # fmt: skip
+            return str(created)
+        except Exception:  # a parallel worker created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(experiment.experiment_id)
+
+
 def with_retry(call: Callable[[], T], attempts: int = 8, first_delay: float = 0.2) -> T:
     """Run ``call`` retrying SQLite "database is locked" errors with exponential backoff.
 

@@ -22,7 +22,7 @@ from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
 from rkpipe.errors import TrackingError
 from rkpipe.processes import pid_alive
 from rkpipe.tracking.client import (
-    artifact_location,
+    ensure_experiment,
     first_line,
     make_client,
     redact_uri,
@@ -123,16 +123,6 @@ def _stage_alive(tags: dict[str, str]) -> bool:
     return tags.get(HOST_TAG) != socket.gethostname() or pid_alive(pid)
 
 
-def _experiment_id(client: Any, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location()))
-    except Exception:  # a parallel worker created it first
-        return str(client.get_experiment_by_name(name).experiment_id)
-
-
 def _close_if_orphaned(client: Any, run: Any) -> None:
     """Close a run left RUNNING by a SIGKILLed stage (its process is gone) as KILLED.
 
@@ -207,7 +197,7 @@ def open_variant_run(client: Any, cfg: PipelineConfig) -> str:
 
     With ``RKPIPE_PARENT_RUN_ID`` set (a sweep), the run becomes that run's child.
     """
-    experiment_id = _experiment_id(client, cfg.tracking.experiment)
+    experiment_id = ensure_experiment(client, cfg.tracking.experiment)
     query = f"tags.`{VARIANT_TAG}` = '{variant_id(cfg)}'"
     runs = with_retry(
         lambda: client.search_runs([experiment_id], filter_string=query, max_results=1)

@@ -20,7 +20,7 @@ from rkpipe.errors import TrackingError
 from rkpipe.tracking import (
     PARENT_TAG,
     VARIANT_TAG,
-    artifact_location,
+    ensure_experiment,
     make_client,
     tracking_uri,
 )
@@ -71,11 +71,7 @@ class Store:
 
     def experiment_id(self, name: str) -> str:
         """The id of experiment ``name``, created (artifacts under ``.mlflow``) if missing."""
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return str(experiment.experiment_id)
-        location = artifact_location(self.root)
-        return str(self.client.create_experiment(name, artifact_location=location))
+        return ensure_experiment(self.client, name, self.root)
 
     def get(self, run_id: str) -> RunRecord:
         """The run ``run_id``; raises :class:`TrackingError` naming the store if it is absent."""
