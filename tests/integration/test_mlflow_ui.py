@@ -136,8 +136,8 @@ def test_compare_view_shows_runs_params_metrics_and_a_real_screenshot(server, tm
     url, parent, children, experiment = server
     page = compare_url(url, children, experiment)
     dom = chromium(tmp_path, page, "--dump-dom").stdout
-    for text in ("smollm2-135m-instruct|onnxruntime-int8|host|",
-                 "smollm2-135m-instruct|onnxruntime-int8-pc|host|",
+    for text in ("smollm2-135m-instruct|ort int8 dynamic (QInt8, per-tensor)|host|",
+                 "smollm2-135m-instruct|ort int8 dynamic (QInt8, per-channel)|host|",
                  "quant.ort.per_channel", "decode_tok_per_s", "ppl_delta_pct"):  # fmt: skip
         assert text in dom, f"{text!r} not rendered in the compare view"
     png = tmp_path / "compare.png"

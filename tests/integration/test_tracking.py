@@ -52,8 +52,9 @@ def test_stages_of_a_variant_share_one_finished_run(store, tmp_path):
     assert got.data.metrics == {"calib_records": 64.0, "ppl": 23.5}
     assert got.data.params["quant.dtype"] == "int8"
     assert got.data.params["platform.name"] == "host"
+    # unique per scheme: the report's quant label, not just backend and dtype
     assert got.data.tags["mlflow.runName"].startswith(
-        "smollm2-135m-instruct|onnxruntime-int8|host|"
+        "smollm2-135m-instruct|ort int8 MatMulNBits (block 32, acc 4, 8-bit embedding)|host|"
     )
     assert got.data.tags["rkpipe.stage.calibrate"] == "finished"
     (dataset,) = store.get_run(got.info.run_id).inputs.dataset_inputs

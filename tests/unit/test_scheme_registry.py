@@ -14,9 +14,9 @@ import pytest
 
 from rkpipe.backends import available, register
 from rkpipe.backends.ort import schemes
+from rkpipe.config.labels import quant_label
 from rkpipe.config.validate import validate
 from rkpipe.errors import ConfigError
-from rkpipe.report.compare import quant_label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,7 @@ class SixBitTest(schemes.OrtScheme):
 def dummy_scheme(monkeypatch):
     monkeypatch.setattr(schemes, "SCHEMES", dict(schemes.SCHEMES))
     # the modules that read the table hold the same dict object
-    for module in ("rkpipe.config.validate", "rkpipe.report.compare"):
+    for module in ("rkpipe.config.validate", "rkpipe.config.labels"):
         monkeypatch.setattr(f"{module}.SCHEMES", schemes.SCHEMES)
     return schemes.register(SixBitTest("int6_test", ("int4",), "six-bit test", block=True))
 
@@ -121,3 +121,16 @@ def test_a_registered_scheme_runs_through_the_backend(default_cfg, dummy_scheme,
     assert result.params["bits"] == "6" and result.params["accuracy_level"] == "4"
     assert result.metrics["six_bit_rows"] == 3.0
     assert result.metrics["float_matmul_count"] == 1.0  # the backend counted the scheme's graph
+
+
+def test_run_names_are_unique_per_scheme():
+    """Seven int4 schemes used to share one name (`...|onnxruntime-int4|host|<hash>`)."""
+    from pathlib import Path
+
+    from rkpipe.config import compose
+    from rkpipe.tracking import run_name
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    int4 = ["ort_int4_b32", "ort_int4_b64", "ort_int4_b128", "ort_int4_b32_emb4", "ort_int4_hqq"]
+    labels = {run_name(compose(conf, [f"quant={q}"])).rsplit("|", 1)[0] for q in int4}
+    assert len(labels) == len(int4)

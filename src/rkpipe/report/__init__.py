@@ -54,11 +54,10 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
 
 
 def quant_label(cfg: PipelineConfig) -> str:
-    """The quant type as users name it (see :func:`rkpipe.report.compare.quant_label`)."""
-    from rkpipe.config.loader import config_dict, flatten
-    from rkpipe.report.compare import quant_label as label_of_params
+    """The quant type as users name it (see :func:`rkpipe.config.labels.quant_label`)."""
+    from rkpipe.config.labels import config_quant_label
 
-    return label_of_params(flatten({"quant": config_dict(cfg)["quant"]}))
+    return config_quant_label(cfg)
 
 
 @dataclass(frozen=True)

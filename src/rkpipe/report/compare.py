@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rkpipe.backends.ort.schemes import SCHEMES, OrtScheme
+from rkpipe.config.labels import quant_label
 from rkpipe.evaluate.sanity import BROKEN_METRIC
 from rkpipe.hostinfo import measuring_machine
 from rkpipe.report import NO_BOARD, llm_bench_skipped, measured_on
@@ -73,33 +73,6 @@ LLM_SPEED_KEYS = ("ttft_ms", "decode_tok_per_s", "memory_gb")
 OTHER_HOST = "other host: not comparable"
 BROKEN_GATE = "broken"  # the built-in gate a numerically broken variant fails
 BENCH_PROVENANCE = "measured.deploy_bench."
-
-
-def quant_label(params: Mapping[str, Any]) -> str:
-    """The quant type from a variant's flattened params (a run's, or a config's), e.g. ``w8a8``,
-    ``ort int8 dynamic (QInt8, per-tensor)``, ``ort int4 MatMulNBits (block 32, acc 4)``."""
-
-    def get(key: str, default: str = "?") -> str:
-        return str(params.get(key, default))
-
-    backend, dtype = get("quant.backend"), get("quant.dtype")
-    if backend != "onnxruntime":
-        return dtype
-    name = get("quant.ort.scheme", "dynamic")
-    scheme = SCHEMES.get(name) or OrtScheme(name, (), name)  # a run of a since-removed scheme
-    if scheme.block:
-        size = get("quant.ort.block_size")
-        size = str(scheme.block_size(int(size))) if size.isdigit() else size
-        details = [f"block {size}", f"acc {get('quant.ort.accuracy_level')}"]
-        mode = get("quant.ort.q4_1_mode", "residual")
-        if scheme.gguf and mode != "residual":
-            details.append(f"Q4_1 {mode}")
-    else:
-        per_channel = get("quant.ort.per_channel") in ("True", "true")
-        details = [get("quant.ort.weight_type"), "per-channel" if per_channel else "per-tensor"]
-    if get("quant.ort.embedding_bits", "0") not in ("0", "None"):
-        details.append(f"{get('quant.ort.embedding_bits')}-bit embedding")
-    return f"ort {dtype} {scheme.label} ({', '.join(details)})"
 
 
 @dataclass(frozen=True)

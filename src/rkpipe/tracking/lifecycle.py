@@ -61,9 +61,11 @@ class Terminated(BaseException):
 
 
 def run_name(cfg: PipelineConfig) -> str:
-    """A run name a person can read: model, dtype, platform and the variant hash."""
-    dtype = cfg.quant.dtype + ("-pc" if cfg.quant.ort.per_channel else "")
-    return f"{cfg.model.name}|{cfg.quant.backend}-{dtype}|{cfg.platform.name}|{variant_id(cfg)[:6]}"
+    """A run name a person can read, unique per scheme: model, the quant label the report uses
+    (``ort int4 MatMulNBits (block 32, acc 4)``, ``w8a8``), platform, the variant hash."""
+    from rkpipe.config.labels import config_quant_label
+
+    return f"{cfg.model.name}|{config_quant_label(cfg)}|{cfg.platform.name}|{variant_id(cfg)[:6]}"
 
 
 def variant_tags(cfg: PipelineConfig) -> dict[str, str]:
