@@ -11,9 +11,11 @@ def body(cfg, run):
     result = deploy_and_bench(cfg)
     layout = cfg.layout
     samples = (("llm", layout.bench_llm_samples), ("asr", layout.bench_asr_samples))
-    # Every file first: a tracking server that fails below must not lose a figure.
+    # Every file first: a tracking server that fails below must not lose a figure. The plotted
+    # samples are the measured repetitions: warm-ups restart at rep 0 and would overlap them.
     for kind, path in samples:
-        write_json_atomic(path, [row for row in result.samples if row.get("kind") == kind])
+        rows = [r for r in result.samples if r.get("kind") == kind and not r.get("warmup")]
+        write_json_atomic(path, rows)
     metrics = result.metrics | {"provenance": result.provenance}
     write_json_atomic(layout.metrics_file("bench"), metrics)
     for _, path in samples:

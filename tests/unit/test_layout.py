@@ -72,3 +72,13 @@ def test_the_layout_follows_paths_and_the_workspace_root(tmp_path):
     assert layout.host_fingerprint == tmp_path / "d" / "host" / "host.json"
     assert layout.metrics_file("bench") == tmp_path / "x" / "bench.json"
     assert PipelineConfig(paths=paths).layout == Layout.from_paths(paths)
+
+
+def test_every_declared_plot_is_a_stage_output():
+    """A top-level plot the main job does not write makes every `dvc plots show` on a fresh
+    clone warn ("DVC failed to load some plots"), and a duplicate renders a second chart."""
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    assert not dvc.get("plots"), "declare plots on the stage that writes them"
+    declared = [next(iter(p)) if isinstance(p, dict) else p
+                for stage in dvc["stages"].values() for p in stage.get("plots", [])]  # fmt: skip
+    assert len(declared) == len(set(declared)) == 2
