@@ -39,7 +39,9 @@ install_python_packages() {
   # torch==2.13.0 is pinned in pyproject.toml. Outside this project's machines, point pip at
   # the PyTorch CPU wheel index (PIP_EXTRA_INDEX_URL) so it never pulls the CUDA build.
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # requirements/constraints.txt pins every package to the versions tested here (refresh it
+  # with bash scripts/lock.sh); without it a later install resolves to whatever is newest
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
   .venv/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
 }
 
