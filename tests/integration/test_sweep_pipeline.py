@@ -1,8 +1,9 @@
 """Sweeps, comparison and reproduction on the real pipeline (DVC, MLflow, onnxruntime) in a
 temporary copy of the repository, with experiment=smoke and two onnxruntime quant variants.
 
-1. DVC's own sweep: ``dvc exp run --queue -S 'quant=a,b'`` + ``dvc queue start -j 2``: two
-   workers write to one SQLite store at once; every run and every metric must arrive.
+1. DVC's own sweep: ``dvc exp run --queue -S 'quant=a,b'`` + ``dvc queue start -j 2`` after the
+   shared stages were built once: two workers write to one SQLite store at once; every run and
+   every metric must arrive.
 2. ``rkpipe sweep ... -j 2``: a parent run, two children linked to it, compare report,
    Pareto PNG and gate tags; upstream stages come from DVC's run cache.
 3. ``rkpipe compare`` by sweep and by baseline/candidate.
@@ -105,8 +106,19 @@ def wait_for_queue(repo, env, timeout=3600):
 
 @pytest.fixture(scope="module")
 def queued(repo, env):
-    """DVC's own sweep syntax through its local queue, two workers at once."""
+    """DVC's own sweep syntax through its local queue, two workers at once.
+
+    The stages every variant shares are built once first, as README says and as `rkpipe
+    sweep` primes its queue: two DVC workers building the same stage at once race on the
+    shared cache (treeverse/dvc#10673; seen here as "unable to remove
+    .../calibration.json without a confirmation"). The variants' own stages (quantize_llm,
+    evaluate, deploy_bench, ...) still run side by side and log to one store at once.
+    """
     _, environ = env
+    run(["dvc", "repro", "calibrate", "reference_logits", "quantize_asr"], repo, environ)
+    run(["git", "add", "-A"], repo, environ)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "shared stages"],
+        repo, environ)  # fmt: skip
     run(["dvc", "exp", "run", "--queue", "-S", SMOKE, "-S", QUANTS], repo, environ)
     run(["dvc", "queue", "start", "-j", "2"], repo, environ)
     return wait_for_queue(repo, environ)
