@@ -140,7 +140,7 @@ def test_mlflow_run_has_the_structure_of_an_ort_run(pipeline):
     runs = s.search([s.experiment_id("rkpipe")], "")
     assert len(runs) == 1
     run_ = runs[0]
-    assert run_.status == "FINISHED" and "|rkllm-w8a8|rk3588|" in run_.name
+    assert run_.status == "FINISHED" and "smollm2-135m-instruct|w8a8|rk3588|" in run_.name
     assert (run_.tags["backend"], run_.tags["dtype"], run_.tags["platform"]) == (
         "rkllm", "w8a8", "rk3588"
     )  # fmt: skip
