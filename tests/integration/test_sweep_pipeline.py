@@ -1,9 +1,9 @@
 """Sweeps, comparison and reproduction on the real pipeline (DVC, MLflow, onnxruntime) in a
 temporary copy of the repository, with experiment=smoke and two onnxruntime quant variants.
 
-1. DVC's own sweep: ``dvc exp run --queue -S 'quant=a,b'`` + ``dvc queue start -j 2`` after the
-   shared stages were built once: two workers write to one SQLite store at once; every run and
-   every metric must arrive.
+1. DVC's own sweep: ``dvc exp run --queue -S 'quant=a,b'`` + ``dvc queue start -j 2`` after a
+   primer experiment built the shared stages: two workers write to one SQLite store at once;
+   every run and every metric must arrive.
 2. ``rkpipe sweep ... -j 2``: a parent run, two children linked to it, compare report,
    Pareto PNG and gate tags; upstream stages come from DVC's run cache.
 3. ``rkpipe compare`` by sweep and by baseline/candidate.
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = "experiment=smoke"
 QUANTS = "quant=ort_int8,ort_int8_per_channel"
+PRIMER = "primer"  # the experiment that builds the shared stages before the -j 2 queue
 SKIP_PREFIXES = (".venv", ".mlflow", ".dvc/cache", ".dvc/tmp", "models/", "metrics/", "reports/")
 
 
@@ -108,20 +109,19 @@ def wait_for_queue(repo, env, timeout=3600):
 def queued(repo, env):
     """DVC's own sweep syntax through its local queue, two workers at once.
 
-    The stages every variant shares are built once first, as README says and as `rkpipe
-    sweep` primes its queue: two DVC workers building the same stage at once race on the
-    shared cache (treeverse/dvc#10673; seen here as "unable to remove
+    The stages every variant shares are built once first by a primer experiment that runs
+    alone, as `rkpipe sweep` primes its queue: two DVC workers building the same stage at once
+    race on the shared cache (treeverse/dvc#10673; seen here as "unable to remove
     .../calibration.json without a confirmation"). The variants' own stages (quantize_llm,
     evaluate, deploy_bench, ...) still run side by side and log to one store at once.
     """
     _, environ = env
-    run(["dvc", "repro", "calibrate", "reference_logits", "quantize_asr"], repo, environ)
-    run(["git", "add", "-A"], repo, environ)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "shared stages"],
-        repo, environ)  # fmt: skip
+    run(["dvc", "exp", "run", "--queue", "-n", PRIMER, "-S", SMOKE], repo, environ)
+    run(["dvc", "queue", "start", "-j", "1"], repo, environ)
+    assert wait_for_queue(repo, environ)[PRIMER] == "Success"
     run(["dvc", "exp", "run", "--queue", "-S", SMOKE, "-S", QUANTS], repo, environ)
     run(["dvc", "queue", "start", "-j", "2"], repo, environ)
-    return wait_for_queue(repo, environ)
+    return {k: v for k, v in wait_for_queue(repo, environ).items() if k != PRIMER}
 
 
 def committed_metrics(repo, rev, env):
@@ -146,7 +146,7 @@ def test_dvc_queue_j2_every_run_and_metric_arrives(repo, env, queued, tmp_path):
 
     _, environ = env
     assert sorted(queued.values()) == ["Success", "Success"], queued
-    revs = exp_revs(repo)
+    revs = {name: rev for name, rev in exp_revs(repo).items() if name != PRIMER}
     assert len(revs) == 2
     for rev in revs.values():
         run_ = store(repo).find_variant("rkpipe", variant_of(repo, rev, environ, tmp_path))
