@@ -249,9 +249,10 @@ def emulated_table(dirs: dict, test_dir: Path, args, per_variant: int) -> str:
     an AMD EPYC Zen 2). Emulation changes speed, not arithmetic: only WER is reported."""
     import jiwer
 
+    from rkpipe.asr.engine import load_engine
+    from rkpipe.asr.evaluate import text_decoder
     from rkpipe.asr.normalizer import normalize_text
     from rkpipe.asr.rknn_wer import pick_eval_clips
-    from rkpipe.asr.whisper_tokenizer import load_whisper_tokenizer
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from int8_kernels import cpuid_flags
@@ -259,7 +260,7 @@ def emulated_table(dirs: dict, test_dir: Path, args, per_variant: int) -> str:
     clips = pick_eval_clips(test_dir, per_variant)
     paths = [test_dir / name for name, *_ in clips]
     refs = [normalize_text(text) for _, _, text, _ in clips]
-    tokenizer = load_whisper_tokenizer(dirs["rkpipe fp32"])
+    to_text = text_decoder(load_engine(dirs["rkpipe fp32"]), dirs["rkpipe fp32"])
     lines = [f"AVX2 kernels: qemu-x86_64 -cpu {args.emulate} (CPUID: "
              f"{cpuid_flags(args.emulate)}), {len(clips)} clips ({per_variant} per variant)\n",
              "| engine | WER native % | WER emulated % | identical transcripts |",
@@ -269,8 +270,7 @@ def emulated_table(dirs: dict, test_dir: Path, args, per_variant: int) -> str:
         texts = {}
         for where, prefix in (("native", []), ("emulated", ["qemu-x86_64", "-cpu", args.emulate])):
             rows = run([*prefix, *argv])
-            texts[where] = [normalize_text(tokenizer.decode(r["ids"], skip_special_tokens=True))
-                            for r in rows]  # fmt: skip
+            texts[where] = [normalize_text(to_text(r["ids"])) for r in rows]
         same = sum(a == b for a, b in zip(texts["native"], texts["emulated"], strict=True))
         wer = {where: 100 * jiwer.wer(refs, hyps) for where, hyps in texts.items()}
         lines.append(f"| {name} | {wer['native']:.1f} | {wer['emulated']:.1f} | "
@@ -281,10 +281,11 @@ def emulated_table(dirs: dict, test_dir: Path, args, per_variant: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Build, measure, print the table and the target verdicts; returns 0."""
     from rkpipe.asr.engine import load_engine
-    from rkpipe.asr.evaluate import load_testset
+    from rkpipe.asr.evaluate import load_testset, text_decoder
+    from rkpipe.asr.normalizer import normalize_text
     from rkpipe.asr.testset import clip_variants
-    from rkpipe.asr.whisper_tokenizer import load_whisper_tokenizer
     from rkpipe.config.schema import AsrQuantConfig
+    from rkpipe.engines.engine_shared import SAMPLE_RATE
     from rkpipe.hostinfo import describe, host_fingerprint
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -343,18 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     argv_by_engine = commands(dirs, peer_dir, [test_dir / n for n, _, _ in clips], args,
                               decode_settings)  # fmt: skip
     runs = measure(argv_by_engine, args.rounds)
-    tokenizer = load_whisper_tokenizer(dirs["rkpipe fp32"])
-    from rkpipe.asr.normalizer import normalize_text
-
     refs = [normalize_text(text) for _, _, text in clips]
-
-    def decode(ids: list[int]) -> str:
-        return tokenizer.decode(ids, skip_special_tokens=True)
-
+    decode = text_decoder(engine, dirs["rkpipe fp32"])
     stats = {name: summarize(runs[name], refs, groups, decode) for name in argv_by_engine}
     size = sizes(dirs, peer_dir)
     facts = host_fingerprint(args.threads)
-    audio_s = sum(a.size for _, a, _ in clips) / 16000
+    audio_s = sum(a.size for _, a, _ in clips) / SAMPLE_RATE
     out = (f"Machine: {describe(facts)}\n\n{len(clips)} clips ({audio_s:.1f} s), {args.rounds} "
            f"rounds, {args.threads} threads, greedy, max {args.max_new_tokens} new tokens\n\n"
            + table(stats, size, groups) + "\n"

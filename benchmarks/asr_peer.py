@@ -22,9 +22,7 @@ import json
 import sys
 import time
 
-from rkpipe.engines.engine_shared import load_clip, peak_rss_mb
-
-SAMPLE_RATE = 16000
+from rkpipe.engines.engine_shared import SAMPLE_RATE, load_clip, peak_rss_mb
 
 
 def _parser() -> argparse.ArgumentParser:

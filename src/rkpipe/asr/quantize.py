@@ -147,8 +147,9 @@ def _check_config(q: AsrQuantConfig) -> None:
         )
     if not q.op_types:
         raise AsrError("asr.quant.op_types is empty; use e.g. [MatMul] or [MatMul, Gather]")
-    for problem in config_problems(q):
-        raise AsrError(problem)
+    problems = config_problems(q)
+    if problems:
+        raise AsrError("; ".join(problems))
     if q.block_size < 16 or q.block_size & (q.block_size - 1):
         raise AsrError(f"asr.quant.block_size must be a power of 2 >= 16, got {q.block_size}")
 

@@ -305,7 +305,10 @@ def _simulation(fp32_dir: Path, files: dict, eval_clips: list | None, decoding) 
     if eval_clips:
         from rkpipe.asr.rknn_wer import simulated_wer
 
-        decoding = decoding or {"max_new_tokens": 96, "language": None, "task": "transcribe"}
+        if decoding is None:  # the schema's defaults (the stage passes the pipeline's own)
+            asr = AsrConfig()
+            decoding = {"max_new_tokens": asr.max_new_tokens, "language": asr.language,
+                        "task": asr.task}  # fmt: skip
         sim |= simulated_wer(fp32_dir, files["outputs"], files["references"], eval_clips, decoding)
     return sim
 
