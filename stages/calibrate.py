@@ -6,19 +6,16 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.calibration.builder import build_calibration_file
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.io import write_json_atomic
     from rkpipe.llm.integrity import verify_acquired
+    from rkpipe.measure.figures import publish
 
     model_dir = cfg.layout.llm.float
     verify_acquired(model_dir, stage="download_llm")  # a file corrupted since, named in one line
     out = cfg.layout.calibration
     summary = build_calibration_file(model_dir, cfg.calib, cfg.quant.max_context, out)
     metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-    # The metrics file first: a tracking server that fails below must not lose a figure.
-    metrics_file = cfg.layout.metrics_file("calibrate")
-    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
+    publish(cfg.layout, run, "calibrate", metrics, provenance_here())
     run.log_dataset(out, summary["sha256"], name="calibration", context="calibration")
-    run.log_metrics(metrics)
     run.log_artifact(out, "calibration")
 
 

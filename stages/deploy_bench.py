@@ -7,6 +7,7 @@ def body(cfg, run):
     from rkpipe.board.deploy import deploy_and_bench
     from rkpipe.hostinfo import provenance_tags
     from rkpipe.io import write_json_atomic
+    from rkpipe.measure.figures import publish
 
     result = deploy_and_bench(cfg)
     layout = cfg.layout
@@ -16,11 +17,9 @@ def body(cfg, run):
     for kind, path in samples:
         rows = [r for r in result.samples if r.get("kind") == kind and not r.get("warmup")]
         write_json_atomic(path, rows)
-    metrics = result.metrics | {"provenance": result.provenance}
-    write_json_atomic(layout.metrics_file("bench"), metrics)
+    publish(layout, run, "bench", result.metrics, result.provenance)
     for _, path in samples:
         run.log_artifact(path, "bench")
-    run.log_metrics(result.metrics)
     run.set_tags({f"board.{key}": value for key, value in result.facts.items()})
     run.set_tags(provenance_tags("deploy_bench", result.provenance))
 

@@ -10,7 +10,7 @@ def body(cfg, run):
     from rkpipe.evaluate.host import evaluate_variant
     from rkpipe.evaluate.sanity import BROKEN_METRIC, BrokenVariantError
     from rkpipe.hostinfo import provenance_tags
-    from rkpipe.io import write_json_atomic
+    from rkpipe.measure.figures import publish
 
     try:
         metrics = evaluate_variant(cfg)
@@ -19,12 +19,11 @@ def body(cfg, run):
         with contextlib.suppress(TrackingError):
             run.set_tags({"gate": "broken", "gate.broken_reason": exc.summary})
         raise
-    # The metrics file first: a tracking server that fails below must not lose a figure.
-    write_json_atomic(cfg.layout.metrics_file("evaluate"), metrics)
+    provenance = metrics["provenance"]
+    publish(cfg.layout, run, "evaluate", metrics, provenance)
     if metrics.get(BROKEN_METRIC):
         run.set_tags({"gate": "broken", "gate.broken_reason": "kept by eval.keep_broken"})
-    run.log_metrics(metrics)
-    run.set_tags(provenance_tags("evaluate", metrics["provenance"]))
+    run.set_tags(provenance_tags("evaluate", provenance))
 
 
 if __name__ == "__main__":

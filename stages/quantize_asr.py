@@ -8,7 +8,7 @@ def body(cfg, run):
     from rkpipe.asr.quantize import quantize_asr
     from rkpipe.config import flatten
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.io import write_json_atomic
+    from rkpipe.measure.figures import publish
 
     models = cfg.layout.asr
     result = quantize_asr(models.onnx_fp32, models.quantized, cfg.asr.quant)
@@ -16,10 +16,7 @@ def body(cfg, run):
     convert = ASR_BACKENDS.get(cfg.asr.backend)
     extra = convert(models.onnx_fp32, models.quantized, cfg.asr, cfg.layout.asr_testset)
     metrics |= {f"asr_{k}": v for k, v in extra.items() if isinstance(v, (int, float))}
-    # The metrics file first: a tracking server that fails below must not lose a figure.
-    metrics_file = cfg.layout.metrics_file("quantize_asr")
-    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
-    run.log_metrics(metrics)
+    publish(cfg.layout, run, "quantize_asr", metrics, provenance_here())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ def body(cfg, run):
     from rkpipe.backends import get_backend
     from rkpipe.backends.base import QuantizeRequest
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.io import write_json_atomic
+    from rkpipe.measure.figures import publish
 
     models = cfg.layout.llm
     request = QuantizeRequest(
@@ -19,11 +19,14 @@ def body(cfg, run):
         out_dir=models.quantized,
     )
     result = get_backend(cfg.quant.backend).quantize(request)
-    # The metrics file first: a tracking server that fails below must not lose a figure.
-    metrics_file = cfg.layout.metrics_file("quantize_llm")
-    write_json_atomic(metrics_file, result.metrics | {"provenance": provenance_here()})
-    run.log_params(result.params)
-    run.log_metrics(result.metrics)
+    publish(cfg.layout, run, "quantize_llm", result.metrics, provenance_here())
+    # Once, namespaced: the backend's settings under its name, without its echo of the config
+    # (backend, dtype, platform are already the params quant.backend, quant.dtype, platform.name).
+    echoed = {"backend": cfg.quant.backend, "dtype": cfg.quant.dtype, "platform": cfg.platform.name}
+    run.log_params({
+        key if "." in key else f"{cfg.quant.backend}.{key}": value
+        for key, value in result.params.items() if echoed.get(key) != value
+    })  # fmt: skip
     run.log_artifact(result.out_dir / "quant_manifest.json", "manifests/quantize_llm")
     for toolkit_log in result.out_dir.glob("*.log"):
         run.log_artifact(toolkit_log, "logs")

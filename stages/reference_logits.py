@@ -7,13 +7,10 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.evaluate.host import write_reference_logits
     from rkpipe.hostinfo import provenance_here
-    from rkpipe.io import write_json_atomic
+    from rkpipe.measure.figures import publish
 
     metrics = write_reference_logits(cfg)
-    # The metrics file first: a tracking server that fails below must not lose a figure.
-    metrics_file = cfg.layout.metrics_file("reference_logits")
-    write_json_atomic(metrics_file, metrics | {"provenance": provenance_here()})
-    run.log_metrics(metrics)
+    publish(cfg.layout, run, "reference_logits", metrics, provenance_here())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from rkpipe.stage import run_stage
 def body(cfg, run):
     from rkpipe.config import variant_id
     from rkpipe.hostinfo import provenance_tags
-    from rkpipe.io import write_text_atomic
+    from rkpipe.io import write_json_atomic, write_text_atomic
+    from rkpipe.measure.figures import details_path, log_figures, read_details
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
 
@@ -17,10 +18,14 @@ def body(cfg, run):
     ctx, gate_tags = report_context(cfg, metrics, provenance, run.run_id, Path.cwd())
     out = cfg.layout.report
     write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg), ctx))
-    run.log_metrics(metrics)
+    write_json_atomic(cfg.layout.metrics_file("report"), {"gate": ctx.verdict})
+    # Again: stages restored from DVC's run cache logged nothing to this variant's run.
+    for name, figures in read_details(cfg.layout.metrics).items():
+        log_figures(run, name, figures)
+        run.log_artifact(details_path(cfg.layout.metrics_file(name)), "metrics")
     run.set_tags(gate_tags)
-    for stage, prov in provenance.items():  # again: stages restored from DVC's run cache
-        run.set_tags(provenance_tags(stage, prov))  # logged nothing to this variant's run
+    for stage, prov in provenance.items():
+        run.set_tags(provenance_tags(stage, prov))
     run.log_artifact(out, "report")
 
 

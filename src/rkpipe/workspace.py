@@ -124,10 +124,11 @@ def measurement_outputs(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
 
 
 def host_dependent_metrics(dvc_yaml: Path, params: Mapping[str, Any]) -> list[str]:
-    """The metrics files of the stages that depend on an always-changed stage's measurement
-    outputs (the host and board fingerprints): their figures belong to the machine that
-    measured them. (The preflight stage is always-changed too, but its verdict is the same on
-    every machine, so depending on it says nothing about where a figure was measured.)"""
+    """The measurement outputs (metrics and details files) of the stages that depend on an
+    always-changed stage's measurement outputs (the host and board fingerprints): their figures
+    belong to the machine that measured them. (The preflight stage is always-changed too, but
+    its verdict is the same on every machine, so depending on it says nothing about where a
+    figure was measured.)"""
     stages = _stages(dvc_yaml)
     fingerprints = {
         path for stage in stages.values() if stage.get("always_changed")
@@ -137,8 +138,8 @@ def host_dependent_metrics(dvc_yaml: Path, params: Mapping[str, Any]) -> list[st
         path
         for stage in stages.values()
         if fingerprints & {_interpolate(str(d), params) for d in stage.get("deps", [])}
-        for path, kind, _ in _stage_outputs(stage, params)
-        if kind == "metrics"
+        for path, _, measured in _stage_outputs(stage, params)
+        if measured
     ]
 
 

@@ -45,6 +45,9 @@ def names_by_file() -> dict[str, set[str]]:
         path.stem: set(json.loads(path.read_text(encoding="utf-8"))) - {"provenance"}
         for path in sorted(METRICS.glob("*.json"))
     }
+    # every figure of a stage is in its details file, when the main job ran in this checkout
+    for path in sorted(METRICS.glob("details/*.json")):
+        files[path.stem] |= set(json.loads(path.read_text(encoding="utf-8"))) - {"provenance"}
     host = _host_asr_names()
     files["evaluate"] = {n for n in files.get("evaluate", set()) if not n.startswith("asr_")} | host
     files["bench"] = files.get("bench", set()) | _board_names()

@@ -18,15 +18,15 @@ from rkpipe.report.compare import evaluate_gates, gate_tags, gate_verdict
 
 
 def read_metrics(metrics_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    """Merged figures of every ``*.json`` in ``metrics_dir``, and ``{stage: provenance}``."""
-    from rkpipe.io import read_json
+    """Merged figures of every stage's details file (see :mod:`rkpipe.measure.figures`), and
+    ``{stage: provenance}``."""
+    from rkpipe.measure.figures import PROVENANCE, read_details
 
     metrics: dict[str, Any] = {}
     provenance: dict[str, dict[str, str]] = {}
-    for path in sorted(Path(metrics_dir).glob("*.json")):
-        data = dict(read_json(path))
-        if isinstance(data.get("provenance"), dict):
-            provenance[_stage_of(path.stem)] = data.pop("provenance")
+    for name, data in read_details(metrics_dir).items():
+        if isinstance(data.get(PROVENANCE), dict):
+            provenance[_stage_of(name)] = data.pop(PROVENANCE)
         metrics.update(data)
     return metrics, provenance
 

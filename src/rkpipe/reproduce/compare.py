@@ -126,9 +126,10 @@ def compare_metrics(
 
 
 def metrics_from_files(metrics_dir: Path) -> dict[str, float]:
-    """The numeric entries of every ``*.json`` in ``metrics_dir`` (what the stages logged)."""
+    """The numeric entries of every ``*.json`` in ``metrics_dir`` and its ``details/`` (what
+    the stages logged)."""
     metrics: dict[str, float] = {}
-    for path in sorted(metrics_dir.glob("*.json")):
+    for path in [*sorted(metrics_dir.glob("*.json")), *sorted(metrics_dir.glob("details/*.json"))]:
         metrics |= metrics_in(path)
     return metrics
 
