@@ -126,3 +126,49 @@ def test_dirty_means_code_changed_not_params_lock_or_outputs(tmp_path):
         "params.yaml",
     ]
     assert git_state(tmp_path / "metrics" / "..", baseline="nope")["git.sha"] == "unknown"
+
+
+DVC_REPO_YAML = """
+stages:
+  a:
+    cmd: python -c "import os; os.makedirs('models/m', exist_ok=True); open('models/m/w.bin', 'wb').write(b'\\\\x00\\\\x01'); open('models/m/x.txt', 'w').write('x'); open('metrics/a.json', 'w').write('{}')"
+    outs:
+      - models/m
+    metrics:
+      - metrics/a.json:
+          cache: false
+"""
+
+
+def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
+    tmp_path, monkeypatch
+):
+    import hashlib
+    import os
+    import sys
+
+    from rkpipe.reproduce import record
+
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text(DVC_REPO_YAML)
+    (tmp_path / "metrics").mkdir()
+    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, check=True, env=env, timeout=300)
+
+    def rehashed(path, algorithm):
+        raise AssertionError(f"{path} was hashed again although dvc.lock has its digest")
+
+    monkeypatch.setattr(record, "_file_digest", rehashed)
+    got = output_record(tmp_path, {})
+    assert got["hash"] == "md5"
+    expected = {
+        name: hashlib.md5((tmp_path / name).read_bytes()).hexdigest()
+        for name in ("metrics/a.json", "models/m/w.bin", "models/m/x.txt")
+    }
+    assert got["files"] == expected  # DVC's md5 is the file's md5: a rebuild can recompute it
+    monkeypatch.undo()
+    # a record made before records used DVC's digests holds sha256s: compared the old way
+    legacy = output_record(tmp_path, {}, "sha256")
+    assert "hash" not in legacy
+    assert legacy["files"]["models/m/w.bin"] == hashlib.sha256(b"\x00\x01").hexdigest()

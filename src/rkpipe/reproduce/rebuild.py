@@ -25,7 +25,7 @@ from rkpipe.reproduce.compare import (
     metrics_from_files,
     metrics_in,
 )
-from rkpipe.reproduce.record import HASHES_ARTIFACT, output_record
+from rkpipe.reproduce.record import HASHES_ARTIFACT, LEGACY_HASH, output_record
 from rkpipe.workspace import host_dependent_metrics, run_git
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,8 @@ def reproduce(
         rebuild(repo, records, worktree)
         hosts = (records.tags.get(HOST_ID_TAG, ""), _host_id(worktree, paths))
         same_host = not all(hosts) or hosts[0] == hosts[1]
-        outputs = compare_outputs(records.outputs, output_record(worktree, params))
+        algorithm = records.outputs.get("hash", LEGACY_HASH)
+        outputs = compare_outputs(records.outputs, output_record(worktree, params, algorithm))
         measured = [worktree / p for p in host_dependent_metrics(worktree / "dvc.yaml", params)]
         metrics = compare_metrics(
             records.metrics, metrics_from_files(worktree / metrics_dir), same_host,
