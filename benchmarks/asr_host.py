@@ -71,12 +71,12 @@ def build(work: Path, asr, schemes: dict) -> dict[str, Path]:
 
 def peer_model_dir(asr) -> Path:
     """The wheel's CTranslate2 directory that ``asr.source=package`` converts."""
-    from importlib.util import find_spec
+    from rkpipe.data_wheels import package_dir
 
-    spec = find_spec(asr.package)
-    if spec is None or not spec.submodule_search_locations:
+    directory = package_dir(asr.package)
+    if directory is None:
         sys.exit(f"package {asr.package} is not installed: see requirements/no-deps.txt")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return directory / "model"
 
 
 def testset(work: Path) -> Path:

