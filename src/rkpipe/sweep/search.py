@@ -26,7 +26,11 @@ from rkpipe.sweep.plan import Rejected, SweepPlan, Variant
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'hydra-optuna-sweeper==1.3.0' (pulls optuna 2.10)"
+# The plugin is the extra "sweep", kept out of .[dev]: it pins optuna 2.10 (2021).
+INSTALL_HINT = (
+    "install the extra 'sweep' (hydra-optuna-sweeper 1.3.0, which pins optuna 2.10): "
+    "pip install -c requirements/constraints.txt -e '.[sweep]'"
+)
 
 
 @dataclass(frozen=True)
