@@ -50,6 +50,7 @@ def free_port() -> int:
 
 def log_sweep(root: Path) -> tuple[str, list[str], str]:
     """A sweep parent and two children, written the way the pipeline writes them."""
+    from rkpipe.measure.figures import log_figures
     from rkpipe.report.compare import evaluate_gates, gate_tags
     from rkpipe.tracking import stage_run
     from rkpipe.tracking.store import Store
@@ -65,7 +66,10 @@ def log_sweep(root: Path) -> tuple[str, list[str], str]:
         for quant, metrics in VARIANTS.items():
             cfg = compose(CONF, [f"quant={quant}"])
             with stage_run(cfg, "report") as run:
-                run.log_metrics(metrics)
+                # as the stages log them: details (percentiles) never, the headline first
+                details = {"ttft_ms_p90": 101.0, "ttft_ms_n": 5, "asr_ops.encoder.MatMul": 24}
+                log_figures(run, "bench", {**metrics, **details})
+                log_figures(run, "evaluate", metrics)
                 run.set_tags(gate_tags(evaluate_gates(metrics, base.gates.rules)))
             children.append(run.run_id)
     finally:
@@ -148,6 +152,41 @@ def test_compare_view_shows_runs_params_metrics_and_a_real_screenshot(server, tm
     if os.environ.get("RKPIPE_UI_SCREENSHOT"):  # the whole page, for the docs
         full = Path(os.environ["RKPIPE_UI_SCREENSHOT"])
         chromium(tmp_path, page, f"--screenshot={full}", window="1600,2600")
+
+
+def test_runs_list_shows_distinct_names_and_the_headline_columns(server, tmp_path):
+    """The experiment's runs list in rkpipe's shared view (the link the README gives): two
+    variants queued with ``dvc exp run --queue`` (top-level runs; a sweep's children are
+    collapsed under its parent in this list) by names that tell them apart, and the headline
+    figures as columns, with no percentile or op count."""
+    from rkpipe.measure.figures import log_figures
+    from rkpipe.report.compare import evaluate_gates, gate_tags
+    from rkpipe.tracking import stage_run
+    from rkpipe.tracking.client import VIEW_KEY
+
+    url, parent, children, experiment = server
+    rules = compose(CONF).gates.rules
+    for quant, metrics in VARIANTS.items():
+        cfg = compose(CONF, [f"quant={quant}", "bench.repetitions=4"])
+        with stage_run(cfg, "report") as run:
+            log_figures(run, "bench", {**metrics, "ttft_ms_p90": 101.0, "ttft_ms_n": 4})
+            run.set_tags(gate_tags(evaluate_gates(metrics, rules)))
+    page = f"{url}/#/experiments/{experiment}/runs?viewStateShareKey={VIEW_KEY}"
+    # wide: the grid renders only the columns in its viewport
+    dom = chromium(tmp_path, page, "--dump-dom", window="3200,1000").stdout
+    if os.environ.get("RKPIPE_UI_RUNS_DOM"):
+        Path(os.environ["RKPIPE_UI_RUNS_DOM"]).write_text(dom)
+    headers = dom[dom.find("Run Name") :]
+    for text in ("smollm2-135m-instruct|ort int8 dynamic (QInt8, per-tensor)|host|",
+                 "smollm2-135m-instruct|ort int8 dynamic (QInt8, per-channel)|host|",
+                 ">ppl_delta_pct<", ">ttft_ms<", ">decode_tok_per_s<", ">gate<"):  # fmt: skip
+        assert text in headers, f"{text!r} not rendered in the runs list"
+    for detail in ("ttft_ms_p90", "ttft_ms_n", "asr_ops"):
+        assert detail not in dom, f"{detail} is a detail, not a metric column"
+    png = Path(os.environ.get("RKPIPE_UI_RUNS_SCREENSHOT") or tmp_path / "runs.png")
+    out = chromium(tmp_path, page, f"--screenshot={png}")
+    assert png.is_file(), out.stderr[-2000:]
+    _assert_not_blank(png)
 
 
 def _assert_not_blank(png: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,7 +130,7 @@ def test_run_left_running_by_sigkill_is_closed_as_killed(store, tmp_path):
 def test_experiments_open_on_runs_in_the_mlflow_ui(store, tmp_path):
     """MLflow 3's UI shows an experiment without ``mlflow.experimentKind`` in GenAI mode."""
     from rkpipe.tracking import ensure_experiment, stage_run
-    from rkpipe.tracking.client import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+    from rkpipe.tracking.client import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, VIEW_TAG
 
     cfg = compose(CONF)
     with stage_run(cfg, "evaluate"):
@@ -141,3 +142,9 @@ def test_experiments_open_on_runs_in_the_mlflow_ui(store, tmp_path):
     assert ensure_experiment(store, "made-by-hand", tmp_path) == old
     assert ensure_experiment(store, "made-by-hand", tmp_path) == old
     assert store.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    # and the shared view of the runs list with the headline figures as columns
+    view = json.loads(store.get_experiment(old).tags[VIEW_TAG])
+    assert "metrics.`ppl_delta_pct`" in view["selectedColumns"]
+    assert (
+        "metrics.`ttft_ms`" in view["selectedColumns"] and "tags.`gate`" in view["selectedColumns"]
+    )

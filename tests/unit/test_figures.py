@@ -77,6 +77,13 @@ def test_the_committed_metrics_files_fit_dvc_metrics_show():
     assert len(columns) <= MAX_METRICS_COLUMNS, sorted(columns)
 
 
+def test_the_compared_figures_are_headline_figures():
+    from rkpipe.measure.figures import COMPARED
+
+    headline = {name for names in HEADLINE.values() for name in names}
+    assert set(COMPARED) <= headline, set(COMPARED) - headline
+
+
 def test_every_headline_name_can_fit_with_the_provenance():
     names = {name for names in HEADLINE.values() for name in names}
     assert len(names) + len(PROVENANCE) + 3 <= MAX_METRICS_COLUMNS  # board, board_id, isa too

@@ -57,6 +57,11 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
     ),  # fmt: skip
     "report": ("gate",),
 }
+# The figures people compare across variants: the MLflow runs list's shared view shows them.
+COMPARED = (
+    "ppl_delta_pct", "kld_mean", "top1_agreement", "asr_wer", "asr_wer_delta", "ttft_ms",
+    "decode_tok_per_s", "peak_rss_mb", "asr_rtf", "size_mb", "asr_size_mb",
+)  # fmt: skip
 # The columns a variant may add to ``dvc metrics show`` (the path column not counted).
 MAX_METRICS_COLUMNS = 40
 # Figures only the details file and the MLflow artifact keep: per-op counts of the ASR graphs,

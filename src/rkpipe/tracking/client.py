@@ -14,6 +14,7 @@ later call of that client fails at once, so closing the run cannot hang the exit
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -62,25 +63,45 @@ def artifact_location(root: Path | None = None) -> str:
 # experiments hold model variants, so they say so.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow 3's runs list shows no metric column until a user picks some, and the order metrics
+# were logged in does not change that. A shared view (the UI's "Views" menu, stored as this
+# experiment tag) opens it with the headline figures as columns:
+# <ui>/#/experiments/<id>/runs?viewStateShareKey=rkpipe
+VIEW_KEY = "rkpipe"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+
+
+def headline_view() -> str:
+    """The shared view's state: run name, date, the compared figures and the gate verdict."""
+    from rkpipe.measure.figures import COMPARED
+
+    columns = [
+        "tags.`mlflow.runName`", "attributes.start_time",
+        *(f"metrics.`{name}`" for name in COMPARED), "tags.`gate`",
+    ]  # fmt: skip
+    return json.dumps({"selectedColumns": columns})
 
 
 def ensure_experiment(client: Any, name: str, root: Path | None = None) -> str:
     """The id of experiment ``name``, created if missing (artifacts under ``<root>/.mlflow``),
-    tagged as a model-development experiment so the MLflow UI opens on its runs."""
+    tagged as a model-development experiment so the MLflow UI opens on its runs, with the
+    shared view :data:`VIEW_KEY` of the headline figures."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             created = client.create_experiment(
                 name, artifact_location=artifact_location(root),
-                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: headline_view()},
             )  # fmt: skip
             return str(created)
         except Exception:  # a parallel worker created it first
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
-    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: headline_view()}
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return str(experiment.experiment_id)
 
 
