@@ -35,13 +35,17 @@ def configure_logging(level: str | None = None) -> None:
     Every record and warning (libraries' too) passes :class:`~rkpipe.secrets.RedactingFilter`,
     so a credential in a URI or a token's value never reaches the log.
     """
+    from rkpipe.progress import console, silence_other_bars
     from rkpipe.secrets import RedactingFilter
 
     level = (level or os.environ.get("RKPIPE_LOG_LEVEL", "INFO")).upper()
+    silence_other_bars()  # rich draws every bar (rkpipe.progress), on the log's console
     try:
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(show_path=False, rich_tracebacks=False)
+        handler: logging.Handler = RichHandler(
+            console=console(), show_path=False, rich_tracebacks=False
+        )
         fmt = "%(message)s"
     except ImportError:
         handler = logging.StreamHandler()

@@ -31,6 +31,7 @@ from rkpipe.asr.testset import CLEAN, TRANSCRIPTS, clip_variants
 from rkpipe.asr.whisper_tokenizer import load_whisper_tokenizer
 from rkpipe.errors import AsrError
 from rkpipe.io import write_text_atomic
+from rkpipe.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def _run_all(engines: dict, clips: list, language, task, max_new_tokens, warmup)
         for variant in VARIANTS:
             for _ in range(warmup):
                 engines[variant].transcribe_ids(clips[0][1], max_new_tokens, language, task)
-        for _, audio, _ in clips:
+        for _, audio, _ in track(clips, "transcribing the test clips (fp32 and quantized)"):
             for variant in VARIANTS:
                 result = engines[variant].transcribe_ids(audio, max_new_tokens, language, task)
                 runs[variant].append(result)

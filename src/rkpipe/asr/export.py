@@ -33,8 +33,11 @@ def export_fp32_onnx(model_dir: Path, out_dir: Path) -> dict:
     config = _read_model_config(model_dir)
     architecture = get_architecture(config["model_type"])
     start = time.perf_counter()
+    from rkpipe.progress import step
+
     with atomic_path(out_dir) as tmp:
-        architecture.export(model_dir, tmp, _random_weights(model_dir))
+        with step(f"exporting {config['model_type']} to ONNX"):
+            architecture.export(model_dir, tmp, _random_weights(model_dir))
         seconds = time.perf_counter() - start
         files = {name: round(dir_size_mb(tmp / name), 3) for name in architecture.export_files}
     metrics = {

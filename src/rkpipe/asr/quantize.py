@@ -43,6 +43,7 @@ from rkpipe.asr.quantizers import QUANTIZERS, SCHEMES, config_problems
 from rkpipe.config.schema import AsrQuantConfig
 from rkpipe.errors import AsrError
 from rkpipe.io import atomic_path, onnx_size_mb
+from rkpipe.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def quantize_asr(fp32_dir: Path, out_dir: Path, q: AsrQuantConfig) -> dict:
     feeds = _calibration(fp32_dir, q, files)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in files:
+        for name in track(files, f"quantizing the ASR files ({q.scheme})"):
             quantize_file(fp32_dir / name, tmp / name, q, file_scheme(name, q), feeds.get(name))
         if MERGED_FILE in _onnx_names(fp32_dir):
             merge_split_decoders(tmp)

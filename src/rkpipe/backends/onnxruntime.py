@@ -142,8 +142,11 @@ def _fp32_model(request: QuantizeRequest) -> Path:
 
 def _run(scheme: OrtScheme, job: SchemeJob) -> dict[str, Any]:
     """Run ``scheme``; any failure of the quantizers becomes one BackendError line."""
+    from rkpipe.progress import step
+
     try:
-        return scheme.run(job)
+        with step(f"quantizing with onnxruntime {scheme.name} ({job.dtype})"):
+            return scheme.run(job)
     except (ConfigError, BackendError):
         raise
     except Exception as exc:  # the quantizers raise assorted types

@@ -30,6 +30,7 @@ from rkpipe.config.schema import BenchConfig, BoardConfig, PipelineConfig
 from rkpipe.errors import BoardError
 from rkpipe.hostinfo import provenance
 from rkpipe.measure.stats import summarize_samples
+from rkpipe.progress import step
 from rkpipe.quant_manifest import RunWith, run_with
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,9 @@ def bench_llm(
     """
     facts = run_with(model_dir)  # read once: it names the runner and tags the samples
     argv = _runner_argv(transport, Path(model_dir), facts, bench, rkllm_lib)
-    rows = [row | {"runtime": facts.runtime} for row in run_runner(transport, argv, timeout)]
+    what = f"benchmarking the LLM: {bench.warmup} warm-up + {bench.repetitions} repetitions"
+    with step(what):
+        rows = [row | {"runtime": facts.runtime} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, LLM_KEYS)
     metrics["peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
     if any(key in row for row in rows for key in RKLLM_RUNTIME_KEYS):  # the runtime's own
@@ -199,7 +202,9 @@ def bench_asr(
         "--threads", str(bench.threads),
         "--max-new-tokens", str(max_new_tokens),
     ]  # fmt: skip
-    rows = [row | {"runtime": "onnxruntime"} for row in run_runner(transport, argv, timeout)]
+    what = f"benchmarking the ASR model on {len(audio)} clip(s) x {bench.repetitions} repetitions"
+    with step(what):
+        rows = [row | {"runtime": "onnxruntime"} for row in run_runner(transport, argv, timeout)]
     metrics = summarize_samples(rows, ASR_KEYS, prefix="asr_")
     metrics["asr_peak_rss_mb"] = max(float(r.get("peak_rss_mb", 0.0)) for r in rows)
     return BenchResult(rows, metrics)

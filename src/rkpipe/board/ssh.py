@@ -45,6 +45,7 @@ from rkpipe.config.schema import BoardConfig
 from rkpipe.engines.engine_shared import WATCHDOG_FLAG
 from rkpipe.errors import BoardError
 from rkpipe.io import sha256_file
+from rkpipe.progress import transfer
 
 log = logging.getLogger(__name__)
 
@@ -397,13 +398,19 @@ class SshTransport(RemoteTransport):
                 done = 0
             if done:
                 log.info("resuming %s at %d of %d bytes", remote, done, total)
-            with sftp.open(remote, "r+b" if done else "wb") as dst, local.open("rb") as src:
+            bar = transfer(f"pushing {local.name} to {self.board.host}", total)
+            with (
+                sftp.open(remote, "r+b" if done else "wb") as dst,
+                local.open("rb") as src,
+                bar as shown,
+            ):
                 dst.seek(done)
                 src.seek(done)
                 dst.set_pipelined(True)
                 while chunk := src.read(CHUNK_BYTES):
                     dst.write(chunk)
                     done += len(chunk)
+                    shown(done)
                     if self.on_chunk is not None:
                         self.on_chunk(done)
         except (OSError, EOFError, paramiko.SSHException) as exc:

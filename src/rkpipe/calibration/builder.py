@@ -194,7 +194,8 @@ def generate_targets(
     ``cfg.batch_size`` prompts of similar length; returns stripped texts in ``prompts`` order.
     """
     import torch
-    from tqdm.auto import tqdm
+
+    from rkpipe.progress import track
 
     model, generation = _load_float_model(model_dir, tokenizer, cfg)
     tokenizer.padding_side = "left"
@@ -204,7 +205,7 @@ def generate_targets(
     torch.manual_seed(cfg.seed)
     targets: list[str] = [""] * len(prompts)
     started = time.perf_counter()
-    for number, batch in enumerate(tqdm(batches, desc="calibration targets", unit="batch"), 1):
+    for number, batch in enumerate(track(batches, "calibration targets (batches)"), 1):
         texts = _generate_batch(
             model, generation, tokenizer, [prompts[i] for i in batch], templated
         )

@@ -177,8 +177,11 @@ def score_logits(
     Raises:
         BackendError: a candidate's logits have another shape than the reference's.
     """
+    from rkpipe.progress import track
+
     sums = _Sums()
-    for ref_logits, window in zip(reference, windows, strict=True):
+    pairs = zip(reference, windows, strict=True)
+    for ref_logits, window in track(pairs, f"scoring {label} windows", total=len(windows)):
         cand_logits = np.asarray(logits_fn(list(window)), dtype=np.float32)
         if ref_logits.shape != cand_logits.shape:
             raise BackendError(

@@ -113,17 +113,20 @@ def _run_optimum(
             f"ONNX export of {arch}: optimum is not importable ({exc}); "
             "install it with: pip install optimum-onnx==0.1.0"
         ) from exc
+    from rkpipe.progress import step
+
     try:
-        main_export(
-            str(model_dir),
-            output=tmp,
-            task=EXPORT_TASK,
-            device="cpu",
-            framework="pt",
-            local_files_only=True,
-            trust_remote_code=trust_remote_code,
-            do_validation=validate,
-        )
+        with step(f"exporting {arch} to ONNX with optimum"):
+            main_export(
+                str(model_dir),
+                output=tmp,
+                task=EXPORT_TASK,
+                device="cpu",
+                framework="pt",
+                local_files_only=True,
+                trust_remote_code=trust_remote_code,
+                do_validation=validate,
+            )
     except Exception as exc:  # optimum raises many unrelated types
         raise BackendError(
             f"ONNX export of {arch} from {model_dir} failed in optimum main_export "

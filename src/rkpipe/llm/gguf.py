@@ -224,14 +224,17 @@ def _load_gguf(gguf_path: Path, trust_remote_code: bool) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rkpipe.progress import step
+
     folder, name = gguf_path.parent, gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             folder, gguf_file=name, trust_remote_code=trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
+        with step(f"de-quantising {name} to float32"):
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
     except (ValueError, OSError) as exc:  # transformers re-reads the GGUF with the gguf library
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelSourceError(

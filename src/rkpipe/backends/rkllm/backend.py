@@ -40,6 +40,7 @@ from rkpipe.backends.rkllm.run import (
 from rkpipe.backends.rkllm.spec import ConversionSpec, build_spec, perplexity_step
 from rkpipe.errors import BackendError
 from rkpipe.io import atomic_path, sha256_file, write_json_atomic
+from rkpipe.progress import step as progress_step
 from rkpipe.quant_manifest import MANIFEST_FILE, RunWith
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,10 @@ class RkllmBackend:
             with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
                 steps += self._ppl_steps(request, Path(scratch))
                 steps.append(P.Export(export_path=str(export)))
-                run = self.run(
-                    P.WorkerRequest(steps, new_marker()), python, log_path, cwd=tmp.parent
-                )
+                with progress_step(f"converting with rkllm-toolkit ({request.quant.dtype})"):
+                    run = self.run(
+                        P.WorkerRequest(steps, new_marker()), python, log_path, cwd=tmp.parent
+                    )
             self._finish(tmp, tmp.parent, log_path)
             manifest = build_manifest(request, spec, run, python, tmp)
             write_json_atomic(tmp / MANIFEST_FILE, manifest)
