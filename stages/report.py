@@ -10,7 +10,7 @@ def body(cfg, run):
     from rkpipe.config import variant_id
     from rkpipe.hostinfo import provenance_tags
     from rkpipe.io import write_json_atomic, write_text_atomic
-    from rkpipe.measure.figures import details_path, log_figures, read_details
+    from rkpipe.measure.figures import log_figures, read_details
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
 
@@ -22,7 +22,7 @@ def body(cfg, run):
     # Again: stages restored from DVC's run cache logged nothing to this variant's run.
     for name, figures in read_details(cfg.layout.metrics).items():
         log_figures(run, name, figures)
-        run.log_artifact(details_path(cfg.layout.metrics_file(name)), "metrics")
+        run.log_artifact(cfg.layout.metrics_details(name), "metrics")
     run.set_tags(gate_tags)
     for stage, prov in provenance.items():
         run.set_tags(provenance_tags(stage, prov))

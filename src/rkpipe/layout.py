@@ -13,6 +13,8 @@ from typing import Protocol
 
 from rkpipe.hostinfo import board_file, host_file
 
+DETAILS_DIR = "details"  # under paths.metrics_dir: each stage's full figures
+
 
 class PathsLike(Protocol):
     """The four roots of ``conf/paths`` (:class:`rkpipe.config.schema.PathsConfig`)."""
@@ -108,8 +110,12 @@ class Layout:
         return self.data / "preflight" / f"{model}_source.json"
 
     def metrics_file(self, name: str) -> Path:
-        """``<metrics>/<name>.json`` (a stage's metrics; deploy_bench's is ``bench``)."""
+        """``<metrics>/<name>.json`` (a stage's headline metrics; deploy_bench's is ``bench``)."""
         return self.metrics / f"{name}.json"
+
+    def metrics_details(self, name: str) -> Path:
+        """``<metrics>/details/<name>.json``: every figure of a stage (rkpipe.measure.figures)."""
+        return self.metrics / DETAILS_DIR / f"{name}.json"
 
     @property
     def report(self) -> Path:

@@ -91,11 +91,6 @@ def tracked(figures: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def details_path(metrics_file: Path) -> Path:
-    """``metrics/details/<name>.json`` beside a declared ``metrics/<name>.json``."""
-    return metrics_file.parent / "details" / metrics_file.name
-
-
 def publish(
     layout: Any, run: Any, name: str, figures: Mapping[str, Any], provenance: Mapping[str, Any]
 ) -> None:
@@ -106,10 +101,11 @@ def publish(
     from rkpipe.io import write_json_atomic
 
     figures = {k: v for k, v in figures.items() if k != PROVENANCE}
-    metrics_file = layout.metrics_file(name)
-    details = details_path(metrics_file)
+    details = layout.metrics_details(name)
     write_json_atomic(details, figures | {PROVENANCE: dict(provenance)})
-    write_json_atomic(metrics_file, headline(name, figures) | {PROVENANCE: dict(provenance)})
+    write_json_atomic(
+        layout.metrics_file(name), headline(name, figures) | {PROVENANCE: dict(provenance)}
+    )
     log_figures(run, name, figures)
     run.log_artifact(details, "metrics")
 
@@ -125,8 +121,9 @@ def log_figures(run: Any, name: str, figures: Mapping[str, Any]) -> None:
 def read_details(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     """``{name: figures}`` of every details file (each stage's full figures)."""
     from rkpipe.io import read_json
+    from rkpipe.layout import DETAILS_DIR
 
     return {
         path.stem: dict(read_json(path))
-        for path in sorted((Path(metrics_dir) / "details").glob("*.json"))
+        for path in sorted((Path(metrics_dir) / DETAILS_DIR).glob("*.json"))
     }

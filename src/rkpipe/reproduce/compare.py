@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rkpipe.layout import DETAILS_DIR
 from rkpipe.reproduce.timings import is_timing
 
 # A timing rebuilt on the same host is "within the run-to-run spread" when it differs from the
@@ -129,7 +130,10 @@ def metrics_from_files(metrics_dir: Path) -> dict[str, float]:
     """The numeric entries of every ``*.json`` in ``metrics_dir`` and its ``details/`` (what
     the stages logged)."""
     metrics: dict[str, float] = {}
-    for path in [*sorted(metrics_dir.glob("*.json")), *sorted(metrics_dir.glob("details/*.json"))]:
+    for path in [
+        *sorted(metrics_dir.glob("*.json")),
+        *sorted(metrics_dir.glob(f"{DETAILS_DIR}/*.json")),
+    ]:
         metrics |= metrics_in(path)
     return metrics
 
