@@ -9,17 +9,20 @@ with ``mv``. ``board.host`` is the device serial as ``adb devices`` lists it (a 
 adb server's address comes from the constructor (default 127.0.0.1:5037, or
 ``ANDROID_ADB_SERVER_HOST`` / ``ANDROID_ADB_SERVER_PORT``).
 
-Commands use the ``shell,v2:`` service when the device lists the ``shell_v2`` feature (separate
-stderr, real exit code); otherwise ``shell:``, where stderr is mixed into stdout and the exit
-code comes from an ``echo`` appended to the command. Files go through the ``sync:`` service's
-SEND request, written here so that each read and write has a timeout (adbutils' own push has
-none). Unlike SFTP, SEND cannot append, so an interrupted push starts over.
+Commands run through adbutils' ``shell2``: on the ``shell,v2:`` service when the device lists
+the ``shell_v2`` feature (separate stderr, real exit code), otherwise on ``shell:``, where stderr
+is mixed into stdout and adbutils echoes the exit code. Its timeout bounds each read from the
+device, so a silent command is cut off after ``timeout``; the runners print their results at
+the end, so for them that is the call's deadline.
+
+Files go through the ``sync:`` service's SEND request, written here: adbutils' ``push`` opens
+its connection with no timeout at all, so a device that stops reading would hang the stage.
+Unlike SFTP, SEND cannot append, so an interrupted push starts over.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import stat
 import struct
 import subprocess
@@ -27,17 +30,16 @@ import time
 from pathlib import Path
 
 import adbutils
-from adbutils import AdbConnection, AdbDevice, AdbError
+from adbutils import AdbConnection, AdbDevice, AdbError, AdbTimeout
 
 from rkpipe.board.ssh import RemoteTransport
 from rkpipe.config.schema import BoardConfig
 from rkpipe.errors import BoardError
+from rkpipe.progress import transfer
 
 log = logging.getLogger(__name__)
 
-EXIT_MARKER = "RKPIPE-EXIT:"
 SYNC_CHUNK = 64 * 1024  # the sync protocol's maximum DATA payload
-SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT = 1, 2, 3
 
 
 class AdbTransport(RemoteTransport):
@@ -92,25 +94,19 @@ class AdbTransport(RemoteTransport):
     ) -> subprocess.CompletedProcess[str]:
         # stdin is never closed from this side, so hold_stdin needs nothing: it reads EOF when
         # the adb socket closes, and adbd also sends SIGHUP then (the watchdog handles both).
-        deadline = time.monotonic() + timeout
         device = self._device()
         try:
-            conn = device.open_transport(timeout=timeout)
-            try:
-                if self._shell_v2:
-                    code, out, err = _shell_v2(conn, command, deadline)
-                else:
-                    code, out, err = _shell_v1(conn, command, deadline)
-            finally:
-                conn.close()
-        except TimeoutError:
+            result = device.shell2(command, timeout=timeout, v2=bool(self._shell_v2))
+        except AdbTimeout:
             raise BoardError(
                 f"timed out after {timeout:.0f} s on adb device: {command[:200]}"
             ) from None
         except (AdbError, OSError, EOFError) as exc:
             self.close()
             raise BoardError(self._unreachable(exc)) from None
-        return subprocess.CompletedProcess(command, code, out, err)
+        if not self._shell_v2:  # shell: mixes stderr into the one output stream
+            return subprocess.CompletedProcess(command, result.returncode, result.output, "")
+        return subprocess.CompletedProcess(command, result.returncode, result.stdout, result.stderr)
 
     def _upload(self, local: Path, remote: str) -> None:
         """``sync:`` SEND of ``local`` to ``remote`` (mode 0644), every step with a timeout."""
@@ -126,69 +122,19 @@ class AdbTransport(RemoteTransport):
             raise BoardError(f"push of {local.name} over adb failed: {exc}; push again") from None
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float) -> bytes:
-    """Exactly ``n`` bytes; TimeoutError past ``deadline``, EOFError if the peer closes."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = _recv(sock, n - len(buf), deadline)
-        if not chunk:
-            raise EOFError(f"adb connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-def _recv(sock: socket.socket, n: int, deadline: float) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    sock.settimeout(remaining)
-    try:
-        return sock.recv(n)
-    except TimeoutError:
-        raise TimeoutError from None
-
-
-def _shell_v2(conn: AdbConnection, command: str, deadline: float) -> tuple[int, str, str]:
-    """Run on the ``shell,v2:`` service: packets [id:1][len:4 LE][data]; id 3 is the exit."""
-    conn.send_command(f"shell,v2:{command}")
-    conn.check_okay()
-    streams = {SHELL_STDOUT: bytearray(), SHELL_STDERR: bytearray()}
-    while True:
-        header = _recv_exact(conn.conn, 5, deadline)
-        kind, length = header[0], struct.unpack("<I", header[1:])[0]
-        data = _recv_exact(conn.conn, length, deadline) if length else b""
-        if kind == SHELL_EXIT:
-            code = data[0] if data else 255
-            break
-        if kind in streams:
-            streams[kind] += data
-    out, err = (streams[k].decode("utf-8", "replace") for k in (SHELL_STDOUT, SHELL_STDERR))
-    return code, out, err
-
-
-def _shell_v1(conn: AdbConnection, command: str, deadline: float) -> tuple[int, str, str]:
-    """Run on the legacy ``shell:`` service: one mixed stream, exit code echoed at the end."""
-    conn.send_command(f"shell:{command} ; echo {EXIT_MARKER}$?")
-    conn.check_okay()
-    data = bytearray()
-    while chunk := _recv(conn.conn, 65536, deadline):
-        data += chunk
-    head, marker, tail = bytes(data).rpartition(EXIT_MARKER.encode())
-    if not marker or not tail.strip().isdigit():
-        raise EOFError("the shell: service ended without the exit-code marker")
-    return int(tail.strip()), head.decode("utf-8", "replace"), ""
-
-
 def _sync_send(conn: AdbConnection, local: Path, remote: str) -> None:
     """``sync:`` SEND: "SEND" + len + "path,mode", DATA chunks, "DONE" + mtime, then OKAY."""
     conn.send_command("sync:")
     conn.check_okay()
     target = f"{remote},{stat.S_IFREG | 0o644}".encode()
-    sock = conn.conn
+    sock, size = conn.conn, local.stat().st_size
     sock.sendall(b"SEND" + struct.pack("<I", len(target)) + target)
-    with local.open("rb") as src:
+    done = 0
+    with local.open("rb") as src, transfer(f"pushing {local.name} over adb", size) as shown:
         while chunk := src.read(SYNC_CHUNK):
             sock.sendall(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+            done += len(chunk)
+            shown(done)
     sock.sendall(b"DONE" + struct.pack("<I", int(time.time())))
     status = conn.read_exact(4)
     if status != b"OKAY":
