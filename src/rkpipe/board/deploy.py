@@ -310,29 +310,28 @@ def exclusive_board(board: BoardConfig) -> Iterator[None]:
     workers (``dvc queue start -j N``) measure one after another instead of disturbing each
     other. The lock is a file in the temp dir named after the board's address; if it cannot
     be created the benchmark runs without it (with a warning)."""
-    import fcntl
+    from filelock import FileLock, Timeout
 
     address = f"{board.transport}-{board.host}-{board.port}" if board.host else board.transport
     safe = re.sub(r"[^\w.-]", "_", address)
     path = Path(tempfile.gettempdir()) / f"rkpipe-board-{safe}.lock"
+    lock = FileLock(path)
     try:
-        handle = open(path, "a")  # closed by the with below, after the lock is released
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for board %s: another benchmark holds %s", board.name, path)
+            start = time.monotonic()
+            lock.acquire()
+            log.info("board %s free after %.1f s", board.name, time.monotonic() - start)
     except OSError as exc:
         log.warning("cannot take the board lock %s (%s); benchmarking without it", path, exc)
         yield
         return
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for board %s: another benchmark holds %s", board.name, path)
-            start = time.monotonic()
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            log.info("board %s free after %.1f s", board.name, time.monotonic() - start)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _bench_models(cfg: PipelineConfig, transport: Transport) -> tuple[BenchResult, BenchResult]:

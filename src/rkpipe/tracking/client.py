@@ -14,6 +14,7 @@ later call of that client fails at once, so closing the run cannot hang the exit
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -129,31 +130,28 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
 
 
-_LOCK_DEPTH: dict[str, int] = {}
+@functools.cache
+def _file_lock(path: str) -> Any:
+    """One re-entrant lock object per lock file in a process (filelock counts nested holds)."""
+    from filelock import FileLock
+
+    return FileLock(path)
 
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<db>.lock`` while talking to a SQLite store.
+    """Hold an exclusive lock on ``<db>.lock`` while talking to a SQLite store.
 
     Serialises the writers of parallel DVC queue workers on one host; re-entrant in
     a process; a no-op for server URIs.
     """
     db = _sqlite_file(uri)
-    if db is None or _LOCK_DEPTH.get(str(db)):
+    if db is None:
         yield
         return
-    import fcntl
-
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        _LOCK_DEPTH[str(db)] = 1
-        try:
-            yield
-        finally:
-            _LOCK_DEPTH[str(db)] = 0
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(f"{db}.lock"):
+        yield
 
 
 class SerialisedClient:
