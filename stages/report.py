@@ -13,19 +13,24 @@ def body(cfg, run):
     from rkpipe.measure.figures import log_figures, read_details
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
+    from rkpipe.tracking.lifecycle import stage_status_tag
 
     metrics, provenance = read_metrics(cfg.layout.metrics)
     ctx, gate_tags = report_context(cfg, metrics, provenance, run.run_id, Path.cwd())
     out = cfg.layout.report
     write_text_atomic(out, render_report(cfg, metrics, variant_id(cfg), ctx))
     write_json_atomic(cfg.layout.metrics_file("report"), {"gate": ctx.verdict})
-    # Again: stages restored from DVC's run cache logged nothing to this variant's run.
+    # Again: stages restored from DVC's run cache logged nothing to this variant's run. Their
+    # figures come from the restored outputs, and the run says which stages were restored.
+    logged = run.tags()
     for name, figures in read_details(cfg.layout.metrics).items():
         log_figures(run, name, figures)
         run.log_artifact(cfg.layout.metrics_details(name), "metrics")
     run.set_tags(gate_tags)
     for stage, prov in provenance.items():
         run.set_tags(provenance_tags(stage, prov))
+        if logged and stage_status_tag(stage) not in logged:
+            run.set_tags({f"rkpipe.restored.{stage}": "from DVC's run cache"})
     run.log_artifact(out, "report")
 
 

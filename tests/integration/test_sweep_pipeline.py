@@ -189,6 +189,10 @@ def test_sweep_has_one_parent_two_children_and_a_report(repo, env, swept):
         assert child.tags["gate"] in ("passed", "failed")
         failed = child.metrics["ppl_delta_pct"] > 5.0 or child.metrics["asr_wer_delta"] > 1.0
         assert (child.tags["gate"] == "failed") == failed
+        # evaluate was restored from the run cache: its figures came from the restored outputs
+        assert child.tags["rkpipe.restored.evaluate"] == "from DVC's run cache"
+        assert "rkpipe.restored.deploy_bench" not in child.tags  # it ran
+        assert {"kld_mean", "top1_agreement", "asr_wer.clean"} <= set(child.metrics)
     for name in (
         "compare/compare.md",
         "compare/compare.csv",

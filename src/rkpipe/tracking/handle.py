@@ -66,6 +66,11 @@ class VariantRun:
         return str(getattr(self.client, "tracking_uri", "") or "?")
 
     @_store_errors
+    def tags(self) -> dict[str, str]:
+        """The run's tags as the store has them now."""
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    @_store_errors
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (values stringified); a key already logged with the same value is fine."""
         from mlflow.entities import Param
@@ -146,6 +151,9 @@ class NullRun(VariantRun):
 
     def __init__(self, stage: str) -> None:
         super().__init__(None, "", stage)
+
+    def tags(self) -> dict[str, str]:
+        return {}
 
     def __getattribute__(self, name: str) -> Any:
         if name.startswith("log_") or name == "set_tags":
