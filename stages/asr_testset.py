@@ -11,9 +11,17 @@ def body(cfg, run):
     out = cfg.layout.asr_testset
     variants = tuple(cfg.asr.testset_variants)
     summary = synthesize_testset(Path(cfg.asr.eval_sentences), out, variants=variants)
-    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
-    metrics.update({f"clips_{name}": count for name, count in summary["variants"].items()})
-    run.log_metrics(metrics)
+    # How the clips were made are params (espeak-ng's speed is words per minute, not a
+    # throughput; clip counts are facts of the test set); only the durations are metrics.
+    run.log_params({
+        "asr_testset.voice": summary["voice"],
+        "asr_testset.speed_wpm": summary["speed"],
+        "asr_testset.clips": summary["clips"],
+        **{f"asr_testset.clips.{name}": n for name, n in summary["variants"].items()},
+    })  # fmt: skip
+    run.log_metrics(
+        {"asr_testset_audio_s": summary["audio_s"], "asr_testset_synth_s": summary["synth_s"]}
+    )
 
 
 if __name__ == "__main__":
