@@ -63,7 +63,7 @@ def test_publish_splits_headline_from_details_and_logs_the_headline_first(tmp_pa
 def test_booleans_and_op_counts_are_not_mlflow_metrics():
     from rkpipe.measure.figures import tracked
 
-    got = tracked({"asr_random_weights": True, "asr_ops.encoder.MatMul": 12, "ppl": 20.0,
+    got = tracked({"asr_random_weights": 1.0, "asr_ops.encoder.MatMul": 12, "ppl": 20.0,
                    "node_count": 900, "asr_clips.clean": 4.0, "provenance": {}})  # fmt: skip
     assert got == {"ppl": 20.0}
 
