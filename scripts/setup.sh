@@ -41,7 +41,7 @@ install_python_packages() {
   .venv/bin/python -m pip install -q --upgrade pip
   # requirements/constraints.txt pins every package to the versions tested here (refresh it
   # with bash scripts/lock.sh); without it a later install resolves to whatever is newest
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev]"
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[dev,server]"
   install_data_wheels
 }
 

@@ -64,7 +64,8 @@ def test_booleans_and_op_counts_are_not_mlflow_metrics():
     from rkpipe.measure.figures import tracked
 
     got = tracked({"asr_random_weights": 1.0, "asr_ops.encoder.MatMul": 12, "ppl": 20.0,
-                   "node_count": 900, "asr_clips.clean": 4.0, "provenance": {}})  # fmt: skip
+                   "node_count": 900, "asr_clips.clean": 4.0, "eval_windows": 8.0,
+                   "provenance": {}})  # fmt: skip
     assert got == {"ppl": 20.0}
 
 

@@ -65,10 +65,11 @@ COMPARED = (
 # The columns a variant may add to ``dvc metrics show`` (the path column not counted).
 MAX_METRICS_COLUMNS = 40
 # Figures only the details file and the MLflow artifact keep: per-op counts of the ASR graphs,
-# clip counts, and the sample count and percentiles of every repeated timing (the mean and the
-# stddev stay metrics: ``rkpipe reproduce`` judges a rebuilt timing by the recorded stddev).
+# clip, window and token counts of the evaluation, and the sample count and percentiles of every
+# repeated timing (the mean and the stddev stay metrics: ``rkpipe reproduce`` judges a rebuilt
+# timing by the recorded stddev).
 DETAIL_PREFIXES = ("asr_ops.", "asr_clips", "asr_random_weights")  # the last is a run tag too
-DETAIL_SUFFIXES = ("_n", "_min", "_max", "_p50", "_p90", "_count")
+DETAIL_SUFFIXES = ("_n", "_min", "_max", "_p50", "_p90", "_count", "_windows", "_tokens")
 PROVENANCE = "provenance"
 
 

@@ -1,0 +1,175 @@
+"""A team's tracking server (issue "a team's setup", part 1): ``scripts/services.sh`` starts real
+PostgreSQL (Debian's package, initdb + pg_ctl on a loopback port) and ``mlflow server`` on it
+with served artifacts; two variants log from parallel processes under one sweep parent with
+``tracking=server``, checked through MLflow's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rkpipe.config import compose, variant_id
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+SERVICES = ROOT / "scripts" / "services.sh"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+        reason="Debian's postgresql package is not installed (apt-get install -y postgresql)",
+    ),
+]
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from rkpipe.config import compose
+    from rkpipe.measure.figures import log_figures
+    from rkpipe.tracking import stage_run
+    conf, uri, quant = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    cfg = compose(conf, ["tracking=server", f"tracking.uri={uri}", f"quant={quant}"])
+    with stage_run(cfg, "evaluate") as run:
+        log_figures(run, "evaluate", {"ppl": 30.5, "kld_mean": 0.08, "eval_windows": 4})
+    with stage_run(cfg, "deploy_bench") as run:
+        log_figures(run, "bench", {"ttft_ms": 95.0, "decode_tok_per_s": 17.0, "ttft_ms_p90": 99.0})
+        run.set_tags({"board.soc": "rk3588"})
+    """
+)
+QUANTS = ("ort_int8", "ort_int8_per_channel")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def services(env: dict[str, str], action: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SERVICES), action], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+@pytest.fixture(scope="module")
+def server():
+    # the postgres user must reach the data directory: pytest's tmp dirs are 0700
+    base = Path(tempfile.mkdtemp(prefix="rkpipe-services-"))
+    base.chmod(0o755)
+    env = os.environ | {
+        "RKPIPE_SERVICES_DIR": str(base / "services"),
+        "RKPIPE_PG_PORT": str(free_port()),
+        "RKPIPE_MLFLOW_PORT": str(free_port()),
+        "RKPIPE_PYTHON": sys.executable,
+    }
+    try:
+        up = services(env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield env, f"http://127.0.0.1:{env['RKPIPE_MLFLOW_PORT']}", up.stdout
+    finally:
+        services(env, "down")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def rest(uri: str, endpoint: str, body: dict) -> dict:
+    request = urllib.request.Request(
+        f"{uri}/api/2.0/mlflow/{endpoint}", json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_services_come_up_once_and_say_where(server):
+    env, uri, said = server
+    assert f"tracking.uri={uri}" in said and "postgresql+psycopg://rkpipe@127.0.0.1:" in said
+    again = services(env, "up")  # idempotent: the running services are kept
+    assert again.returncode == 0 and again.stdout == said
+    status = services(env, "status")
+    assert status.returncode == 0 and "PostgreSQL up" in status.stdout
+    with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+        assert response.status == 200
+
+
+def test_parallel_variants_log_to_the_server_under_one_parent(server, tmp_path):
+    from rkpipe.tracking.client import VIEW_TAG
+
+    env, uri, _ = server
+    experiment = rest(uri, "experiments/create", {"name": "rkpipe"})["experiment_id"]
+    parent = rest(uri, "runs/create", {
+        "experiment_id": experiment, "run_name": "sweep|test",
+        "tags": [{"key": "rkpipe.kind", "value": "sweep"}],
+    })["run"]["info"]["run_id"]  # fmt: skip
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    writer_env = env | {"DVC_ROOT": str(tmp_path), "RKPIPE_PARENT_RUN_ID": parent}
+    writer_env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(CONF), uri, quant],
+            env=writer_env,
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for quant in QUANTS
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(errors)[-3000:]
+
+    runs = rest(uri, "runs/search", {"experiment_ids": [experiment], "max_results": 100})
+    children = [
+        r for r in runs["runs"]
+        if {t["key"]: t["value"] for t in r["data"].get("tags", [])}.get("mlflow.parentRunId")
+        == parent
+    ]  # fmt: skip
+    assert len(children) == 2
+    expected_variants = {variant_id(compose(CONF, [f"quant={q}"])) for q in QUANTS}
+    for child in children:
+        tags = {t["key"]: t["value"] for t in child["data"]["tags"]}
+        metrics = {m["key"]: m["value"] for m in child["data"]["metrics"]}
+        params = {p["key"]: p["value"] for p in child["data"]["params"]}
+        assert child["info"]["status"] == "FINISHED"
+        assert metrics == {"ppl": 30.5, "kld_mean": 0.08, "ttft_ms": 95.0, "decode_tok_per_s": 17.0}
+        assert params["quant.backend"] == "onnxruntime" and params["quant.dtype"]
+        assert tags["rkpipe.variant"] in expected_variants and tags["board.soc"] == "rk3588"
+        assert tags["rkpipe.stage.evaluate"] == tags["rkpipe.stage.deploy_bench"] == "finished"
+    assert {tags_of(c)["rkpipe.variant"] for c in children} == expected_variants
+    # rkpipe gave the experiment its kind and shared view on the server too
+    url = f"{uri}/api/2.0/mlflow/experiments/get?experiment_id={experiment}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        made = json.loads(response.read())["experiment"]
+    assert VIEW_TAG in {t["key"] for t in made.get("tags", [])}
+    # no SQLite lock file: against a server there is no file to serialise
+    assert not list(tmp_path.rglob("*.lock"))
+
+
+def tags_of(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def test_a_busy_port_is_one_line_naming_the_setting(server):
+    env, _, _ = server
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        other = env | {
+            "RKPIPE_SERVICES_DIR": env["RKPIPE_SERVICES_DIR"] + "-other",
+            "RKPIPE_PG_PORT": str(busy.getsockname()[1]),
+        }
+        out = services(other, "up")
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        f"services: error: port {other['RKPIPE_PG_PORT']} is in use by another program; "
+        "set RKPIPE_PG_PORT to a free port"
+    ]
