@@ -59,7 +59,9 @@ def test_repro_produces_models_metrics_report_and_one_run(repo):
     assert run.info.status == "FINISHED"
     assert {"ttft_ms", "decode_tok_per_s", "ppl", "asr_wer", "size_mb"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config", "dvc", "report", "bench", "calibration"} <= artifacts
+    assert {"config", "dvc", "report", "bench", "calibration", "models", "metrics"} <= artifacts
+    lock = (repo / "dvc.lock").read_text(encoding="utf-8")
+    assert run.data.tags["model.models/llm/quantized.md5"] in lock  # the model by reference
     assert len(run.data.tags["git.sha"]) == 40
     tags = run.data.tags
     assert tags["mlflow.source.git.commit"] == tags["git.sha"] and tags["mlflow.user"]

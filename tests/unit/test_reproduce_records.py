@@ -172,3 +172,24 @@ def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
     legacy = output_record(tmp_path, {}, "sha256")
     assert "hash" not in legacy
     assert legacy["files"]["models/m/w.bin"] == hashlib.sha256(b"\x00\x01").hexdigest()
+
+
+def test_models_are_referenced_by_lock_digest_and_remote_not_copied(tmp_path):
+    import os
+    import sys
+
+    from rkpipe.reproduce.record import model_references
+
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
+    (tmp_path / "dvc.yaml").write_text(DVC_REPO_YAML)
+    (tmp_path / "metrics").mkdir()
+    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, check=True, env=env, timeout=300)
+    assert [m["remote"] for m in model_references(tmp_path, "models")] == [None]
+    remote = "ssh://team:s3cret@storage.lan/srv/dvc"
+    subprocess.run(["dvc", "remote", "add", "-d", "storage", remote], cwd=tmp_path, check=True)
+    (reference,) = model_references(tmp_path, "models")
+    assert reference["path"] == "models/m" and reference["md5"].endswith(".dir")
+    assert reference["nfiles"] == 2 and reference["size"] == 3
+    assert "s3cret" not in reference["remote"] and "storage.lan/srv/dvc" in reference["remote"]

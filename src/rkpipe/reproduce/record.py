@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HASHES_ARTIFACT = "outputs/sha256.json"
+MODELS_ARTIFACT = "models/references.json"  # models by reference: DVC path, md5, remote
 RECORD_FILE = "outputs.sha256.json"  # under paths.reports_dir; the record stage's own out
 
 
@@ -68,17 +69,55 @@ def hash_outputs(
     return dict(sorted(hashes.items()))
 
 
-def lock_digests(root: Path) -> dict[str, str]:
-    """``{file path: md5}`` of every stage output DVC recorded in ``root/dvc.lock``: a file's
-    md5 from the lock, a directory's files' from its ``.dir`` listing in the DVC cache (a
-    listing missing from the cache contributes nothing, so those files are hashed here)."""
+def lock_outs(root: Path) -> list[dict[str, Any]]:
+    """Every stage output entry of ``root/dvc.lock`` (path, hash, md5, size, nfiles)."""
     import yaml
 
     lock_file = root / "dvc.lock"
     if not lock_file.is_file():
-        return {}
+        return []
     lock = yaml.safe_load(lock_file.read_text(encoding="utf-8")) or {}
-    outs = [o for s in (lock.get("stages") or {}).values() for o in s.get("outs") or []]
+    return [o for s in (lock.get("stages") or {}).values() for o in s.get("outs") or []]
+
+
+def model_references(root: Path, models_dir: str) -> list[dict[str, Any]]:
+    """The variant's models by reference, not by copy: each output under ``models_dir`` with
+    its md5 and size from ``dvc.lock`` and the DVC remote that holds it (``dvc get``/``dvc
+    pull`` of that path at the run's commit brings exactly these bytes back)."""
+    from rkpipe.secrets import redact_uri
+
+    remote = _default_remote(root)
+    return [
+        {
+            "path": str(out["path"]),
+            "md5": str(out["md5"]),
+            "size": out.get("size"),
+            "nfiles": out.get("nfiles"),
+            "remote": redact_uri(remote) if remote else None,
+        }  # fmt: skip
+        for out in lock_outs(root)
+        if str(out.get("path", "")).startswith(models_dir.rstrip("/") + "/") and out.get("md5")
+    ]
+
+
+def _default_remote(root: Path) -> str | None:
+    """The URL of the repository's default DVC remote, if one is configured."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            name = repo.config["core"].get("remote")
+            return str(repo.config["remote"][name]["url"]) if name else None
+    except Exception:  # noqa: BLE001 - no DVC repo or no remote: the reference has none
+        log.debug("no DVC remote for %s", root, exc_info=True)
+        return None
+
+
+def lock_digests(root: Path) -> dict[str, str]:
+    """``{file path: md5}`` of every stage output DVC recorded in ``root/dvc.lock``: a file's
+    md5 from the lock, a directory's files' from its ``.dir`` listing in the DVC cache (a
+    listing missing from the cache contributes nothing, so those files are hashed here)."""
+    outs = lock_outs(root)
     digests: dict[str, str] = {}
     cache = None
     for out in (o for o in outs if o.get("hash") == HASH and o.get("md5")):
@@ -152,6 +191,9 @@ def record_outputs(cfg: PipelineConfig, run: Any, root: Path | None = None) -> d
     record = output_record(root, config_dict(cfg))
     write_json_atomic(Layout.from_paths(cfg.paths, root).output_record, record)
     run.log_dict(record, HASHES_ARTIFACT)
+    models = model_references(root, cfg.paths.models_dir)
+    run.log_dict(models, MODELS_ARTIFACT)
+    run.set_tags({f"model.{m['path']}.md5": m["md5"] for m in models})
     if (root / "dvc.lock").is_file():
         run.log_artifact(root / "dvc.lock", "dvc")
     _log_provenance(cfg, run, root, record["files"])
