@@ -6,7 +6,7 @@ run charted 203 metrics. So each stage publishes its figures in two tiers:
 
 - the **headline** (accuracy, speed, size, memory) goes to the stage's declared metrics file,
   ``metrics/<name>.json``, the one ``dvc metrics show`` and ``dvc exp show`` print, and is
-  logged to the MLflow run first;
+  logged to the MLflow run first (the runs list's shared view shows the compared ones);
 - **every** figure goes to the stage's details file, ``metrics/details/<name>.json`` (a
   DVC-cached output, which the report and ``rkpipe reproduce`` read), and to the MLflow run as
   the artifact ``metrics/<name>.json``. MLflow's metrics also get the figures with a unit, but
@@ -34,7 +34,7 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
         "asr_quantize_s",
         "asr_rknn_sim_wer",
         "asr_rknn_sim_wer_delta",
-    ),  # fmt: skip
+    ),
     "evaluate": (
         "ppl",
         "ppl_delta_pct",
@@ -45,7 +45,7 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
         "asr_wer_delta",
         "asr_cer",
         "asr_host_rtf",
-    ),  # fmt: skip
+    ),
     "bench": (
         "ttft_ms",
         "prefill_tok_per_s",
@@ -54,7 +54,7 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
         "llm_bench_skipped",
         "asr_rtf",
         "asr_peak_rss_mb",
-    ),  # fmt: skip
+    ),
     "report": ("gate",),
 }
 # The figures people compare across variants: the MLflow runs list's shared view shows them.
@@ -112,8 +112,9 @@ def publish(
 
 
 def log_figures(run: Any, name: str, figures: Mapping[str, Any]) -> None:
-    """Log the headline first (MLflow's runs list shows the first metrics as its columns),
-    then the rest of the tracked figures."""
+    """Log the headline, then the rest of the tracked figures. (MLflow 3's runs list shows no
+    metric column by default whatever the order: rkpipe's shared view picks the columns,
+    :data:`rkpipe.tracking.client.VIEW_KEY`.)"""
     first = tracked(headline(name, figures))
     run.log_metrics(first)
     run.log_metrics({k: v for k, v in tracked(figures).items() if k not in first})
