@@ -53,6 +53,8 @@ def pid_alive(pid: int, started: int | None = None) -> bool:
         pass  # another user's process: alive
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except ProcessLookupError:  # it exited between kill(0) and the read
+        return False
     except OSError:
         return True  # no /proc: trust kill(0)
     if stat[stat.rfind(")") + 2 :].startswith("Z"):

@@ -49,7 +49,7 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie nobody reaps counts as dead: it runs nothing)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or between open and read
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
 
