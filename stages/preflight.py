@@ -18,6 +18,7 @@ def body(cfg, run):
         fingerprint = preflight.source_fingerprint(cfg, model)
         write_json_atomic(cfg.layout.source_fingerprint(model), fingerprint)
     preflight.check_tracker(cfg)
+    preflight.check_remote(Path.cwd())
     preflight.reconcile(cfg)
     preflight.remove_leftovers(cfg, Path.cwd())
     preflight.check_board(cfg)

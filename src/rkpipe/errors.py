@@ -37,5 +37,9 @@ class ReproduceError(RkpipeError):
     """A run cannot be rebuilt (missing commit or records) or the rebuild failed."""
 
 
+class RemoteError(RkpipeError):
+    """The DVC remote cannot be used safely (unknown or changed host key, unreachable)."""
+
+
 class ArtifactError(RkpipeError):
     """A stage's output is missing, unreadable or written by an older rkpipe."""

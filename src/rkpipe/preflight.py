@@ -126,6 +126,14 @@ def check_tracker(cfg: PipelineConfig) -> None:
     probe(cfg.tracking.uri, cfg.tracking.timeout_s)
 
 
+def check_remote(root: Path) -> None:
+    """An SSH DVC remote presents the host key ``~/.ssh/known_hosts`` records (dvc-ssh itself
+    would push to an unknown host; see :mod:`rkpipe.remote`). No remote: nothing to check."""
+    from rkpipe.remote import check_remote_host_key
+
+    check_remote_host_key(root)
+
+
 def reconcile(cfg: PipelineConfig) -> None:
     """Close, as KILLED, the runs of stages a SIGKILL ended (cheap when there are none)."""
     if not cfg.tracking.enabled:

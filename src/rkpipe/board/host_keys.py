@@ -88,6 +88,23 @@ def changed_key_error(board: BoardConfig, got: paramiko.PKey, expected: paramiko
     )
 
 
+def presented_key(host: str, port: int, timeout: float) -> paramiko.PKey:
+    """The host key an SSH server presents (no authentication is attempted).
+
+    Raises:
+        OSError, paramiko.SSHException: it cannot be reached or does not speak SSH.
+    """
+    quiet_paramiko_transport()
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        transport = paramiko.Transport(sock)
+        transport.banner_timeout = timeout
+        try:
+            transport.start_client(timeout=timeout)
+            return transport.get_remote_server_key()
+        finally:
+            transport.close()
+
+
 def fetch_host_key(board: BoardConfig, timeout: float = CONNECT_TIMEOUT_S) -> paramiko.PKey:
     """The host key the board presents (no authentication is attempted).
 
@@ -95,16 +112,8 @@ def fetch_host_key(board: BoardConfig, timeout: float = CONNECT_TIMEOUT_S) -> pa
         BoardError: the board cannot be reached or does not speak SSH.
     """
     host = require_host(board)
-    quiet_paramiko_transport()
     try:
-        with socket.create_connection((host, board.port), timeout=timeout) as sock:
-            transport = paramiko.Transport(sock)
-            transport.banner_timeout = timeout
-            try:
-                transport.start_client(timeout=timeout)
-                return transport.get_remote_server_key()
-            finally:
-                transport.close()
+        return presented_key(host, board.port, timeout)
     except (OSError, paramiko.SSHException) as exc:
         raise BoardError(f"cannot fetch the host key of {host}:{board.port}: {exc}") from None
 

@@ -84,9 +84,10 @@ def model_references(root: Path, models_dir: str) -> list[dict[str, Any]]:
     """The variant's models by reference, not by copy: each output under ``models_dir`` with
     its md5 and size from ``dvc.lock`` and the DVC remote that holds it (``dvc get``/``dvc
     pull`` of that path at the run's commit brings exactly these bytes back)."""
+    from rkpipe.remote import default_remote
     from rkpipe.secrets import redact_uri
 
-    remote = _default_remote(root)
+    remote = (default_remote(root) or (None, None))[1]
     return [
         {
             "path": str(out["path"]),
@@ -98,19 +99,6 @@ def model_references(root: Path, models_dir: str) -> list[dict[str, Any]]:
         for out in lock_outs(root)
         if str(out.get("path", "")).startswith(models_dir.rstrip("/") + "/") and out.get("md5")
     ]
-
-
-def _default_remote(root: Path) -> str | None:
-    """The URL of the repository's default DVC remote, if one is configured."""
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            name = repo.config["core"].get("remote")
-            return str(repo.config["remote"][name]["url"]) if name else None
-    except Exception:  # noqa: BLE001 - no DVC repo or no remote: the reference has none
-        log.debug("no DVC remote for %s", root, exc_info=True)
-        return None
 
 
 def lock_digests(root: Path) -> dict[str, str]:
