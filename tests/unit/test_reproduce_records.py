@@ -140,21 +140,27 @@ stages:
 """
 
 
+def built_dvc_repo(root: Path) -> None:
+    """A git + DVC repository at ``root`` whose one stage (DVC_REPO_YAML) has run."""
+    import os
+    import sys
+
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env)
+    (root / "dvc.yaml").write_text(DVC_REPO_YAML)
+    (root / "metrics").mkdir()
+    subprocess.run(["dvc", "repro", "-q"], cwd=root, check=True, env=env, timeout=300)
+
+
 def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
     tmp_path, monkeypatch
 ):
     import hashlib
-    import os
-    import sys
 
     from rkpipe.reproduce import record
 
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
-    (tmp_path / "dvc.yaml").write_text(DVC_REPO_YAML)
-    (tmp_path / "metrics").mkdir()
-    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, check=True, env=env, timeout=300)
+    built_dvc_repo(tmp_path)
 
     def rehashed(path, algorithm):
         raise AssertionError(f"{path} was hashed again although dvc.lock has its digest")
@@ -175,17 +181,9 @@ def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
 
 
 def test_models_are_referenced_by_lock_digest_and_remote_not_copied(tmp_path):
-    import os
-    import sys
-
     from rkpipe.reproduce.record import model_references
 
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=tmp_path, check=True, env=env)
-    (tmp_path / "dvc.yaml").write_text(DVC_REPO_YAML)
-    (tmp_path / "metrics").mkdir()
-    subprocess.run(["dvc", "repro", "-q"], cwd=tmp_path, check=True, env=env, timeout=300)
+    built_dvc_repo(tmp_path)
     assert [m["remote"] for m in model_references(tmp_path, "models")] == [None]
     remote = "ssh://team:s3cret@storage.lan/srv/dvc"
     subprocess.run(["dvc", "remote", "add", "-d", "storage", remote], cwd=tmp_path, check=True)
