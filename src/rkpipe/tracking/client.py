@@ -102,8 +102,22 @@ def ensure_experiment(client: Any, name: str, root: Path | None = None) -> str:
     wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: headline_view()}
     for key, value in wanted.items():
         if experiment.tags.get(key) != value:
-            client.set_experiment_tag(experiment.experiment_id, key, value)
+            _set_experiment_tag(client, experiment.experiment_id, key, value)
     return str(experiment.experiment_id)
+
+
+def _set_experiment_tag(client: Any, experiment_id: str, key: str, value: str) -> None:
+    """Set an experiment tag that a parallel worker may be setting at the same moment.
+
+    MLflow's SQL store inserts a missing tag after a select, so two workers racing on a
+    server answer one of them with a unique-key violation (``experiment_tag_pk``); the
+    loser re-reads and accepts the tag when the winner wrote the same value.
+    """
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except Exception:
+        if client.get_experiment(experiment_id).tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def with_retry(call: Callable[[], T], attempts: int = 8, first_delay: float = 0.2) -> T:
