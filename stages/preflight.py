@@ -17,9 +17,10 @@ def body(cfg, run):
     for model in preflight.LOCAL_SOURCES:
         fingerprint = preflight.source_fingerprint(cfg, model)
         write_json_atomic(cfg.layout.source_fingerprint(model), fingerprint)
-    preflight.check_tracker(cfg)
+    tracker_up = preflight.check_tracker(cfg)
     preflight.check_remote(Path.cwd())
-    preflight.reconcile(cfg)
+    if tracker_up:
+        preflight.reconcile(cfg)
     preflight.remove_leftovers(cfg, Path.cwd())
     preflight.check_board(cfg)
     write_json_atomic(cfg.layout.preflight_verdict, preflight.VERDICT)

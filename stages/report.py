@@ -13,7 +13,7 @@ def body(cfg, run):
     from rkpipe.measure.figures import log_figures, read_details
     from rkpipe.report import render_report
     from rkpipe.report.variant import read_metrics, report_context
-    from rkpipe.tracking.lifecycle import stage_status_tag
+    from rkpipe.tracking import stage_status_tag
 
     metrics, provenance = read_metrics(cfg.layout.metrics)
     ctx, gate_tags = report_context(cfg, metrics, provenance, run.run_id, Path.cwd())

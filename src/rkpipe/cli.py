@@ -316,6 +316,13 @@ def reproduce(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def sync(args: argparse.Namespace) -> int:
+    """Replay the tracking journals into the server (see rkpipe.team_commands)."""
+    from rkpipe.team_commands import sync as replay
+
+    return replay(args, _repo(args))
+
+
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="the DVC/git repository (default: DVC_ROOT or the git top level)")
     p.add_argument("--tracking-uri", help="MLflow store (default: <repo>/.mlflow/mlflow.db)")
@@ -427,6 +434,8 @@ EXAMPLES = {
     "compare": "rkpipe compare --sweep <parent run id> --plot pareto.png\n"
                "rkpipe compare --baseline <run id> --candidate <run id> -S gates.rules.ppl.max=10",
     "reproduce": "rkpipe reproduce <run id>\nrkpipe reproduce <run id> --keep --workdir /tmp/rep",
+    "sync": "rkpipe sync                      # into params.yaml's tracking.uri\n"
+            "rkpipe sync --tracking-uri http://mlflow.lan:5000",
 }  # fmt: skip
 
 
@@ -508,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     _add_compare_parser(sub)
     _add_reproduce_parsers(sub)
+    from rkpipe.team_commands import add_sync_parser
+
+    add_sync_parser(sub, _subparser).set_defaults(func=sync)
     return parser
 
 

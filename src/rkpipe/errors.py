@@ -33,6 +33,10 @@ class TrackingError(RkpipeError):
     """MLflow tracking failed."""
 
 
+class JournalError(TrackingError):
+    """A tracking journal entry cannot be read (it names the file and what to do)."""
+
+
 class ReproduceError(RkpipeError):
     """A run cannot be rebuilt (missing commit or records) or the rebuild failed."""
 

@@ -13,7 +13,8 @@ about a second, checks:
   DVC restoring stale outputs from its run cache;
 - a remote board: reachable, host key known, SoC as its config says
   (:func:`rkpipe.board.preflight.quick_check`);
-- a tracking server: answers within ``tracking.timeout_s``;
+- a tracking server: answers within ``tracking.timeout_s`` (else, with ``tracking.journal``,
+  a warning: the stages journal what they log);
 - runs a SIGKILL left RUNNING are closed KILLED (:func:`rkpipe.tracking.reconcile_killed`),
   and the temporaries a killed stage left beside its outputs are removed;
 - the workspace is claimed for this ``dvc exp run`` (:mod:`rkpipe.workspace_claim`), so a second
@@ -117,13 +118,25 @@ def check_board(cfg: PipelineConfig) -> None:
     log.info("board %s: %s", cfg.board.name, ", ".join(f"{k} {v}" for k, v in facts.items()))
 
 
-def check_tracker(cfg: PipelineConfig) -> None:
-    """The tracking server answers within ``tracking.timeout_s`` (the embedded store always)."""
+def check_tracker(cfg: PipelineConfig) -> bool:
+    """The tracking server answers within ``tracking.timeout_s`` (the embedded store always).
+
+    A server that does not, with ``tracking.journal``, is a warning: the stages journal what
+    they log and a later stage or ``rkpipe sync`` replays it. Returns whether it answered.
+    """
     if not cfg.tracking.enabled:
-        return
+        return True
+    from rkpipe.errors import TrackingError
     from rkpipe.tracking import check_tracker as probe
 
-    probe(cfg.tracking.uri, cfg.tracking.timeout_s)
+    try:
+        probe(cfg.tracking.uri, cfg.tracking.timeout_s)
+    except TrackingError as exc:
+        if not cfg.tracking.journal:
+            raise
+        log.warning("%s; the stages journal what they log (tracking.journal=true)", exc)
+        return False
+    return True
 
 
 def check_remote(root: Path) -> None:

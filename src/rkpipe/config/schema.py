@@ -392,6 +392,10 @@ class TrackingConfig:
     # Upper bound, in seconds, on waiting for an unreachable tracking server (MLflow's own
     # retries take about 250 s); past it a stage fails with one line naming the URI.
     timeout_s: float = typed(10.0, Number(above=0, max=600))
+    # When a tracking server is down past timeout_s: true keeps every param, metric, tag and
+    # artifact in a local journal (.dvc/tmp/rkpipe/journal) that the next stage or
+    # `rkpipe sync` replays; false fails the stage. The embedded store never journals.
+    journal: bool = typed(True, Flag())
 
 
 @dataclass

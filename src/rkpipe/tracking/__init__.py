@@ -56,22 +56,14 @@ from rkpipe.tracking.client import (
 from rkpipe.tracking.handle import NullRun, VariantRun
 from rkpipe.tracking.lifecycle import (
     HOST_TAG,
-    KILLED_STAGE_TAG,
     PARENT_ENV,
-    PARENT_TAG,
     PID_TAG,
-    SWEEP_TAG,
     UNTRACKED_KEYS,
-    VARIANT_TAG,
     Terminated,
     open_variant_run,
-    parent_tags,
     reconcile_killed,
-    record_stage_status,
     run_name,
-    stage_history_tag,
     stage_run,
-    stage_status_tag,
     untracked_run,
     variant_tags,
 )
@@ -82,6 +74,16 @@ from rkpipe.tracking.provenance import (
     runtime_versions,
     standard_tags,
     workspace_root,
+)
+from rkpipe.tracking.runs import (
+    KILLED_STAGE_TAG,
+    PARENT_TAG,
+    SWEEP_TAG,
+    VARIANT_TAG,
+    parent_tags,
+    record_stage_status,
+    stage_history_tag,
+    stage_status_tag,
 )
 
 __all__ = [

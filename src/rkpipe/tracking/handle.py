@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from rkpipe.errors import TrackingError
 from rkpipe.tracking.client import first_line, redact_uri, with_retry
+from rkpipe.tracking.journal import Journal, journal_call
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,14 +37,21 @@ def as_tracking_error(uri: str, what: str, exc: BaseException) -> TrackingError:
 
 
 def _store_errors(func: F) -> F:
-    """Turn a store failure inside a :class:`VariantRun` method into :class:`TrackingError`."""
+    """Turn a store failure inside a :class:`VariantRun` method into :class:`TrackingError`;
+    with a journal, a server given up on (the client's bounded wait ran out) journals this call
+    and every later one instead (:mod:`rkpipe.tracking.journal`)."""
 
     @functools.wraps(func)
     def wrapper(self: VariantRun, *args: Any, **kwargs: Any) -> Any:
+        if self.journaling:
+            return self.journal_call(func.__name__, *args, **kwargs)
         try:
             return func(self, *args, **kwargs)
-        except TrackingError:
-            raise
+        except TrackingError as exc:
+            if self.journal is None:
+                raise
+            self.start_journaling(str(exc))
+            return self.journal_call(func.__name__, *args, **kwargs)
         except Exception as exc:
             if not store_failure(exc):
                 raise
@@ -55,10 +63,30 @@ def _store_errors(func: F) -> F:
 class VariantRun:
     """Logging handle for the current stage inside the variant's MLflow run."""
 
-    def __init__(self, client: Any, run_id: str, stage: str) -> None:
+    def __init__(
+        self, client: Any, run_id: str, stage: str, journal: Journal | None = None
+    ) -> None:
         self.client = client
         self.run_id = run_id
         self.stage = stage
+        self.journal = journal  # where calls go once the server is down (None: they fail)
+        self.journaling = False
+
+    def start_journaling(self, why: str) -> None:
+        """Send this call and every later one to the journal (the server is down)."""
+        if self.journal is None:
+            raise TrackingError(why)
+        if not self.journaling:
+            log.warning(
+                "%s; journaling the rest of stage %s to %s (replayed by the next stage or "
+                "`rkpipe sync`)", why, self.stage, self.journal.folder,
+            )  # fmt: skip
+        self.journaling = True
+
+    def journal_call(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        """Journal the call ``op(*args, **kwargs)`` of this handle."""
+        assert self.journal is not None
+        return journal_call(self.journal, self.stage, self.run_id or None, op, *args, **kwargs)
 
     @property
     def uri(self) -> str:
@@ -82,11 +110,14 @@ class VariantRun:
             with_retry(lambda b=batch: self.client.log_batch(self.run_id, params=b))
 
     @_store_errors
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Log numeric metrics (names carry units, e.g. ``ttft_ms``); non-numbers are skipped."""
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None
+    ) -> None:
+        """Log numeric metrics (names carry units, e.g. ``ttft_ms``); non-numbers are skipped.
+        ``timestamp_ms`` (default now) is kept by a journal, so a replay logs the same point."""
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp_ms or int(time.time() * 1000)
         entries = [
             Metric(k, float(v), now, step)
             for k, v in metrics.items()

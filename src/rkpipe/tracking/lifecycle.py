@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
-from rkpipe.errors import TrackingError
+from rkpipe.errors import JournalError, TrackingError
 from rkpipe.processes import pid_alive
 from rkpipe.tracking.client import (
     ensure_experiment,
     first_line,
+    is_server,
     make_client,
     redact_uri,
     tracking_uri,
-    with_retry,
 )
 from rkpipe.tracking.handle import NullRun, VariantRun, as_tracking_error, store_failure
+from rkpipe.tracking.journal import Journal
 from rkpipe.tracking.markers import (
     Marker,
     dead_markers,
@@ -38,19 +39,21 @@ from rkpipe.tracking.markers import (
     write_marker,
 )
 from rkpipe.tracking.provenance import reproduction_tags, standard_tags, workspace_root
+from rkpipe.tracking.runs import (
+    VARIANT_TAG,
+    find_or_create_run,
+    link_parent,
+    record_stage_status,
+)
+from rkpipe.tracking.sync import replay_journals
 from rkpipe.workspace import repo_root
 
 log = logging.getLogger(__name__)
 
-VARIANT_TAG = "rkpipe.variant"
 PID_TAG = "rkpipe.pid"
 HOST_TAG = "rkpipe.host"
-PARENT_TAG = "mlflow.parentRunId"
-SWEEP_TAG = "rkpipe.sweep"
 STORE_DIR = ".mlflow"
 PARENT_ENV = "RKPIPE_PARENT_RUN_ID"
-KILLED_STAGE_TAG = "rkpipe.killed_stage"
-HISTORY_LIMIT = 4000  # characters of a history tag (MLflow caps tag values at 8000)
 
 # Config sections that say where results go or how they are judged, not what is built.
 UNTRACKED_KEYS = ("tracking", "gates")
@@ -80,40 +83,6 @@ def variant_tags(cfg: PipelineConfig) -> dict[str, str]:
         "asr_model": cfg.asr.name,
         "asr_random_weights": str(cfg.asr.random_weights).lower(),
     }
-
-
-def stage_status_tag(stage: str) -> str:
-    """The tag holding ``stage``'s latest status (lower case)."""
-    return f"rkpipe.stage.{stage}"
-
-
-def stage_history_tag(stage: str) -> str:
-    """The tag holding every status ``stage`` ended with, oldest first, comma separated."""
-    return f"rkpipe.stage.{stage}.history"
-
-
-def record_stage_status(
-    client: Any, run_id: str, stage: str, status: str, tags: dict[str, str] | None = None
-) -> None:
-    """Set ``stage``'s status and append it to its history, in one batch.
-
-    Read-modify-write is safe: the stages of one variant run one after another.
-    """
-    from mlflow.entities import RunTag
-
-    if tags is None:
-        tags = client.get_run(run_id).data.tags
-    past = tags.get(stage_history_tag(stage), "")
-    history = f"{past},{status.lower()}" if past else status.lower()
-    if len(history) > HISTORY_LIMIT:  # keep the newest entries whole
-        history = "...," + history[-HISTORY_LIMIT:].split(",", 1)[-1]
-    batch = [
-        RunTag(stage_status_tag(stage), status.lower()),
-        RunTag(stage_history_tag(stage), history),
-    ]
-    if status == "KILLED":
-        batch.append(RunTag(KILLED_STAGE_TAG, stage))
-    client.log_batch(run_id, tags=batch)
 
 
 def _stage_alive(tags: dict[str, str]) -> bool:
@@ -200,28 +169,14 @@ def open_variant_run(client: Any, cfg: PipelineConfig) -> str:
     With ``RKPIPE_PARENT_RUN_ID`` set (a sweep), the run becomes that run's child.
     """
     experiment_id = ensure_experiment(client, cfg.tracking.experiment)
-    query = f"tags.`{VARIANT_TAG}` = '{variant_id(cfg)}'"
-    runs = with_retry(
-        lambda: client.search_runs([experiment_id], filter_string=query, max_results=1)
+    run, found = find_or_create_run(
+        client, experiment_id, variant_id(cfg), run_name(cfg), variant_tags(cfg)
     )
-    if runs:
-        _close_if_orphaned(client, runs[0])
-        run_id = str(runs[0].info.run_id)
-    else:
-        run = with_retry(
-            lambda: client.create_run(experiment_id, run_name=run_name(cfg), tags=variant_tags(cfg))
-        )
-        run_id = str(run.info.run_id)
-    parent = os.environ.get(PARENT_ENV)
-    if parent and parent != run_id:
-        for key, value in parent_tags(parent).items():
-            with_retry(lambda k=key, v=value: client.set_tag(run_id, k, v))
+    if found:
+        _close_if_orphaned(client, run)
+    run_id = str(run.info.run_id)
+    link_parent(client, run_id, os.environ.get(PARENT_ENV))
     return run_id
-
-
-def parent_tags(parent_run_id: str) -> dict[str, str]:
-    """The tags that make a run the child of a sweep's parent run in the MLflow UI."""
-    return {PARENT_TAG: parent_run_id, SWEEP_TAG: parent_run_id}
 
 
 @contextlib.contextmanager
@@ -244,28 +199,47 @@ def _sigterm_raises() -> Iterator[None]:
 def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
     """Open the variant's run for ``stage`` and close it with the status the stage earned.
 
-    First reconciles the runs of killed stages (:func:`reconcile_killed`). Logs the flattened
+    First replays the journals a server outage left (:mod:`rkpipe.tracking.sync`) and
+    reconciles the runs of killed stages (:func:`reconcile_killed`). Logs the flattened
     config, git state and the resolved config on entry; yields a :class:`VariantRun`.
     Exceptions propagate after the run is marked FAILED (KILLED for SIGTERM or Ctrl-C). A
-    tracking store that fails raises :class:`TrackingError` (one line) within
-    ``tracking.timeout_s``; closing the run after another error never hides that error.
+    tracking server that stays down past ``tracking.timeout_s`` is journaled to with
+    ``tracking.journal`` (the stage goes on), else raises :class:`TrackingError` in one line;
+    closing the run after another error never hides that error.
     """
     if not cfg.tracking.enabled:
         with untracked_run(stage) as run:
             yield run
         return
     root = repo_root()
-    client = make_client(tracking_uri(cfg.tracking.uri, root), cfg.tracking.timeout_s)
-    with _as_tracking_error(client, "opening the variant's run"):
-        reconcile_markers(client, dead_markers(root))
-        run_id = open_variant_run(client, cfg)
+    uri = tracking_uri(cfg.tracking.uri, root)
+    journal = _journal(cfg, uri, root)
+    try:
+        client = make_client(uri, cfg.tracking.timeout_s)
+        with _as_tracking_error(client, "opening the variant's run"):
+            _replay(client, root)
+            reconcile_markers(client, dead_markers(root))
+            run_id = open_variant_run(client, cfg)
+    except TrackingError as exc:
+        if journal is None:
+            raise
+        down = str(exc)
+    else:
+        down = ""
+    if down:
+        with _journaled_stage(cfg, stage, journal, down) as run:  # type: ignore[arg-type]
+            yield run
+        return
     marker = write_marker(root, run_id, variant_id(cfg), stage, redact_uri(client.tracking_uri))
-    run = VariantRun(client, run_id, stage)
+    run = VariantRun(client, run_id, stage, journal)
     status = "FAILED"
     try:
         with _sigterm_raises():
-            with _as_tracking_error(client, "starting the run"):
-                client.update_run(run_id, status="RUNNING")
+            try:
+                with _as_tracking_error(client, "starting the run"):
+                    client.update_run(run_id, status="RUNNING")
+            except TrackingError as exc:
+                run.start_journaling(str(exc))  # raises again without a journal
             _log_start(run, cfg, stage)
             yield run
             status = "FINISHED"
@@ -274,22 +248,71 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
         raise
     finally:
         # Any status but FINISHED means an exception is on its way out: it is the one to report.
-        _close(client, run_id, stage, status, marker, quiet=status != "FINISHED")
+        _close(run, status, marker, quiet=status != "FINISHED")
 
 
-def _close(client: Any, run_id: str, stage: str, status: str, marker: Path, quiet: bool) -> None:
+def _journal(cfg: PipelineConfig, uri: str, root: Path) -> Journal | None:
+    """The variant's journal when a server outage should be journaled, else None."""
+    if not (cfg.tracking.journal and is_server(uri)):
+        return None
+    return Journal(root, variant_id(cfg), redact_uri(uri))
+
+
+def _replay(client: Any, root: Path) -> None:
+    """Replay what earlier stages journaled, before this stage logs (so the order holds). An
+    unreadable entry is reported and left; the server failing again raises."""
+    try:
+        replay_journals(client, root)
+    except JournalError as exc:
+        log.error("%s", exc)
+
+
+@contextlib.contextmanager
+def _journaled_stage(
+    cfg: PipelineConfig, stage: str, journal: Journal, why: str
+) -> Iterator[VariantRun]:
+    """The stage with the server down from its start: open, log and close go to the journal."""
+    run = VariantRun(None, "", stage, journal)
+    run.start_journaling(why)
+    journal.append(stage, "open", {
+        "experiment": cfg.tracking.experiment, "run_name": run_name(cfg),
+        "tags": variant_tags(cfg), "parent": os.environ.get(PARENT_ENV),
+    })  # fmt: skip
+    status = "FAILED"
+    try:
+        with _sigterm_raises():
+            _log_start(run, cfg, stage)
+            yield run
+            status = "FINISHED"
+    except (Terminated, KeyboardInterrupt):
+        status = "KILLED"
+        raise
+    finally:
+        journal.append(stage, "close", {"status": status})
+
+
+def _close(run: VariantRun, status: str, marker: Path, quiet: bool) -> None:
     """Record the stage's status and terminate the run; forget the marker once both are done.
 
-    If the store fails, the marker keeps the status, so that :func:`reconcile_killed` closes
-    the run with it later; the failure is raised unless ``quiet``.
+    If the server is down and the run has a journal, the close is journaled. Else, if the
+    store fails, the marker keeps the status, so that :func:`reconcile_killed` closes the run
+    with it later; the failure is raised unless ``quiet``.
     """
+    client, run_id, stage = run.client, run.run_id, run.stage
     recorded = False
     try:
+        if run.journaling:
+            raise TrackingError("the tracking server is down")
         with _as_tracking_error(client, "closing the run"):
             record_stage_status(client, run_id, stage, status)
             recorded = True
             client.set_terminated(run_id, status)
     except TrackingError as exc:
+        if run.journal is not None and not recorded:
+            run.start_journaling(str(exc))
+            run.journal.append(stage, "close", {"status": status}, run_id=run_id)
+            remove_marker(marker)
+            return
         update_marker(marker, outcome=status, recorded=recorded)
         if not quiet:
             raise
