@@ -308,7 +308,7 @@ def reproduce(args: argparse.Namespace) -> int:
     result = rebuild(
         args.run_id, _repo(args), _store(args),
         workdir=Path(args.workdir).resolve() if args.workdir else None,
-        allow_dirty=args.allow_dirty, keep=args.keep,
+        allow_dirty=args.allow_dirty, keep=args.keep, pull=False if args.rebuild else None,
     )  # fmt: skip
     print(render_result(result, args.verbose))
     if args.keep:
@@ -321,6 +321,13 @@ def sync(args: argparse.Namespace) -> int:
     from rkpipe.team_commands import sync as replay
 
     return replay(args, _repo(args))
+
+
+def fetch(args: argparse.Namespace) -> int:
+    """Copy a run's model by reference (see rkpipe.team_commands)."""
+    from rkpipe.team_commands import fetch as copy_model
+
+    return copy_model(args, _repo(args), _store(args))
 
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
@@ -402,6 +409,12 @@ def _add_reproduce_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="keep the worktree afterwards")
     p.add_argument("--verbose", action="store_true", help="list every timing metric")
     p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="rebuild every stage, even those whose outputs the DVC remote holds "
+        "(default: pull those, rebuild the rest)",
+    )
+    p.add_argument(
         "--allow-dirty",
         action="store_true",
         help="rebuild from the commit even if the run's tree was dirty",
@@ -433,7 +446,11 @@ EXAMPLES = {
              "rkpipe sweep 'quant=glob(ort_*)' experiment=smoke -j 1",
     "compare": "rkpipe compare --sweep <parent run id> --plot pareto.png\n"
                "rkpipe compare --baseline <run id> --candidate <run id> -S gates.rules.ppl.max=10",
-    "reproduce": "rkpipe reproduce <run id>\nrkpipe reproduce <run id> --keep --workdir /tmp/rep",
+    "reproduce": "rkpipe reproduce <run id>           # pulls what the DVC remote holds\n"
+                 "rkpipe reproduce <run id> --rebuild # every stage from scratch\n"
+                 "rkpipe reproduce <run id> --keep --workdir /tmp/rep",
+    "fetch": "rkpipe fetch <run id>                  # the deployable LLM\n"
+             "rkpipe fetch <run id> --model asr -o asr_model",
     "sync": "rkpipe sync                      # into params.yaml's tracking.uri\n"
             "rkpipe sync --tracking-uri http://mlflow.lan:5000",
 }  # fmt: skip
@@ -517,9 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     _add_compare_parser(sub)
     _add_reproduce_parsers(sub)
-    from rkpipe.team_commands import add_sync_parser
+    from rkpipe.team_commands import add_fetch_parser, add_sync_parser
 
     add_sync_parser(sub, _subparser).set_defaults(func=sync)
+    fetch_parser = add_fetch_parser(sub, _subparser)
+    _add_store_args(fetch_parser)
+    fetch_parser.set_defaults(func=fetch)
     return parser
 
 

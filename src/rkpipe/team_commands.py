@@ -48,3 +48,33 @@ def add_sync_parser(sub: argparse._SubParsersAction, subparser: Any) -> argparse
         help="the MLflow server to replay into (default: MLFLOW_TRACKING_URI, else params.yaml)",
     )
     return p
+
+
+def fetch(args: argparse.Namespace, root: Path, store: Any) -> int:
+    """Copy a run's model, by its recorded md5, from the DVC cache or remote to a path."""
+    from rkpipe.reproduce.fetch import fetch_model, pick_reference, run_references
+
+    reference = pick_reference(run_references(store, args.run_id), args.model)
+    name = str(reference["path"]).split("/", 1)[-1].replace("/", "-")
+    out = Path(args.output or f"{args.run_id[:8]}-{name}")
+    fetched = fetch_model(root, reference, out.resolve())
+    size = f"{reference['size'] / 1e6:.1f} MB" if reference.get("size") else "size unknown"
+    print(
+        f"fetched {reference['path']} of run {args.run_id} (md5 {reference['md5']}, {size}) "
+        f"from {fetched.source} into {out}"
+    )
+    return 0
+
+
+def add_fetch_parser(sub: argparse._SubParsersAction, subparser: Any) -> argparse.ArgumentParser:
+    """Register ``rkpipe fetch``."""
+    p = subparser(sub, "fetch", "copy a run's model, checked against its md5, to a path")
+    p.add_argument("run_id", help="the MLflow run id of the variant")
+    p.add_argument(
+        "--model",
+        default="llm",
+        help="llm or asr (the deployable quantized model), or a path such as llm/onnx_fp32 "
+        "(default: llm)",
+    )
+    p.add_argument("-o", "--output", help="where to put it (default: ./<run id[:8]>-llm-quantized)")
+    return p

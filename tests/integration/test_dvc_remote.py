@@ -106,3 +106,91 @@ def test_the_preflight_refuses_an_unknown_or_changed_host_key(remote_repo, monke
     known_hosts.write_text(other)
     with pytest.raises(RemoteError, match="host key for 127.0.0.1:.* changed"):
         check_remote_host_key(repo)
+
+
+def _clone(repo: Path, env: dict[str, str], target: Path) -> Path:
+    """A team member's fresh clone: git only, the remote's key in its own config.local."""
+    run(["git", "clone", "-q", str(repo), str(target)], target.parent, env)
+    local = repo / ".dvc" / "config.local"
+    (target / ".dvc" / "config.local").write_text(local.read_text())
+    return target
+
+
+@pytest.fixture()
+def recorded_run(remote_repo, tmp_path):
+    """The variant's MLflow run as the record stage leaves it: commit, params, output digests
+    and its models by reference; the outputs pushed to the SSH remote."""
+    from rkpipe.reproduce.record import MODELS_ARTIFACT, output_record
+    from rkpipe.tracking.store import Store
+
+    repo, env, storage, url = remote_repo
+    run(["dvc", "push", "-q"], repo, env)
+    store = Store(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", root=tmp_path)
+    sha = run(["git", "rev-parse", "HEAD"], repo, env).stdout.strip()
+    run_id = store.create_run("rkpipe", "variant", {"git.sha": sha, "git.dirty": "false"})
+    store.log_text(run_id, "paths: {}\n", "dvc/params.yaml")
+    store.log_dict(run_id, output_record(repo, {}), "outputs/sha256.json")
+    store.log_dict(run_id, model_references(repo, "models"), MODELS_ARTIFACT)
+    return repo, env, store, run_id
+
+
+def test_fetch_brings_a_runs_model_from_the_remote_checked_against_its_md5(
+    recorded_run, tmp_path, monkeypatch
+):
+    from rkpipe.errors import ArtifactError
+    from rkpipe.reproduce.fetch import dvc_md5, fetch_model, pick_reference, run_references
+
+    repo, env, store, run_id = recorded_run
+    clone = _clone(repo, env, tmp_path / "member")
+    monkeypatch.setenv("HOME", env["HOME"])
+    reference = pick_reference(run_references(store, run_id), "m")
+    fetched = fetch_model(clone, reference, tmp_path / "model")
+    assert fetched.source.startswith("DVC remote storage (ssh://***@127.0.0.1:")
+    assert (tmp_path / "model" / "w.bin").read_bytes() == (repo / "models/m/w.bin").read_bytes()
+    assert dvc_md5(tmp_path / "model") == reference["md5"] == lock_outs_md5(repo, "models/m")
+    cli = [sys.executable, "-m", "rkpipe.cli", "fetch", run_id, "--model", "m", "-o", "again",
+           "--repo", str(clone), "--tracking-uri", store.uri]  # fmt: skip
+    again = run(cli, tmp_path, env)  # now in the clone's cache
+    assert (
+        f"fetched models/m of run {run_id} (md5 {reference['md5']}, 0.3 MB) from the local "
+        "DVC cache into again" in again.stdout
+    )
+    assert (tmp_path / "again" / "cfg.json").read_text() == "{}"
+    with pytest.raises(ArtifactError, match="references no model 'llm'; it references: models/m"):
+        pick_reference(run_references(store, run_id), "llm")
+
+
+def test_fetch_says_what_to_push_when_the_remote_lacks_the_model(
+    remote_repo, tmp_path, monkeypatch
+):
+    from rkpipe.errors import RemoteError
+    from rkpipe.reproduce.fetch import fetch_model
+
+    repo, env, _, _ = remote_repo  # built, never pushed
+    clone = _clone(repo, env, tmp_path / "member")
+    monkeypatch.setenv("HOME", env["HOME"])
+    (reference,) = model_references(repo, "models")
+    with pytest.raises(RemoteError, match=r"does not hold models/m .*run `dvc push models/m`"):
+        fetch_model(clone, reference, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_reproduce_on_a_fresh_clone_pulls_from_the_remote_and_says_so(recorded_run, tmp_path):
+    """The build writes random bytes: pulled, they match the run; rebuilt, they cannot."""
+    repo, env, store, run_id = recorded_run
+    clone = _clone(repo, env, tmp_path / "member")
+    cli = [sys.executable, "-m", "rkpipe.cli", "reproduce", run_id, "--repo", str(clone),
+           "--tracking-uri", store.uri]  # fmt: skip
+    pulled = run(cli, clone, env, check=False)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert "stages: pulled from DVC remote storage (ssh://***@127.0.0.1:" in pulled.stdout
+    assert "  pulled: build" in pulled.stdout and "REPRODUCED" in pulled.stdout
+    rebuilt = run([*cli, "--rebuild"], clone, env, check=False)
+    assert rebuilt.returncode == 1 and "every stage rebuilt" in rebuilt.stdout
+    assert "DIFFERS  models/m/w.bin" in rebuilt.stdout
+
+
+def lock_outs_md5(repo: Path, path: str) -> str:
+    from rkpipe.reproduce.record import lock_outs
+
+    return next(str(o["md5"]) for o in lock_outs(repo) if o["path"] == path)

@@ -140,8 +140,9 @@ stages:
 """
 
 
-def built_dvc_repo(root: Path) -> None:
-    """A git + DVC repository at ``root`` whose one stage (DVC_REPO_YAML) has run."""
+def built_dvc_repo(root: Path) -> dict[str, str]:
+    """A git + DVC repository at ``root`` whose one stage (DVC_REPO_YAML) has run; returns
+    the environment that finds this interpreter's ``dvc``."""
     import os
     import sys
 
@@ -151,6 +152,7 @@ def built_dvc_repo(root: Path) -> None:
     (root / "dvc.yaml").write_text(DVC_REPO_YAML)
     (root / "metrics").mkdir()
     subprocess.run(["dvc", "repro", "-q"], cwd=root, check=True, env=env, timeout=300)
+    return env
 
 
 def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
@@ -183,10 +185,11 @@ def test_the_record_takes_dvcs_digests_from_the_lock_instead_of_hashing_again(
 def test_models_are_referenced_by_lock_digest_and_remote_not_copied(tmp_path):
     from rkpipe.reproduce.record import model_references
 
-    built_dvc_repo(tmp_path)
+    env = built_dvc_repo(tmp_path)
     assert [m["remote"] for m in model_references(tmp_path, "models")] == [None]
     remote = "ssh://team:s3cret@storage.lan/srv/dvc"
-    subprocess.run(["dvc", "remote", "add", "-d", "storage", remote], cwd=tmp_path, check=True)
+    add = ["dvc", "remote", "add", "-d", "storage", remote]
+    subprocess.run(add, cwd=tmp_path, check=True, env=env)
     (reference,) = model_references(tmp_path, "models")
     assert reference["path"] == "models/m" and reference["md5"].endswith(".dir")
     assert reference["nfiles"] == 2 and reference["size"] == 3

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -121,30 +122,62 @@ def rebuild_env(worktree: Path) -> dict[str, str]:
     return env
 
 
-def rebuild(repo: Path, records: RunRecords, worktree: Path, timeout: float = 7200) -> Path:
+def rebuild(
+    repo: Path, records: RunRecords, worktree: Path, pull: bool = False, timeout: float = 7200
+) -> Path:
     """Check out ``records.sha`` at ``worktree``, write the run's params.yaml, give it an
-    empty DVC cache of its own, and ``dvc repro --force`` there. Returns the log file.
+    empty DVC cache of its own, and ``dvc repro --force`` there; with ``pull``,
+    ``dvc repro --pull`` instead: a stage whose outputs the DVC remote holds is pulled into
+    that empty cache rather than rebuilt (:func:`stage_sources` says which). Returns the log.
 
     Raises :class:`ReproduceError` with the log's tail when ``dvc repro`` fails.
     """
     _git(repo, "worktree", "add", "--detach", str(worktree), records.sha)
     (worktree / "params.yaml").write_text(records.params_yaml, encoding="utf-8")
+    local_config = repo / ".dvc" / "config.local"  # the remote's credentials stay out of git
+    if pull and local_config.is_file():
+        shutil.copy2(local_config, worktree / ".dvc" / "config.local")
     env = rebuild_env(worktree)
     cache = worktree / ".dvc" / "cache"
     subprocess.run(
         ["dvc", "config", "--local", "cache.dir", str(cache)], cwd=worktree, env=env, check=True
     )
     log_file = worktree / ".rkpipe-reproduce.log"
-    log.info("rebuilding run %s at %s in %s", records.run_id, records.sha[:12], worktree)
+    how = "pulling what the DVC remote holds" if pull else "rebuilding every stage"
+    log.info("reproducing run %s at %s in %s, %s", records.run_id, records.sha[:12], worktree, how)
     with open(log_file, "w", encoding="utf-8") as handle:
         code = subprocess.run(
-            ["dvc", "repro", "--force"], cwd=worktree, env=env, stdout=handle,
-            stderr=subprocess.STDOUT, timeout=timeout,
+            ["dvc", "repro", "--pull" if pull else "--force"], cwd=worktree, env=env,
+            stdout=handle, stderr=subprocess.STDOUT, timeout=timeout,
         ).returncode  # fmt: skip
     if code != 0:
         tail = "\n".join(log_file.read_text(encoding="utf-8").splitlines()[-15:])
         raise ReproduceError(f"dvc repro failed in {worktree} (exit {code}):\n{tail}")
     return log_file
+
+
+# What dvc repro logs for each way a stage's outputs came to be (dvc/stage/__init__.py, run.py,
+# cache.py of DVC 3): run, pulled because unchanged, restored from the run cache, or unchanged.
+STAGE_EVENTS = (
+    (re.compile(r"^Running stage '([^']+)'"), "rebuilt"),
+    (re.compile(r"^Pulling data for stage: '([^']+)'"), "pulled"),
+    (re.compile(r"^Unable to pull data for stage: '([^']+)'"), "rebuilt"),
+    (re.compile(r"^Stage '([^']+)' is cached - skipping run"), "restored from the run cache"),
+    (re.compile(r"^Stage '([^']+)' didn't change, skipping"), "unchanged"),
+)
+
+
+def stage_sources(log_text: str) -> dict[str, str]:
+    """``{stage: how its outputs came to be}`` from a ``dvc repro`` log, in pipeline order;
+    the last event of a stage wins (an unpullable stage is then run)."""
+    sources: dict[str, str] = {}
+    for line in log_text.splitlines():
+        for pattern, source in STAGE_EVENTS:
+            match = pattern.match(line.strip())
+            if match:
+                sources[match.group(1)] = source
+                break
+    return sources
 
 
 def remove_worktree(repo: Path, worktree: Path) -> None:
@@ -165,6 +198,9 @@ class ReproduceResult:
     version_changes: dict[str, tuple[str, str]]
     # The host fingerprints of the run's and the rebuild's measurements ("" when unknown).
     hosts: tuple[str, str] = ("", "")
+    # How each stage's outputs came to be (stage_sources), and the remote pulled from.
+    sources: dict[str, str] = field(default_factory=dict)
+    remote: str = ""
 
     @property
     def ok(self) -> bool:
@@ -179,12 +215,17 @@ def reproduce(
     workdir: Path | None = None,
     allow_dirty: bool = False,
     keep: bool = False,
+    pull: bool | None = None,
 ) -> ReproduceResult:
     """Rebuild run ``run_id`` of ``repo`` and compare it with what the run recorded.
 
+    ``pull`` (default: when the repository has a default DVC remote) pulls the outputs of
+    every stage the remote holds instead of rebuilding it; the result says which it did.
     Refuses (:class:`ReproduceError`) when records are missing, the commit is not in
     the repository, or the run was made from a dirty tree (unless ``allow_dirty``).
     """
+    from rkpipe.remote import default_remote
+    from rkpipe.secrets import redact_uri
     from rkpipe.tracking import runtime_versions
 
     records = load_records(store, run_id)
@@ -201,8 +242,10 @@ def reproduce(
     paths = params.get("paths", {})
     metrics_dir = paths.get("metrics_dir", "metrics")
     worktree = workdir or Path(tempfile.mkdtemp(prefix="rkpipe-reproduce-")) / "worktree"
+    remote = default_remote(repo) if pull is not False else None
     try:
-        rebuild(repo, records, worktree)
+        log_file = rebuild(repo, records, worktree, pull=remote is not None)
+        sources = stage_sources(log_file.read_text(encoding="utf-8"))
         hosts = (records.tags.get(HOST_ID_TAG, ""), _host_id(worktree, paths))
         same_host = not all(hosts) or hosts[0] == hosts[1]
         algorithm = records.outputs.get("hash", LEGACY_HASH)
@@ -221,7 +264,8 @@ def reproduce(
     changes = {
         k: (v, current.get(k, "absent")) for k, v in records.versions.items() if current.get(k) != v
     }
-    return ReproduceResult(records, worktree, outputs, metrics, changes, hosts)
+    where = f"{remote[0]} ({redact_uri(remote[1])})" if remote else ""
+    return ReproduceResult(records, worktree, outputs, metrics, changes, hosts, sources, where)
 
 
 def _host_id(worktree: Path, paths: Mapping[str, Any]) -> str:
@@ -239,7 +283,7 @@ def render_result(result: ReproduceResult, verbose: bool = False) -> str:
     """The human summary ``rkpipe reproduce`` prints (every timing with ``verbose``)."""
     r, o = result.records, result.outputs
     lines = [
-        f"run {r.run_id} ({r.name}) rebuilt at commit {r.sha[:12]}",
+        f"run {r.run_id} ({r.name}) reproduced at commit {r.sha[:12]}",
         f"artifacts: {len(o.identical)} byte-identical, {len(o.differ)} differ, "
         f"{len(o.missing)} missing, {len(o.timings_only)} differ only in timings, "
         f"{len(o.derived)} reports embed timings",
@@ -248,12 +292,25 @@ def render_result(result: ReproduceResult, verbose: bool = False) -> str:
     lines += [f"  timings  {p} (equal once timing keys are dropped)" for p in o.timings_only]
     lines += [f"  timings  {p} (report that embeds timings; not counted)" for p in o.derived]
     lines += [f"  extra    {p}" for p in o.extra]
+    lines += _source_lines(result)
     lines += _measurement_lines(result, verbose)
     for key, (was, now) in result.version_changes.items():
         lines.append(f"note: {key} was {was} for the run, is {now} now")
     verdict = "REPRODUCED: byte-identical artifacts" if result.ok else "NOT REPRODUCED"
     lines.append(verdict + ("" if result.ok else " (see DIFFERS/MISSING above)"))
     return "\n".join(lines)
+
+
+def _source_lines(result: ReproduceResult) -> list[str]:
+    """Which stages were pulled from the DVC remote and which were rebuilt."""
+    if not result.remote:
+        return ["stages: every stage rebuilt (no DVC remote to pull from)"]
+    by_source: dict[str, list[str]] = {}
+    for stage, source in result.sources.items():
+        by_source.setdefault(source, []).append(stage)
+    lines = [f"stages: pulled from DVC remote {result.remote} where it holds them"]
+    lines += [f"  {source}: {', '.join(stages)}" for source, stages in by_source.items()]
+    return lines
 
 
 def _measurement_lines(result: ReproduceResult, verbose: bool) -> list[str]:
