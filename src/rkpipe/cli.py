@@ -183,10 +183,15 @@ def _repo(args: argparse.Namespace) -> Path:
     return Path(args.repo).resolve() if args.repo else repo_root()
 
 
-def _store(args: argparse.Namespace) -> Any:
+def _store(args: argparse.Namespace, cfg: Any = None) -> Any:
+    """The store ``--tracking-uri`` names, else the one the variants' config (or the repo's
+    params.yaml) names, e.g. with ``tracking=server``, else the project's embedded store."""
+    from rkpipe.team_commands import params_tracking
     from rkpipe.tracking.store import Store
 
-    return Store(args.tracking_uri, _repo(args))
+    repo = _repo(args)
+    settings = cfg.tracking if cfg is not None else params_tracking(repo)
+    return Store(args.tracking_uri or settings.uri, repo)
 
 
 def _executor(args: argparse.Namespace, repo: Path) -> Any:
@@ -215,7 +220,8 @@ def sweep(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir) if args.report_dir else None
     if report_dir is None and base is not None:
         report_dir = repo / base.paths.reports_dir / "sweep"
-    result = run_sweep(repo, plan, _executor(args, repo), _store(args), args.name, report_dir)
+    store = _store(args, base)
+    result = run_sweep(repo, plan, _executor(args, repo), store, args.name, report_dir)
     print(render_summary(result))
     return 0 if result.ok else 1
 
@@ -332,7 +338,11 @@ def fetch(args: argparse.Namespace) -> int:
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="the DVC/git repository (default: DVC_ROOT or the git top level)")
-    p.add_argument("--tracking-uri", help="MLflow store (default: <repo>/.mlflow/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store (default: MLFLOW_TRACKING_URI, else tracking.uri of the config or "
+        "params.yaml, else <repo>/.mlflow/mlflow.db)",
+    )
 
 
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:

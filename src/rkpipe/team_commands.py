@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _params_tracking(root: Path) -> Any:
+def params_tracking(root: Path) -> Any:
     """The tracking settings of ``<root>/params.yaml`` (the defaults without one)."""
     from rkpipe.config import load_params
     from rkpipe.config.schema import TrackingConfig
@@ -24,7 +24,7 @@ def sync(args: argparse.Namespace, root: Path) -> int:
     from rkpipe.tracking.journal import journal_root, journals, pending_count
     from rkpipe.tracking.sync import replay_journals
 
-    settings = _params_tracking(root)
+    settings = params_tracking(root)
     uri = args.tracking_uri or tracking_uri(settings.uri, root)
     if not pending_count(root):
         print(f"nothing journaled under {journal_root(root)}")

@@ -12,26 +12,19 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from tracking_services import NO_POSTGRES, rest, running_services, services, tags_of
 
 from rkpipe.config import compose, variant_id
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-SERVICES = ROOT / "scripts" / "services.sh"
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")),
-        reason="Debian's postgresql package is not installed (apt-get install -y postgresql)",
-    ),
-]
+pytestmark = [pytest.mark.integration, NO_POSTGRES]
 WRITER = textwrap.dedent(
     """
     import sys
@@ -51,45 +44,10 @@ WRITER = textwrap.dedent(
 QUANTS = ("ort_int8", "ort_int8_per_channel")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def services(env: dict[str, str], action: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(SERVICES), action], env=env, capture_output=True, text=True, timeout=180
-    )
-
-
 @pytest.fixture(scope="module")
 def server():
-    # the postgres user must reach the data directory: pytest's tmp dirs are 0700
-    base = Path(tempfile.mkdtemp(prefix="rkpipe-services-"))
-    base.chmod(0o755)
-    env = os.environ | {
-        "RKPIPE_SERVICES_DIR": str(base / "services"),
-        "RKPIPE_PG_PORT": str(free_port()),
-        "RKPIPE_MLFLOW_PORT": str(free_port()),
-        "RKPIPE_PYTHON": sys.executable,
-    }
-    try:
-        up = services(env, "up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield env, f"http://127.0.0.1:{env['RKPIPE_MLFLOW_PORT']}", up.stdout
-    finally:
-        services(env, "down")
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def rest(uri: str, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(
-        f"{uri}/api/2.0/mlflow/{endpoint}", json.dumps(body).encode(),
-        {"Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
+    with running_services() as started:
+        yield started
 
 
 def test_services_come_up_once_and_say_where(server):
@@ -154,10 +112,6 @@ def test_parallel_variants_log_to_the_server_under_one_parent(server, tmp_path):
     assert VIEW_TAG in {t["key"] for t in made.get("tags", [])}
     # no SQLite lock file: against a server there is no file to serialise
     assert not list(tmp_path.rglob("*.lock"))
-
-
-def tags_of(run: dict) -> dict[str, str]:
-    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
 def test_a_busy_port_is_one_line_naming_the_setting(server):
@@ -296,6 +250,10 @@ def test_an_outage_during_evaluate_loses_nothing_once_synced(server, tmp_path):
     assert outage == steady
     assert outage["status"] == "FINISHED" and outage["metrics"]["ppl"] == 30.5
     assert outage["tags"]["rkpipe.stage.evaluate.history"] == "finished"
+    # the artifacts went through the server to its store, not into the checkout
+    assert not (root / ".mlflow").exists()
+    served = Path(env["RKPIPE_SERVICES_DIR"]) / "mlflow-artifacts"
+    assert len(list(served.rglob("details.json"))) == 2  # one per run
     # a replay twice gives the same run: the run's journal.seq tag skips what was applied
     shutil.rmtree(journal)
     shutil.copytree(kept, journal)

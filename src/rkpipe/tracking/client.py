@@ -84,14 +84,17 @@ def headline_view() -> str:
 
 
 def ensure_experiment(client: Any, name: str, root: Path | None = None) -> str:
-    """The id of experiment ``name``, created if missing (artifacts under ``<root>/.mlflow``),
-    tagged as a model-development experiment so the MLflow UI opens on its runs, with the
-    shared view :data:`VIEW_KEY` of the headline figures."""
+    """The id of experiment ``name``, created if missing (artifacts under ``<root>/.mlflow``, or
+    where a tracking server keeps them), tagged as a model-development experiment so the
+    MLflow UI opens on its runs, with the shared view :data:`VIEW_KEY` of the headline figures."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        # A server keeps artifacts where it was told (--serve-artifacts: clients upload through
+        # it); a local path here would leave them on whichever machine created the experiment.
+        server = is_server(str(getattr(client, "tracking_uri", "") or ""))
         try:
             created = client.create_experiment(
-                name, artifact_location=artifact_location(root),
+                name, artifact_location=None if server else artifact_location(root),
                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, VIEW_TAG: headline_view()},
             )  # fmt: skip
             return str(created)
