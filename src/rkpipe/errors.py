@@ -33,6 +33,11 @@ class TrackingError(RkpipeError):
     """MLflow tracking failed."""
 
 
+class TrackerUnreachable(TrackingError):
+    """The tracking server did not answer, or answered 5xx, within ``tracking.timeout_s``: what
+    a stage logs can be journaled and replayed (unlike a refusal such as HTTP 401)."""
+
+
 class JournalError(TrackingError):
     """A tracking journal entry cannot be read (it names the file and what to do)."""
 

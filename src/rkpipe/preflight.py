@@ -126,12 +126,12 @@ def check_tracker(cfg: PipelineConfig) -> bool:
     """
     if not cfg.tracking.enabled:
         return True
-    from rkpipe.errors import TrackingError
+    from rkpipe.errors import TrackerUnreachable
     from rkpipe.tracking import check_tracker as probe
 
     try:
         probe(cfg.tracking.uri, cfg.tracking.timeout_s)
-    except TrackingError as exc:
+    except TrackerUnreachable as exc:  # a refusal (HTTP 401) still fails
         if not cfg.tracking.journal:
             raise
         log.warning("%s; the stages journal what they log (tracking.journal=true)", exc)
@@ -141,10 +141,11 @@ def check_tracker(cfg: PipelineConfig) -> bool:
 
 def check_remote(root: Path) -> None:
     """An SSH DVC remote presents the host key ``~/.ssh/known_hosts`` records (dvc-ssh itself
-    would push to an unknown host; see :mod:`rkpipe.remote`). No remote: nothing to check."""
-    from rkpipe.remote import check_remote_host_key
+    would push to an unknown host; see :mod:`rkpipe.remote`) and accepts DVC's login. One that
+    cannot be reached is a warning: ``dvc repro`` does not need it. No remote: nothing to do."""
+    from rkpipe.remote import check_remote as check
 
-    check_remote_host_key(root)
+    check(root)
 
 
 def reconcile(cfg: PipelineConfig) -> None:

@@ -4,6 +4,7 @@ which only registers them."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,11 @@ def sync(args: argparse.Namespace, root: Path) -> int:
         f"replayed {done.applied} journaled call(s) into {done.runs} run(s) on "
         f"{redact_uri(uri)} ({done.skipped} were there already)"
     )
+    for line in done.unreadable:
+        print(line, file=sys.stderr)
     for journal in journals(root):  # what is left belongs to another store
-        print(f"left: {journal.folder} (for {journal.store}; run sync with --tracking-uri)")
+        if journal.entries():
+            print(f"left: {journal.folder} (for {journal.store}; run sync with --tracking-uri)")
     return 1 if pending_count(root) else 0
 
 

@@ -193,16 +193,21 @@ def board_missing_key_file(root: Path, ctx: Any) -> dict[str, Any]:
     return _ssh_board(ctx, **{"board.key_file": str(root / "bad_inputs" / "no_such_key")})
 
 
+# With tracking.journal (the default) an unreachable tracker is a warning and the stages
+# journal (test_tracking_server.py); these cases are the fail-fast setting.
+FAIL_FAST = {"tracking.timeout_s": 3.0, "tracking.journal": False}
+
+
 def tracker_closed(root: Path, ctx: Any) -> dict[str, Any]:
-    return {"tracking.uri": f"http://127.0.0.1:{_closed_port()}", "tracking.timeout_s": 3.0}
+    return {"tracking.uri": f"http://127.0.0.1:{_closed_port()}"} | FAIL_FAST
 
 
 def tracker_silent(root: Path, ctx: Any) -> dict[str, Any]:
-    return {"tracking.uri": f"http://127.0.0.1:{ctx.silent.port}", "tracking.timeout_s": 3.0}
+    return {"tracking.uri": f"http://127.0.0.1:{ctx.silent.port}"} | FAIL_FAST
 
 
 def tracker_env_closed(root: Path, ctx: Any) -> dict[str, Any]:
-    return {"tracking.timeout_s": 3.0}
+    return dict(FAIL_FAST)
 
 
 def hub_behind_closed_endpoint(root: Path, ctx: Any) -> dict[str, Any]:
@@ -263,6 +268,7 @@ CASES = [
     Case("tracker-silent", "127.0.0.1", setup=tracker_silent),
     Case("tracker-env-closed", "127.0.0.1:9 (from MLFLOW_TRACKING_URI)", setup=tracker_env_closed, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
     Case("tracker-timeout", "tracking.timeout_s=0.0 is out of range", {"tracking.timeout_s": 0.0}),
+    Case("tracker-uri-typo", "has scheme 'htp' (did you mean http://?)", {"tracking.uri": "htp://127.0.0.1:5000"}),
     # secrets
     Case("tracker-password", "carries credentials", {"tracking.uri": f"http://alice:{SECRET}@127.0.0.1:5000"}),
     Case("hub-endpoint-password", "the hub cannot be used", setup=hub_behind_closed_endpoint, stage="download_llm", target="download_llm"),

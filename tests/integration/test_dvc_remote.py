@@ -194,3 +194,33 @@ def lock_outs_md5(repo: Path, path: str) -> str:
     from rkpipe.reproduce.record import lock_outs
 
     return next(str(o["md5"]) for o in lock_outs(repo) if o["path"] == path)
+
+
+def test_the_preflight_refuses_a_key_the_remote_does_not_accept(remote_repo, tmp_path, monkeypatch):
+    from rkpipe.errors import RemoteError
+    from rkpipe.remote import check_remote
+
+    repo, env, _, _ = remote_repo
+    monkeypatch.setenv("HOME", env["HOME"])
+    check_remote(repo)  # the authorised key logs in
+    stranger = tmp_path / "stranger_key"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], tmp_path, env)
+    run(["dvc", "remote", "modify", "--local", "storage", "keyfile", str(stranger)], repo, env)
+    with pytest.raises(RemoteError) as refused:
+        check_remote(repo)
+    message = str(refused.value)
+    assert "\n" not in message and f"refuses the key {stranger} for user" in message
+    assert "dvc remote modify --local storage keyfile <path>" in message
+
+
+def test_an_unreachable_remote_is_a_warning_not_a_failure(remote_repo, monkeypatch, caplog):
+    from tracking_services import free_port
+
+    from rkpipe.remote import check_remote
+
+    repo, env, storage, _ = remote_repo
+    monkeypatch.setenv("HOME", env["HOME"])
+    closed = f"ssh://me@127.0.0.1:{free_port()}{storage}"
+    run(["dvc", "remote", "modify", "storage", "url", closed], repo, env)
+    check_remote(repo)  # dvc repro does not need the remote
+    assert "cannot reach 127.0.0.1" in caplog.text and "dvc push and pull will fail" in caplog.text

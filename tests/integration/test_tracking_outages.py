@@ -125,7 +125,7 @@ STAGE = textwrap.dedent(
 
 def _workspace(root: Path, uri: str | None, journal: bool = False) -> Path:
     """A stage that waits for ``go``; ``journal=False``: an outage fails it (the journal's
-    own tests are in test_tracking_journal.py)."""
+    own tests are in test_journal_replay.py)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["tracking"].update(uri=uri, timeout_s=TIMEOUT_S, journal=journal)
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -78,6 +78,13 @@ def test_every_registry_backed_domain_resolves_to_names():
         ("asr.architecture=conformer", "asr.architecture='conformer' is not allowed; allowed: "),
         ("quant.algorithm=best", "quant.algorithm='best' is not allowed; allowed: normal, grq"),
         ("gates.rules.ppl.metric=''", "gates.rules.ppl.metric is empty"),
+        ("tracking.uri=htp://mlflow.lan:5000", "has scheme 'htp' (did you mean http://?); allowed"),
+        (
+            "tracking.uri=http//mlflow.lan:5000",
+            "tracking.uri='http//mlflow.lan:5000' has no scheme",
+        ),
+        ("tracking.uri=http://mlflow.lan:50O0", "has a port that is not a number from 1 to 65535"),
+        ("tracking.uri=http://:5000", "tracking.uri='http://:5000' names no host"),
     ],
 )
 def test_value_outside_its_domain_fails_in_one_line(override, fragment):

@@ -17,6 +17,7 @@ field without a domain.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import re
 from abc import ABC, abstractmethod
@@ -210,22 +211,42 @@ class LocalPath(Domain):
 
 @dataclass(frozen=True, kw_only=True)
 class Uri(Domain):
-    """A URI with no credentials in it: they come from the environment (``via``)."""
+    """A URI with no credentials in it (they come from the environment, ``via``), with one of
+    ``schemes`` (any, if empty), and a host and a numeric port where it names a server."""
 
     via: str = "the environment"
+    schemes: tuple[str, ...] = ()
 
     def _problem(self, key: str, value: Any) -> str | None:
         if not isinstance(value, str) or not value:
             return f"{key}={value!r} is not a URI"
-        if "@" in urlsplit(value).netloc:  # a password, or a token as the user name
+        parts = urlsplit(value)
+        if "@" in parts.netloc:  # a password, or a token as the user name
             return (
                 f"{key}={redact_uri(value)} carries credentials, which would be written to "
                 f"params.yaml, MLflow and logs; remove them and pass them with {self.via}"
             )
+        if self.schemes and parts.scheme not in self.schemes:
+            close = difflib.get_close_matches(parts.scheme, self.schemes, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}://?)" if parts.scheme and close else ""
+            said = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+            return f"{key}={value!r} has {said}{hint}; allowed: {self.describe()}"
+        return self._server_problem(key, value) if parts.scheme in ("http", "https") else None
+
+    @staticmethod
+    def _server_problem(key: str, value: str) -> str | None:
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked for it
+        except ValueError:
+            return f"{key}={value!r} has a port that is not a number from 1 to 65535"
+        if not parts.hostname:
+            return f"{key}={value!r} names no host; e.g. http://mlflow.lan:5000"
         return None
 
     def describe(self) -> str:
-        return "a URI without user:password@"
+        schemes = f" with scheme {', '.join(self.schemes)}" if self.schemes else ""
+        return f"a URI{schemes}, without user:password@"
 
 
 @dataclass(frozen=True, kw_only=True)

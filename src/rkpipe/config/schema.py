@@ -379,13 +379,21 @@ class EvalConfig:
     keep_broken: bool = typed(False, Flag())
 
 
+# The tracking URIs MLflow's client opens: a server, or a store it opens itself.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "postgresql+psycopg", "mysql")
+
+
 @dataclass
 class TrackingConfig:
     """MLflow settings. ``uri: null`` means the project's SQLite store (see tracking)."""
 
     uri: str | None = typed(
         None,
-        Uri(optional=True, via="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        Uri(
+            optional=True,
+            via="MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+            schemes=TRACKING_SCHEMES,
+        ),
     )
     experiment: str = typed("rkpipe", Text())
     enabled: bool = typed(True, Flag())

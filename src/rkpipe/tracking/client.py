@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rkpipe.errors import TrackingError
+from rkpipe.errors import TrackerUnreachable, TrackingError
 from rkpipe.secrets import redact_uri
 from rkpipe.workspace import repo_root
 
@@ -208,7 +208,7 @@ class SerialisedClient:
         """``call`` retried on transport failures until ``timeout_s`` has passed; then
         :class:`TrackingError`, and every later call fails at once with it."""
         if self._down:
-            raise TrackingError(self._down)
+            raise TrackerUnreachable(self._down)
         deadline = time.monotonic() + self._timeout_s
         delay = 0.25
         while True:
@@ -222,7 +222,7 @@ class SerialisedClient:
             # MLflow reads its request timeout as whole seconds: no attempt under 1 s is left.
             if deadline - time.monotonic() < delay + 1.0:
                 self._down = unreachable_message(self._uri, f"{name}: {reason}", self._timeout_s)
-                raise TrackingError(self._down) from None
+                raise TrackerUnreachable(self._down) from None
             log.debug("tracking server %s: %s; retrying", redact_uri(self._uri), reason)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
@@ -349,12 +349,11 @@ def check_tracker(uri: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None
             reply.read(1)
     except urllib.error.HTTPError as exc:
         what = "rejected the credentials" if exc.code in (401, 403) else "is it an MLflow server?"
-        raise TrackingError(
-            unreachable_message(uri, f"HTTP {exc.code}: {what}", timeout_s)
-        ) from None
+        error = TrackerUnreachable if exc.code >= 500 else TrackingError  # 5xx: down for now
+        raise error(unreachable_message(uri, f"HTTP {exc.code}: {what}", timeout_s)) from None
     except (OSError, ValueError) as exc:  # URLError, socket.timeout, ssl errors; a bad URL
         reason = failure_reason(getattr(exc, "reason", exc), timeout_s)
-        raise TrackingError(unreachable_message(uri, reason, timeout_s)) from None
+        raise TrackerUnreachable(unreachable_message(uri, reason, timeout_s)) from None
 
 
 def _probe_request(uri: str) -> Any:

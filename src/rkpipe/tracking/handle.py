@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rkpipe.errors import TrackingError
+from rkpipe.errors import TrackerUnreachable, TrackingError
 from rkpipe.tracking.client import first_line, redact_uri, with_retry
 from rkpipe.tracking.journal import Journal, journal_call
 
@@ -47,11 +47,13 @@ def _store_errors(func: F) -> F:
             return self.journal_call(func.__name__, *args, **kwargs)
         try:
             return func(self, *args, **kwargs)
-        except TrackingError as exc:
+        except TrackerUnreachable as exc:
             if self.journal is None:
                 raise
             self.start_journaling(str(exc))
             return self.journal_call(func.__name__, *args, **kwargs)
+        except TrackingError:
+            raise
         except Exception as exc:
             if not store_failure(exc):
                 raise
@@ -75,7 +77,7 @@ class VariantRun:
     def start_journaling(self, why: str) -> None:
         """Send this call and every later one to the journal (the server is down)."""
         if self.journal is None:
-            raise TrackingError(why)
+            raise TrackerUnreachable(why)
         if not self.journaling:
             log.warning(
                 "%s; journaling the rest of stage %s to %s (replayed by the next stage or "

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rkpipe.errors import JournalError
 from rkpipe.io import atomic_path, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -123,9 +122,15 @@ class Journal:
         return max([last, *(int(p.stem) for p in self.folder.glob("[0-9]*.json"))])
 
     def entries(self) -> list[Entry]:
-        """The entries not yet replayed, in order. An entry that is not a journal entry
-        raises :class:`~rkpipe.errors.JournalError` naming its file and what to do."""
-        found = []
+        """The readable entries not yet replayed, in order; :meth:`unreadable` names the rest."""
+        return self._read()[0]
+
+    def unreadable(self) -> list[str]:
+        """One line per entry that is not a journal entry: its file and what to do."""
+        return self._read()[1]
+
+    def _read(self) -> tuple[list[Entry], list[str]]:
+        found, bad = [], []
         for path in sorted(self.folder.glob("[0-9]*.json")):
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
@@ -133,12 +138,13 @@ class Journal:
                     raise ValueError("not a journal entry")
                 int(data["seq"])
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise JournalError(
-                    f"journal entry {path} is unreadable ({exc}); move it out of {self.folder} "
-                    "to replay the rest (its figures are then lost to MLflow, not to DVC)"
-                ) from None
+                bad.append(
+                    f"journal entry {path} is unreadable ({exc}); the rest was replayed without "
+                    f"it; move it out of {self.folder} (its figures are still in DVC's metrics)"
+                )
+                continue
             found.append(Entry(path, data))
-        return found
+        return found, bad
 
     def forget(self, entry: Entry) -> None:
         """Remove a replayed entry and its copied artifact."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rkpipe.config import PipelineConfig, config_dict, flatten, variant_id
-from rkpipe.errors import JournalError, TrackingError
+from rkpipe.errors import JournalError, TrackerUnreachable, TrackingError
 from rkpipe.processes import pid_alive
 from rkpipe.tracking.client import (
     ensure_experiment,
@@ -220,7 +220,7 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
             _replay(client, root)
             reconcile_markers(client, dead_markers(root))
             run_id = open_variant_run(client, cfg)
-    except TrackingError as exc:
+    except TrackerUnreachable as exc:  # a refusal (HTTP 401, a bad request) is not journaled
         if journal is None:
             raise
         down = str(exc)
@@ -238,7 +238,7 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
             try:
                 with _as_tracking_error(client, "starting the run"):
                     client.update_run(run_id, status="RUNNING")
-            except TrackingError as exc:
+            except TrackerUnreachable as exc:
                 run.start_journaling(str(exc))  # raises again without a journal
             _log_start(run, cfg, stage)
             yield run
@@ -262,9 +262,12 @@ def _replay(client: Any, root: Path) -> None:
     """Replay what earlier stages journaled, before this stage logs (so the order holds). An
     unreadable entry is reported and left; the server failing again raises."""
     try:
-        replay_journals(client, root)
+        done = replay_journals(client, root)
     except JournalError as exc:
         log.error("%s", exc)
+        return
+    for line in done.unreadable:
+        log.error("%s", line)
 
 
 @contextlib.contextmanager
@@ -302,13 +305,13 @@ def _close(run: VariantRun, status: str, marker: Path, quiet: bool) -> None:
     recorded = False
     try:
         if run.journaling:
-            raise TrackingError("the tracking server is down")
+            raise TrackerUnreachable("the tracking server is down")
         with _as_tracking_error(client, "closing the run"):
             record_stage_status(client, run_id, stage, status)
             recorded = True
             client.set_terminated(run_id, status)
     except TrackingError as exc:
-        if run.journal is not None and not recorded:
+        if run.journal is not None and not recorded and isinstance(exc, TrackerUnreachable):
             run.start_journaling(str(exc))
             run.journal.append(stage, "close", {"status": status}, run_id=run_id)
             remove_marker(marker)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,14 @@ class Replay:
     applied: int = 0
     skipped: int = 0
     runs: int = 0
+    unreadable: list[str] = field(default_factory=list)  # one line per entry left unread
 
 
 def replay_journals(client: Any, root: Path, variant: str | None = None) -> Replay:
     """Replay every journal of ``client``'s store under ``root`` (only ``variant``'s, if
-    given). Raises :class:`TrackingError` when the server fails again, :class:`JournalError`
-    when an entry is unreadable; what was applied by then is gone from the journal, the rest
-    stays."""
+    given). An unreadable entry is skipped and named in :attr:`Replay.unreadable`; the server
+    failing again raises :class:`TrackingError`, and what was applied by then is gone from the
+    journal, the rest stays."""
     done = Replay()
     store = redact_uri(client.tracking_uri)
     for journal in journals(root):
@@ -51,6 +52,7 @@ def replay_journals(client: Any, root: Path, variant: str | None = None) -> Repl
         if entries:
             _replay(client, journal, entries, done)
             done.runs += 1
+        done.unreadable += journal.unreadable()
     if done.applied:
         log.info(
             "replayed %d journaled call(s) into %d run(s) on %s", done.applied, done.runs, store

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from rkpipe.errors import JournalError
 from rkpipe.tracking.handle import VariantRun
 from rkpipe.tracking.journal import Journal, journals, pending_count
 
@@ -65,11 +64,13 @@ def test_without_a_journal_an_outage_still_fails_the_stage():
         VariantRun(None, "", "evaluate").start_journaling("server down")
 
 
-def test_an_unreadable_entry_is_named_with_what_to_do(journal):
+def test_an_unreadable_entry_is_named_and_the_rest_is_kept(journal):
     journal.append("evaluate", "set_tags", {"tags": {}})
     (journal.folder / "00000002.json").write_text("{truncated")
-    with pytest.raises(JournalError, match="00000002.json is unreadable.*move it out of"):
-        journal.entries()
+    journal.append("evaluate", "close", {"status": "FINISHED"})
+    assert [e.seq for e in journal.entries()] == [1, 3]
+    (line,) = journal.unreadable()
+    assert "00000002.json is unreadable" in line and f"move it out of {journal.folder}" in line
 
 
 def test_an_unknown_op_is_refused(journal):
