@@ -39,7 +39,11 @@ TINY_CONFIG = {
     "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 2,
     "head_dim": 64, "num_hidden_layers": 1, "vocab_size": VOCAB,
 }  # fmt: skip
-FAKE_SWITCHES = ("FAKE_RKLLM_FAIL", "FAKE_RKLLM_CRASH", "FAKE_RKLLM_OOM", "FAKE_RKLLM_NO_LOGITS")
+FAKE_SWITCHES = (
+    "FAKE_RKLLM_FAIL", "FAKE_RKLLM_CRASH", "FAKE_RKLLM_OOM", "FAKE_RKLLM_NO_LOGITS",
+    "FAKE_RKLLM_CUDA",
+)  # fmt: skip
+GPU = RkllmQuantConfig(device="cuda")  # grq must use the GPU (rkllm-toolkit's guides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +101,10 @@ class FakeToolkit:
         paths = [self.root / "poison", site, FAKE]
         self.monkeypatch.setenv("PYTHONPATH", os.pathsep.join(map(str, paths)))
         self.monkeypatch.setenv("FAKE_RKLLM_VERSION", version)
+
+    def with_gpu(self) -> None:
+        """This host has a GPU (``load_huggingface(device="cuda")`` works)."""
+        self.monkeypatch.setenv("FAKE_RKLLM_CUDA", "1")
 
     def calls(self) -> list[dict]:
         if not self.record.exists():
@@ -161,6 +169,8 @@ CONFIGS = [
 
 @pytest.mark.parametrize(("platform", "dtype", "algorithm", "cores"), CONFIGS)
 def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, algorithm, cores):
+    rkllm = GPU if algorithm == "grq" else RkllmQuantConfig()
+    fake.with_gpu()
     request = make_request(
         model,
         calibration,
@@ -170,6 +180,7 @@ def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, a
         num_npu_core=cores,
         hybrid_rate=0.25,
         max_context=8192,
+        rkllm=rkllm,
     )
     result = RkllmBackend().quantize(request)
 
@@ -178,7 +189,7 @@ def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, a
     assert calls[0]["args"] == {
         "model": str(model.resolve()),
         "model_lora": None,
-        "device": "cpu",
+        "device": rkllm.device,
         "dtype": "float32",
         "custom_config": None,
         "load_weight": True,
@@ -217,7 +228,8 @@ def test_recorded_calls_and_outputs(fake, model, calibration, platform, dtype, a
 
 
 def test_lora_recovery_algorithm_exports_both_models(fake, model, calibration):
-    request = make_request(model, calibration, "rk3576", "w4a16", algorithm="grq_r8")
+    fake.with_gpu()
+    request = make_request(model, calibration, "rk3576", "w4a16", algorithm="grq_r8", rkllm=GPU)
     result = RkllmBackend().quantize(request)
     assert sorted(p.name for p in result.out_dir.glob("*.rkllm")) == [
         "model.rkllm",
@@ -241,7 +253,7 @@ def test_gguf_source_and_extra_qparams(fake, tmp_path, calibration):
         "rk3576",
         "w4a16_g32",
         algorithm="grq",
-        rkllm=RkllmQuantConfig(extra_qparams={"path": str(qparams)}),
+        rkllm=RkllmQuantConfig(device="cuda", extra_qparams={"path": str(qparams)}),
     )
     result = RkllmBackend().quantize(request)
     load, build, _ = fake.calls()
@@ -391,7 +403,7 @@ LOAD_1_2 = {"dtype": "float16", "custom_config": None, "load_weight": True}
         ("1.1.2", True, "grq", "gdq", False, {}),
         ("1.2.0", True, "gdq", "gdq", True, LOAD_1_2),
         ("1.2.1", False, "grq", "grq", True, LOAD_1_2),  # version from rkllm.__version__
-        ("1.3.0", True, "gdq", "grq", True, LOAD_1_2),
+        ("1.3.0", True, "grq", "grq", True, LOAD_1_2),
     ],
 )
 def test_version_adaptation(
@@ -406,20 +418,22 @@ def test_version_adaptation(
     load_extra,
 ):
     fake.set_version(version, dist_info=dist_info)
+    fake.with_gpu()
+    device = "cuda" if algorithm == "grq" else "cpu"
     request = make_request(
         model,
         calibration,
         "rk3576",
         "w4a16_g64",
         algorithm=algorithm,
-        rkllm=RkllmQuantConfig(load_dtype="float16"),
+        rkllm=RkllmQuantConfig(load_dtype="float16", device=device),
     )
     result = RkllmBackend().quantize(request)
     load, build, export = (c["args"] for c in fake.calls())
     assert load == {
         "model": str(model.resolve()),
         "model_lora": None,
-        "device": "cpu",
+        "device": device,
         **load_extra,
     }
     assert build["quantized_algorithm"] == sent_algorithm
@@ -444,6 +458,7 @@ def test_unknown_keyword_raises_like_the_real_signature(fake, model, calibration
     ("version", "platform", "dtype", "algorithm", "expected"),
     [
         ("1.2.0", "rk3576", "w4a16", "normal_r8", "needs rkllm-toolkit >= 1.2.1"),
+        ("1.3.0", "rk3576", "w4a16", "gdq", "gdq was removed in rkllm-toolkit 1.3.0; use grq"),
         ("1.1.2", "rk3562", "w8a8", "normal", "target_platform: rk3562 not support!"),
         ("1.2.0", "rv1126b", "w8a8", "normal", "target_platform: rv1126b not support!"),
     ],
@@ -555,3 +570,47 @@ def test_real_toolkit_converts_a_tiny_llama(tmp_path, calibration):
     result = RkllmBackend().quantize(request)
     assert result.artifact.stat().st_size > 0
     assert result.params["rkllm.toolkit_version"][0].isdigit()
+
+
+def test_grq_must_use_the_gpu_in_rkpipe_and_in_the_toolkit(fake, model, calibration, tmp_path):
+    """The guides: grq "must use the GPU". rkpipe refuses it on CPU before the toolkit starts;
+    the fake toolkit refuses it too when driven directly."""
+    request = make_request(model, calibration, "rk3576", "w4a16", algorithm="grq")
+    with pytest.raises(ConfigError, match=r"needs quant.rkllm.device=cuda .*grq must use the GPU"):
+        build_spec(request)
+    steps = build_spec(make_request(model, calibration, "rk3576", "w4a16"))
+    steps.build.quantized_algorithm = "grq"
+    with pytest.raises(BackendError, match="grq must use the GPU, load with device='cuda'"):
+        drive_worker(tmp_path, [steps.load, steps.build])
+
+
+@pytest.mark.parametrize("algorithm", ["normal_r0", "grq_r65"])
+def test_a_recovery_rank_outside_1_to_64_is_refused_before_the_toolkit(
+    fake, model, calibration, algorithm
+):
+    request = make_request(model, calibration, "rk3576", "w4a16", algorithm=algorithm, rkllm=GPU)
+    with pytest.raises(ConfigError, match="rank N of _rN must be 1 to 64"):
+        build_spec(request)
+    assert fake.calls() == []
+
+
+def test_the_fake_takes_the_vendor_examples_spellings_and_tensors_only(fake, model):
+    """Rockchip's 1.3.0 export_rkllm.py passes "W8A8" and "RK3588"; get_logits gets a tensor."""
+    import subprocess
+
+    script = f"""
+import torch
+from rkllm.api import RKLLM
+llm = RKLLM()
+assert llm.load_huggingface(model={str(model)!r}) == 0
+assert llm.build(quantized_dtype="W8A8", target_platform="RK3588", num_npu_core=3) == 0
+assert llm.get_logits({{"input_ids": torch.tensor([[1, 2, 3]])}}).shape == (1, 3, {VOCAB})
+try:
+    llm.get_logits({{"input_ids": [[1, 2, 3]]}})
+except TypeError as exc:
+    print("refused:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "refused: input_ids must be a torch.Tensor, got list" in out.stdout

@@ -96,6 +96,19 @@ def test_seed_experiment_is_w8a8_on_rk3576_with_two_cores():
             "quant.algorithm='grq' does not apply to quant.dtype='w8a8'",
         ),
         (
+            ["platform=rk3576", "quant=w8a8", "quant.dtype=w4a16", "quant.algorithm=grq"],
+            "quant.algorithm='grq' needs quant.rkllm.device=cuda (rkllm-toolkit's guide: grq "
+            "must use the GPU), not 'cpu'",
+        ),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.algorithm=normal_r0"],
+            "quant.algorithm='normal_r0': the LoRA-recovery rank N of _rN must be 1 to 64",
+        ),
+        (
+            ["platform=rk3576", "quant=w8a8", "quant.algorithm=normal_r65"],
+            "the LoRA-recovery rank N of _rN must be 1 to 64",
+        ),
+        (
             ["quant=w8a8"],
             "platform.name='host' is not allowed; allowed: rk3588, rk3576, rk3562, rv1126b (quant.backend=rkllm needs a SoC)",
         ),

@@ -7,6 +7,7 @@ pipeline; only the onnxruntime backend can target it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -64,10 +65,32 @@ def group_size(dtype: str) -> int | None:
     return int(suffix) if sep and suffix.isdigit() else None
 
 
+# ``normal``/``grq``/``gdq``, optionally with the LoRA-recovery rank ``_rN`` (rkllm-toolkit guide).
+ALGORITHM_FORM = re.compile(r"^(normal|grq|gdq)(?:_r(\d+))?$")
+RECOVERY_RANKS = range(1, 65)  # N of _rN: 1 to 64
+
+
 def algorithm_allowed(algorithm: str, dtype: str) -> bool:
     """Whether ``quantized_algorithm`` applies to ``dtype`` (also the ``_rN`` recovery forms)."""
-    base = algorithm.split("_r")[0]
-    if base not in RKLLM_ALGORITHMS:
+    match = ALGORITHM_FORM.match(algorithm)
+    if match is None:
         return False
-    allowed = RKLLM_ALGORITHMS[base]
+    allowed = RKLLM_ALGORITHMS[match.group(1)]
     return allowed is None or dtype in allowed
+
+
+def algorithm_problem(algorithm: str, device: str) -> str | None:
+    """What the toolkit's guide says against ``algorithm`` on the conversion ``device``: an
+    ``_rN`` rank outside 1..64, or ``grq`` off the GPU ("grq must use the GPU")."""
+    match = ALGORITHM_FORM.match(algorithm)
+    if match is None:
+        allowed = "normal, grq, or their _rN forms"
+        return f"quant.algorithm={algorithm!r} is not allowed; allowed: {allowed}"
+    if match.group(2) is not None and int(match.group(2)) not in RECOVERY_RANKS:
+        return f"quant.algorithm={algorithm!r}: the LoRA-recovery rank N of _rN must be 1 to 64"
+    if match.group(1) == "grq" and device != "cuda":
+        return (
+            f"quant.algorithm={algorithm!r} needs quant.rkllm.device=cuda (rkllm-toolkit's "
+            f"guide: grq must use the GPU), not {device!r}; or use quant.algorithm=normal"
+        )
+    return None

@@ -20,6 +20,7 @@ from rkpipe.config.platforms import (
     RKLLM_DTYPES,
     RKLLM_MAX_CONTEXT,
     algorithm_allowed,
+    algorithm_problem,
     normalise_name,
 )
 from rkpipe.config.schema import PipelineConfig
@@ -74,6 +75,8 @@ def _rkllm_problems(cfg: PipelineConfig) -> list[str]:
             f"quant.algorithm={q.algorithm!r} does not apply to quant.dtype={q.dtype!r}; "
             "allowed: normal (any dtype), grq (w4a16 dtypes only), or their _rN forms"
         )
+    elif problem := algorithm_problem(q.algorithm, q.rkllm.device):
+        problems.append(problem)
     return problems
 
 

@@ -10,7 +10,13 @@ from typing import Any
 
 from rkpipe.backends.base import QuantizeRequest
 from rkpipe.backends.rkllm import protocol as P
-from rkpipe.config.platforms import PLATFORMS, algorithm_allowed, group_size, normalise_name
+from rkpipe.config.platforms import (
+    PLATFORMS,
+    algorithm_allowed,
+    algorithm_problem,
+    group_size,
+    normalise_name,
+)
 from rkpipe.config.schema import QuantConfig
 from rkpipe.errors import BackendError, ConfigError
 
@@ -37,6 +43,8 @@ def build_spec(request: QuantizeRequest) -> ConversionSpec:
     platform, dtype = normalise_name(request.platform), normalise_name(quant.dtype)
     algorithm = normalise_name(quant.algorithm)
     cores = check_matrix(platform, dtype, algorithm, quant.num_npu_core)
+    if problem := algorithm_problem(algorithm, quant.rkllm.device):
+        raise ConfigError(problem)
     load = load_step(Path(request.float_model_dir), quant)
     if isinstance(load, P.LoadHuggingface):
         check_group_size(Path(request.float_model_dir) / "config.json", dtype, platform)

@@ -26,7 +26,8 @@ export examples in airockchip/rknn-llm; the request always uses the 1.2+ spellin
   toolkit keyword, alone sets the context).
 * ``build``: ``quantized_algorithm`` -- 1.1 knows ``normal``/``gdq``: ``grq`` becomes
   ``gdq`` (its predecessor for the same w4a16 dtypes); 1.2.x knows ``normal``/``grq``/
-  ``gdq``; 1.3 dropped ``gdq``: ``gdq`` becomes ``grq`` (``gdq_rN`` -> ``grq_rN``). The
+  ``gdq``; 1.3 dropped ``gdq``, so ``gdq`` is refused there (the guides name no
+  equivalent: ``grq`` needs the GPU, so it is the user's choice, not a silent swap). The
   LoRA-recovery forms ``normal_rN``/``grq_rN`` (N in 1..64) need 1.2.1+ and are refused
   before that (no equivalent).
 * ``build``: ``num_npu_core``, ``hybrid_rate``, ``extra_qparams`` (a ``*.qparams`` path from
@@ -152,7 +153,10 @@ def _adapt_algorithm(algorithm: str, version: tuple) -> str:
     if base == "grq" and version < (1, 2, 0):
         base = "gdq"
     elif base == "gdq" and version >= (1, 3, 0):
-        base = "grq"
+        raise AdaptError(
+            f"quantized_algorithm={algorithm!r}: gdq was removed in rkllm-toolkit 1.3.0; "
+            "use grq (quant.algorithm=grq with quant.rkllm.device=cuda)"
+        )
     return base if rank is None else f"{base}_r{rank}"
 
 
@@ -186,39 +190,30 @@ def perplexity(llm, token_ids_file: str, seqlen: int = 512, max_samples=None) ->
         nsamples = min(nsamples, int(max_samples))
     if nsamples < 1:
         return -1, {}, f"perplexity needs at least seqlen={seqlen} tokens, got {len(ids)}"
-    torch = _optional_torch()
+    try:
+        import torch  # rkllm-toolkit depends on it; get_logits takes tokenizer tensors
+    except ImportError:
+        return (
+            -1,
+            {},
+            "get_logits needs torch in the toolkit's interpreter (rkllm-toolkit installs it)",
+        )
     total = 0.0
     for i in range(nsamples):
         batch = ids[i * seqlen : (i + 1) * seqlen]
-        logits = llm.get_logits({"input_ids": torch.tensor([batch]) if torch else [batch]})
+        logits = llm.get_logits({"input_ids": torch.tensor([batch])})
         if logits is None:
             return -1, {}, "get logits failed!"
-        total += _mean_cross_entropy(logits, batch, torch) * seqlen
+        total += _mean_cross_entropy(torch, logits, batch) * seqlen
         print(f"eval_wikitext: {i + 1}/{nsamples}", file=sys.stderr, flush=True)
     ppl = math.exp(total / (nsamples * seqlen))
     return 0, {"ppl": ppl, "nsamples": nsamples, "seqlen": seqlen}, ""
 
 
-def _optional_torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _mean_cross_entropy(logits, batch: list, torch) -> float:
-    if torch is not None and isinstance(logits, torch.Tensor):
-        shift = logits[0, :-1, :].float()
-        labels = torch.tensor(batch[1:], device=logits.device)
-        return float(torch.nn.functional.cross_entropy(shift, labels))
-    rows = logits[0]
-    total = 0.0
-    for t in range(len(batch) - 1):
-        row = [float(x) for x in rows[t]]
-        top = max(row)
-        total += top + math.log(sum(math.exp(x - top) for x in row)) - row[batch[t + 1]]
-    return total / (len(batch) - 1)
+def _mean_cross_entropy(torch, logits, batch: list) -> float:
+    shift = logits[0, :-1, :].float()
+    labels = torch.tensor(batch[1:], device=logits.device)
+    return float(torch.nn.functional.cross_entropy(shift, labels))
 
 
 class Emitter:

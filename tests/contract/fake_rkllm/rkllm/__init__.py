@@ -15,6 +15,8 @@ Put ``tests/contract/fake_rkllm`` on ``PYTHONPATH`` of the interpreter that runs
   after writing part of the file).
 * ``FAKE_RKLLM_OOM=load|build|export``: the process SIGKILLs itself, like the OOM killer.
 * ``FAKE_RKLLM_NO_LOGITS=1``: ``RKLLM`` has no ``get_logits`` (as on an arm64 host).
+* ``FAKE_RKLLM_CUDA=1``: this host has a GPU: ``load_huggingface(device="cuda")`` works, which
+  ``grq`` needs (the guides: grq "must use the GPU").
 """
 
 import os

@@ -100,6 +100,7 @@ class _RKLLMBase:
         self._config = None
         self._gguf = False
         self._build = None
+        self._device = None  # load_huggingface's device; a GGUF load has none
         print(f"INFO: rkllm-toolkit version: {__version__}", flush=True)
 
     # -- load ---------------------------------------------------------------------------
@@ -111,8 +112,9 @@ class _RKLLMBase:
             return _error(f"model_lora: {model_lora} not found!")
         if device not in ("cpu", "cuda"):
             return _error(f"device: {device} not support! Options: ['cpu', 'cuda']")
-        if device == "cuda":
+        if device == "cuda" and os.environ.get("FAKE_RKLLM_CUDA") != "1":
             return _error("device: cuda is not available on this host!")
+        self._device = device
         if dtype not in LOAD_DTYPES:
             return _error(f"dtype: {dtype} not support! Options: {list(LOAD_DTYPES)}")
         if custom_config is not None and not os.path.isfile(custom_config):
@@ -137,6 +139,7 @@ class _RKLLMBase:
         if self._config is None:
             return _error("Please load model first!")
         message = self._platform_problem(args) or self._option_problem(args)
+        message = message or self._device_problem(args["quantized_algorithm"])
         message = message or self._dataset_problem(args.get("dataset"))
         message = message or self._group_problem(args["quantized_dtype"])
         if message:
@@ -147,13 +150,16 @@ class _RKLLMBase:
         self._build = dict(args)
         return 0
 
+    def _device_problem(self, algorithm):
+        # The guides: grq "must use the GPU" (load_huggingface(device="cuda")).
+        if str(algorithm).split("_r")[0] == "grq" and self._device == "cpu":
+            return f"quantized_algorithm: {algorithm} must use the GPU, load with device='cuda'!"
+        return None
+
     @staticmethod
     def _platform_problem(args):
-        platform, dtype = args["target_platform"], args["quantized_dtype"]
-        if VERSION >= (1, 3, 0):
-            if platform != str(platform).lower() or dtype != str(dtype).lower():
-                return f"target_platform/quantized_dtype must be lower case: {platform}/{dtype}!"
-        platform, dtype = str(platform).lower(), str(dtype).lower()
+        # Rockchip's own 1.3.0 example (export_rkllm.py) passes "W8A8" and "RK3588": accepted.
+        platform, dtype = str(args["target_platform"]).lower(), str(args["quantized_dtype"]).lower()
         known = [p for p, (_, _, since) in MATRIX.items() if VERSION >= since]
         if platform not in known:
             return f"target_platform: {platform} not support! Options: {known}"
@@ -258,8 +264,9 @@ class _RKLLMBase:
     def get_logits(self, inputs):
         """Deterministic logits: 2.0 for token (id + 1) % vocab, 0.0 elsewhere."""
         ids = inputs["input_ids"]
-        as_tensor = hasattr(ids, "tolist")
-        rows = ids.tolist() if as_tensor else ids
+        if type(ids).__module__.split(".")[0] != "torch":  # the guides pass tokenizer tensors
+            raise TypeError(f"input_ids must be a torch.Tensor, got {type(ids).__name__}")
+        rows = ids.tolist()
         _record("get_logits", {"input_ids_shape": [len(rows), len(rows[0])]})
         if self._build is None:
             print("ERROR: Please build model first!")
@@ -269,13 +276,11 @@ class _RKLLMBase:
             [[2.0 if v == (t + 1) % vocab else 0.0 for v in range(vocab)] for t in row]
             for row in rows
         ]
-        if as_tensor:
-            import torch
+        import torch
 
-            return torch.tensor(logits)
-        return logits
+        return torch.tensor(logits)
 
-    def chat_model(self, messages, args=None):
+    def chat_model(self, messages, args):
         _record("chat_model", {"messages": messages, "args": args})
         return "fake answer"
 
