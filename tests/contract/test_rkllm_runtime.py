@@ -152,6 +152,15 @@ def test_probe_reports_the_runtime_version(fake_libs):
     assert info["platform"] == "RK3588"
 
 
+def test_a_probe_that_crashes_in_init_keeps_the_version_line(fake_libs, monkeypatch):
+    """The runtime prints its version, then dies in rkllm_init without flushing C stdio; the
+    parent still gets the line (the probe child runs with ``python -u`` and, where libc has
+    a ``stdout`` symbol, C stdout unbuffered; here CPython's own setup already keeps it)."""
+    monkeypatch.setenv("FAKE_INIT_CRASH", "1")
+    info = rkllm_runner.detect_runtime(str(fake_libs["1.2"]))
+    assert info["runtime_version"] == "1.2.3"
+
+
 def test_deploy_bench_llm_through_the_rkllm_runner(fake_libs, tmp_path, monkeypatch):
     """What deploy_bench runs for quant.backend=rkllm: the summary carries the injected
     timings under the same names as an onnxruntime run, and each sample says rkllm."""
@@ -182,7 +191,7 @@ def test_missing_model_fails_cleanly(fake_libs, tmp_path):
 @pytest.mark.parametrize(
     ("version", "abi"),
     [("1.2.0", "1.2.0"), ("1.2.1b1", "1.2.0"), ("1.2.1", "1.2"), ("1.2.3", "1.2"),
-     ("1.3.0", "1.3"), ("v1.3.1", "1.3")],
+     ("1.3.0", "1.3"), ("v1.3.0", "1.3")],
 )  # fmt: skip
 def test_abi_for_version(version, abi):
     assert abi_for_version(version) == abi
@@ -191,6 +200,8 @@ def test_abi_for_version(version, abi):
 def test_abi_for_old_or_bad_version():
     with pytest.raises(ValueError, match="older than 1.2.0"):
         abi_for_version("1.1.4")
+    with pytest.raises(ValueError, match=r"1.3.1 is newer than 1.3.0, the newest release whose"):
+        abi_for_version("v1.3.1")  # a struct may have changed (rknn-llm #509): not assumed
     with pytest.raises(ValueError, match="not a version"):
         abi_for_version("latest")
 
@@ -322,3 +333,32 @@ def test_llm_demo_too_few_tables_and_bad_prompt():
         rows_from_output(NEW_FORMAT, warmup=1, repetitions=1)
     with pytest.raises(BoardError, match="single line"):
         llm_demo_argv("d", "m", prompt="a\nb", runs=1, max_new_tokens=1, max_context_len=8)
+
+
+def test_a_runtime_newer_than_the_verified_releases_is_refused_unless_named(tmp_path, model_file):
+    """A 1.3 library that says 1.3.1: one line naming the versions and the override; with
+    ``--abi 1.3`` (``board.rkllm_abi=1.3``) it runs."""
+    lib = build_fake_runtime(tmp_path / "newer", "1.3", version="1.3.1")
+    args = ["--prompt-tokens", "4", "--new-tokens", "2", "--warmup", "0", "--repetitions", "1"]
+    env = {"FAKE_PREFILL_MS": "1", "FAKE_DECODE_MS_PER_TOKEN": "1"}
+    out, rows = run_runner(lib, model_file, *args, env=env)
+    assert out.returncode == 2 and not rows
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("rkllm_runner: error: rkllm-runtime 1.3.1 is newer than 1.3.0")
+    assert "1.2.0, 1.2.1, 1.2.3, 1.3.0" in line and "--abi 1.3 (board.rkllm_abi=1.3)" in line
+    out, rows = run_runner(lib, model_file, *args, "--abi", "1.3", env=env)
+    assert out.returncode == 0, out.stderr
+    assert rows[0]["abi"] == "1.3" and rows[0]["runtime_version"] == "1.3.1"
+
+
+def test_deploy_passes_the_configured_abi_to_the_runner(tmp_path):
+    from rkpipe.board.deploy import _runner_argv
+
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    (quantized / "model.rkllm").write_bytes(b"x")
+    facts = rkllm_run_with("rk3588", "1.3.0")
+    argv = _runner_argv(LocalTransport(), quantized, facts, BenchConfig(), "/usr/lib/r.so", "1.3")
+    assert (
+        argv[argv.index("--abi") + 1] == "1.3" and argv[argv.index("--lib") + 1] == "/usr/lib/r.so"
+    )

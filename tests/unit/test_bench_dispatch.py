@@ -108,9 +108,9 @@ def onnx_dir(root: Path) -> Path:
 def test_rkllm_backend_runs_rkllm_runner_with_the_board_lib(tmp_path):
     transport = RecordingTransport()
     result = bench_llm(transport, rkllm_dir(tmp_path), BENCH, 60,
-                       rkllm_lib="/opt/rk/librkllmrt.so")  # fmt: skip
+                       rkllm_lib="/opt/rk/librkllmrt.so", rkllm_abi="1.3")  # fmt: skip
     assert transport.calls == [
-        ["runner", "rkllm_runner", "--lib", "/opt/rk/librkllmrt.so", "--model",
+        ["runner", "rkllm_runner", "--lib", "/opt/rk/librkllmrt.so", "--abi", "1.3", "--model",
          "/board/model.rkllm", *TAIL]
     ]  # fmt: skip
     assert {row["runtime"] for row in result.samples} == {"rkllm"}

@@ -140,11 +140,12 @@ def llm_runner_argv(
 
 
 def _runner_argv(
-    transport: Transport, model_dir: Path, facts: RunWith, bench: BenchConfig, rkllm_lib: str
-) -> list[str]:
+    transport: Transport, model_dir: Path, facts: RunWith, bench: BenchConfig, rkllm_lib: str,
+    rkllm_abi: str = "auto",
+) -> list[str]:  # fmt: skip
     target = ["--model", transport.model_path(runner_model(model_dir, facts))]
     if facts.needs_runtime_lib:
-        target = ["--lib", rkllm_lib, *target]
+        target = ["--lib", rkllm_lib, "--abi", rkllm_abi, *target]
     return transport.runner_command(facts.runner) + target + [
         "--prompt-tokens", str(bench.prompt_tokens),
         "--new-tokens", str(bench.new_tokens),
@@ -161,6 +162,7 @@ def bench_llm(
     timeout: float,
     *,
     rkllm_lib: str = DEFAULT_RKLLM_LIB,
+    rkllm_abi: str = "auto",
 ) -> BenchResult:
     """TTFT, prefill/decode tokens/s and peak RSS of the quantized LLM (Rockchip's
     methodology), measured by the runner its manifest names (see :func:`llm_runner_argv`).
@@ -169,7 +171,7 @@ def bench_llm(
     self-reported ``rt_*`` figures. Each sample carries ``runtime`` (``onnxruntime``/``rkllm``).
     """
     facts = run_with(model_dir)  # read once: it names the runner and tags the samples
-    argv = _runner_argv(transport, Path(model_dir), facts, bench, rkllm_lib)
+    argv = _runner_argv(transport, Path(model_dir), facts, bench, rkllm_lib, rkllm_abi)
     what = f"benchmarking the LLM: {bench.warmup} warm-up + {bench.repetitions} repetitions"
     with step(what):
         rows = [row | {"runtime": facts.runtime} for row in run_runner(transport, argv, timeout)]
@@ -348,6 +350,7 @@ def _bench_models(cfg: PipelineConfig, transport: Transport) -> tuple[BenchResul
             cfg.bench,
             cfg.board.timeout_s,
             rkllm_lib=_board_lib_path(cfg.board),
+            rkllm_abi=cfg.board.rkllm_abi,
         )
     asr = bench_asr(
         transport,

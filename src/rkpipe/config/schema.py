@@ -350,6 +350,9 @@ class BoardConfig:
     # variant is benchmarked by rkllm_runner through it; on board=local a missing file means
     # "no NPU here" and the LLM benchmark is skipped rather than failed.
     rkllm_lib: str = typed("/usr/lib/librkllmrt.so", Text(means="a path on the board"))
+    # The runtime's ABI: auto probes its version; a runtime newer than the newest release the
+    # runner was checked against is refused unless named here (its rkllm.h checked by hand).
+    rkllm_abi: str = typed("auto", OneOf(registry="rkpipe.engines.rkllm_runner:ABI_CHOICES"))
     # Prefix for /proc and /sys reads: "" on a real board, a directory on the loopback test board.
     root: str = typed("", Text(empty=True, means="a path prefix on the board"))
     pin_frequency: bool = typed(False, Flag())

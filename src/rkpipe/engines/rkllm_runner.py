@@ -276,6 +276,8 @@ ABIS = {
     "1.2": Abi("1.2", Param12, Input12, InferParam12, Result12, CallbackInt),
     "1.3": Abi("1.3", Param13, Input12, InferParam13, Result12, CallbackInt),
 }
+# --abi / board.rkllm_abi: probe the runtime's version (auto), or name the ABI.
+ABI_CHOICES = ("auto", *ABIS)
 
 
 # ----------------------------------------------------------------------------- versions
@@ -294,13 +296,27 @@ def version_key(version: str) -> tuple:
     return (int(major), int(minor), int(patch), 0 if pre else 1, pre or "")
 
 
+# The releases whose rkllm.h these structs were checked against, field by field. A newer
+# runtime may have changed a struct (an old binding on a new header segfaults: rknn-llm #509),
+# so it is refused until checked, unless the user names its ABI (--abi, board.rkllm_abi).
+VERIFIED_RELEASES = ("1.2.0", "1.2.1", "1.2.3", "1.3.0")
+
+
 def abi_for_version(version: str) -> str:
     """The ABI name (``1.2.0``, ``1.2`` or ``1.3``) of an rkllm-runtime version.
 
     Raises:
-        ValueError: unparsable version, or older than 1.2.0 (not supported).
+        ValueError: unparsable version, older than 1.2.0 (not supported), or newer than the
+            newest verified release (:data:`VERIFIED_RELEASES`).
     """
     key = version_key(version)
+    newest = VERIFIED_RELEASES[-1]
+    if key > version_key(newest):
+        raise ValueError(
+            f"rkllm-runtime {version} is newer than {newest}, the newest release whose rkllm.h "
+            f"this runner was checked against ({', '.join(VERIFIED_RELEASES)}); if its rkllm.h "
+            f"structs match {newest}'s, pass --abi 1.3 (board.rkllm_abi=1.3)"
+        )
     if key >= version_key("1.3.0"):
         return "1.3"
     if key >= version_key("1.2.1"):
@@ -700,6 +716,7 @@ def probe_version(lib_path: str) -> dict[str, Any]:
     Runs in the ``--probe-version`` child; the runtime's own output goes to this process's
     stdout/stderr, where the parent reads the version line. Returns ``{"init_ret": int}``.
     """
+    _unbuffer_c_stdout()
     lib = ctypes.CDLL(lib_path)
     lib.rkllm_createDefaultParam.restype = ProbeParam
     lib.rkllm_init.argtypes = [POINTER(c_void_p), POINTER(ProbeParam), c_void_p]
@@ -714,6 +731,19 @@ def probe_version(lib_path: str) -> dict[str, Any]:
     return {"init_ret": int(ret)}
 
 
+def _unbuffer_c_stdout() -> None:
+    """Make C stdio's stdout unbuffered (glibc ``setvbuf(stdout, NULL, _IONBF, 0)``): it is a
+    pipe to the parent, so a runtime that crashes in ``rkllm_init`` after printing its version
+    line would otherwise lose the line in its buffer. A libc without a ``stdout`` symbol
+    (bionic) keeps its buffering; the parent then falls back to ``--abi``."""
+    libc = ctypes.CDLL(None)
+    try:
+        stream = c_void_p.in_dll(libc, "stdout")
+        libc.setvbuf(stream, None, 2, 0)  # 2: _IONBF
+    except (ValueError, AttributeError):
+        pass
+
+
 def detect_runtime(lib_path: str, timeout: float = 120.0) -> dict[str, str]:
     """Run ``--probe-version`` in a child process and parse what the runtime printed.
 
@@ -723,7 +753,9 @@ def detect_runtime(lib_path: str, timeout: float = 120.0) -> dict[str, str]:
         RuntimeError: no version line (the output's tail is in the message).
     """
     env = dict(os.environ, RKLLM_LOG_LEVEL=os.environ.get("RKLLM_LOG_LEVEL", "1"))
-    argv = [sys.executable, os.path.abspath(__file__), "--probe-version", "--lib", lib_path]
+    # -u: the child's stdout is a pipe (block-buffered); a runtime that crashes after printing
+    # its version line must not take the line with it.
+    argv = [sys.executable, "-u", os.path.abspath(__file__), "--probe-version", "--lib", lib_path]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     info = parse_runtime_info(out.stdout + "\n" + out.stderr)
     if "runtime_version" not in info:
@@ -749,9 +781,12 @@ def resolve_abi(args: argparse.Namespace) -> dict[str, str]:
 # ----------------------------------------------------------------------------- benchmark
 
 
-def run_benchmark(args: argparse.Namespace, capture: OutputCapture) -> list[dict[str, Any]]:
-    """Initialise the model, run warm-ups then repetitions; print and return one row per run."""
-    known = resolve_abi(args)
+def run_benchmark(
+    args: argparse.Namespace, capture: OutputCapture, known: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Initialise the model, run warm-ups then repetitions; print and return one row per run.
+    ``known`` is :func:`resolve_abi`'s answer (resolved here when not given)."""
+    known = known or resolve_abi(args)
     abi = ABIS[known["abi"]]
     load_start = time.perf_counter()
     model = RkllmModel(args.lib, abi, args)
@@ -829,7 +864,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--frequency-penalty", type=float, default=0.0)
     p.add_argument("--presence-penalty", type=float, default=0.0)
     p.add_argument("--input", choices=("tokens", "prompt"), default="tokens")
-    p.add_argument("--abi", choices=("auto",) + tuple(ABIS), default="auto")
+    p.add_argument("--abi", choices=ABI_CHOICES, default="auto")
     p.add_argument("--runtime-version", default=None)
     p.add_argument("--perf-source", choices=("auto", "perf_stat", "log_table"), default="auto")
     p.add_argument("--probe-version", action="store_true", help="print the runtime's version line")
@@ -850,8 +885,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(probe_version(args.lib)), flush=True)
         return 0
     os.environ.setdefault("RKLLM_LOG_LEVEL", "1")
+    try:
+        known = resolve_abi(args)
+    except (ValueError, RuntimeError) as exc:  # one line, not a traceback
+        print(f"rkllm_runner: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     with OutputCapture() as capture:
-        run_benchmark(args, capture)
+        run_benchmark(args, capture, known)
     return 0
 
 

@@ -12,6 +12,7 @@
  *   FAKE_TOOLKIT_VERSION       the toolkit version it claims the model was built with
  *   FAKE_DRIVER_VERSION, FAKE_PLATFORM   what the version line says (0.9.8, RK3588)
  *   RKLLM_LOG_LEVEL>=1         print the performance table after each run
+ *   FAKE_INIT_CRASH            _exit(3) in rkllm_init right after the version line, unflushed
  * Like the real runtime it prints "rkllm-runtime version: ..." at the start of rkllm_init,
  * fails (-1) when the model file cannot be opened, emits exactly max_new_tokens tokens (the
  * first at the end of prefill), reports RKLLMPerfStat in the FINISH callback (ABI >= 1.2.1) and
@@ -139,6 +140,7 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMInitCallback callback)
     printf("I rkllm: rkllm-runtime version: %s, rknpu driver version: %s, platform: %s\n",
            FAKE_VERSION, env_string("FAKE_DRIVER_VERSION", "0.9.8"),
            env_string("FAKE_PLATFORM", "RK3588"));
+    if (getenv("FAKE_INIT_CRASH")) _exit(3); /* before any flush: only an unbuffered stdout keeps the line */
     fflush(stdout);
     if (!handle || !param || !param->model_path || access(param->model_path, R_OK) != 0) {
         printf("E rkllm: failed to open model file %s\n", param && param->model_path ? param->model_path : "(null)");
