@@ -80,3 +80,20 @@ def test_a_stage_that_died_while_journaling_is_closed_killed(store, tmp_path):
     (run,) = store.search_runs([experiment.experiment_id])
     assert run.info.status == "KILLED" and run.data.metrics["ppl"] == 30.5
     assert run.data.tags["rkpipe.stage.deploy_bench.history"] == "killed"
+
+
+def test_the_next_stage_replays_the_journal_before_it_logs(store, tmp_path):
+    """No `rkpipe sync` needed: a stage that reaches the store replays what earlier stages
+    journaled first, so the run holds both, in order."""
+    from rkpipe.tracking import stage_run
+
+    cfg = compose(CONF)
+    journal = journaled_stage(store, tmp_path, cfg, "evaluate")
+    with stage_run(cfg, "deploy_bench") as run:
+        run.log_metrics({"ttft_ms": 95.0})
+    assert journal.entries() == []
+    experiment = store.get_experiment_by_name(cfg.tracking.experiment)
+    (run,) = store.search_runs([experiment.experiment_id])
+    assert run.data.metrics == {"ppl": 30.5, "ttft_ms": 95.0}
+    assert run.data.tags["rkpipe.stage.evaluate"] == run.data.tags["rkpipe.stage.deploy_bench"]
+    assert run.data.tags["rkpipe.stage.evaluate"] == "finished" and run.info.status == "FINISHED"
