@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,23 +232,31 @@ def stage_run(cfg: PipelineConfig, stage: str) -> Iterator[VariantRun]:
         return
     marker = write_marker(root, run_id, variant_id(cfg), stage, redact_uri(client.tracking_uri))
     run = VariantRun(client, run_id, stage, journal)
+    # Any status but FINISHED means an exception is on its way out: it is the one to report.
+    with _earned_status(lambda status: _close(run, status, marker, quiet=status != "FINISHED")):
+        try:
+            with _as_tracking_error(client, "starting the run"):
+                client.update_run(run_id, status="RUNNING")
+        except TrackerUnreachable as exc:
+            run.start_journaling(str(exc))  # raises again without a journal
+        _log_start(run, cfg, stage)
+        yield run
+
+
+@contextlib.contextmanager
+def _earned_status(close: Callable[[str], None]) -> Iterator[None]:
+    """Run the stage's body, then ``close`` with the status it earned: FINISHED, KILLED on
+    SIGTERM or Ctrl-C, FAILED on any other exception (which then propagates)."""
     status = "FAILED"
     try:
         with _sigterm_raises():
-            try:
-                with _as_tracking_error(client, "starting the run"):
-                    client.update_run(run_id, status="RUNNING")
-            except TrackerUnreachable as exc:
-                run.start_journaling(str(exc))  # raises again without a journal
-            _log_start(run, cfg, stage)
-            yield run
+            yield
             status = "FINISHED"
     except (Terminated, KeyboardInterrupt):
         status = "KILLED"
         raise
     finally:
-        # Any status but FINISHED means an exception is on its way out: it is the one to report.
-        _close(run, status, marker, quiet=status != "FINISHED")
+        close(status)
 
 
 def _journal(cfg: PipelineConfig, uri: str, root: Path) -> Journal | None:
@@ -281,17 +289,9 @@ def _journaled_stage(
         "experiment": cfg.tracking.experiment, "run_name": run_name(cfg),
         "tags": variant_tags(cfg), "parent": os.environ.get(PARENT_ENV),
     })  # fmt: skip
-    status = "FAILED"
-    try:
-        with _sigterm_raises():
-            _log_start(run, cfg, stage)
-            yield run
-            status = "FINISHED"
-    except (Terminated, KeyboardInterrupt):
-        status = "KILLED"
-        raise
-    finally:
-        journal.append(stage, "close", {"status": status})
+    with _earned_status(lambda status: journal.append(stage, "close", {"status": status})):
+        _log_start(run, cfg, stage)
+        yield run
 
 
 def _close(run: VariantRun, status: str, marker: Path, quiet: bool) -> None:
