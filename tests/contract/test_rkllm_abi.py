@@ -38,6 +38,7 @@ def ctypes_structs(abi: runner.Abi) -> dict[str, type]:
         "RKLLMInput": abi.input, "RKLLMTokenInput": runner.TokenInput,
         "RKLLMInferParam": abi.infer, "RKLLMResult": abi.result,
         "RKLLMResultLogits": runner.Logits, "RKLLMResultLastHiddenLayer": runner.LastHiddenLayer,
+        "RKLLMLoraAdapter": runner.LoraAdapter, "RKLLMLoraParam": runner.LoraParam,
     }  # fmt: skip
     if abi.has_perf:
         structs["RKLLMPerfStat"] = runner.PerfStat
@@ -96,6 +97,7 @@ def test_the_runners_enum_values_equal_the_release_header(release):
         enums["RKLLM_INPUT_TOKEN"],
     )
     assert runner.INFER_GENERATE == enums["RKLLM_INFER_GENERATE"]
+    assert runner.INFER_GET_LOGITS == enums["RKLLM_INFER_GET_LOGITS"]  # device accuracy
 
 
 @pytest.mark.parametrize("release", runner.VERIFIED_RELEASES)
@@ -108,7 +110,8 @@ def test_the_fake_runtimes_header_equals_the_release_header(release):
     # A type the release lacks (the fake's RKLLMPerfStat under 1.2.0) is the fake's own helper;
     # if a shared struct used it as a member, that member's offset check below fails.
     shared = set(fake["sizes"]) & set(real["sizes"])
-    assert {"RKLLMParam", "RKLLMInput", "RKLLMInferParam", "RKLLMResult"} <= shared
+    assert {"RKLLMParam", "RKLLMInput", "RKLLMInferParam", "RKLLMResult", "RKLLMLoraAdapter",
+            "RKLLMLoraParam", "RKLLMResultLogits"} <= shared  # fmt: skip
     for struct in shared - SIZE_MAY_DIFFER:
         assert fake["sizes"][struct] == real["sizes"][struct], f"{struct}: fake {abi}, {release}"
     for key, offset in fake["offsets"].items():

@@ -38,6 +38,89 @@ def peak_rss_mb() -> float:
     return maxrss / 1e6 if sys.platform == "darwin" else maxrss * 1024 / 1e6
 
 
+# ----------------------------------------------------------------------------- device accuracy
+# The host sends token windows and, per predicted position, the float reference's top-k token
+# ids (``rkpipe.evaluate.device``); a runner answers one ``EVAL_ROW_KIND`` row per window with
+# the log-probabilities a KL divergence, a perplexity and a top-1 agreement need: of the target
+# token, of the reference's top-k, of all the other tokens together, and its own argmax. Full
+# logits (vocab x positions floats) never leave the board.
+EVAL_ROW_KIND = "llm_eval"
+EVAL_ROW_CHUNK = 128  # positions per float64 [chunk, vocab] array: bounds the runner's memory
+
+
+def read_eval_request(path: str) -> dict[str, Any]:
+    """The windows and reference top-k ids :func:`rkpipe.evaluate.device.write_request` wrote.
+
+    Raises:
+        ValueError: not such a request (a window and its top-k rows disagree in length).
+    """
+    import json
+
+    with open(path, encoding="utf-8") as handle:
+        request = json.load(handle)
+    windows, topk = request.get("windows"), request.get("ref_topk")
+    if not windows or not isinstance(topk, list) or len(windows) != len(topk):
+        raise ValueError(f"{path}: expected 'windows' and one 'ref_topk' list per window")
+    for i, (window, rows) in enumerate(zip(windows, topk)):  # noqa: B905 (boards: Python < 3.10)
+        if len(window) < 2 or len(rows) != len(window) - 1:
+            raise ValueError(f"{path}: window {i} has {len(window)} ids and {len(rows)} top-k rows")
+    return request
+
+
+def split_mass(x: Any, topk_ids: Any) -> tuple[Any, Any, Any]:
+    """Log-probabilities from float64 log-weights ``x`` ``[N, V]`` (logits, or log-probs with
+    any offset): those of ``topk_ids`` ``[N, k]``, the log of the probability of every other
+    token together ``[N]`` (-inf when none is left), and each row's log-normaliser ``[N]``.
+
+    One pass of exp over ``x``: the rest is the total mass minus the top-k's. That subtraction
+    loses digits only when the top-k hold nearly everything, so rows whose rest is below 1e-6
+    of the total are summed again exactly.
+    """
+    import numpy as np
+
+    rows = np.arange(len(x))[:, None]
+    peak = x.max(axis=-1)
+    weights = np.exp(x - peak[:, None])
+    total = weights.sum(axis=-1)
+    rest_mass = total - weights[rows, topk_ids].sum(axis=-1)
+    log_total = np.log(total) + peak
+    with np.errstate(divide="ignore"):
+        rest = np.log(np.maximum(rest_mass, 0.0)) + peak - log_total
+    for row in np.flatnonzero(rest_mass < total * 1e-6):
+        others = np.delete(x[row], topk_ids[row])
+        rest[row] = np.logaddexp.reduce(others) - log_total[row] if others.size else -np.inf
+    return x[rows, topk_ids] - log_total[:, None], rest, log_total
+
+
+def window_scores(logits: Any, window: list[int], topk_ids: list[list[int]], index: int) -> dict:
+    """The row a runner prints for window ``index`` from its logits ``[len(window), V]``:
+    position t predicts ``window[t + 1]``, so the last row of logits is not used.
+
+    Raises:
+        ValueError: the logits have the wrong shape, or a NaN or an infinity.
+    """
+    import numpy as np
+
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or len(logits) != len(window):
+        raise ValueError(f"window {index}: logits {logits.shape} for {len(window)} tokens")
+    row: dict[str, Any] = {"kind": EVAL_ROW_KIND, "window": index, "target_logp": [],
+                           "top1": [], "topk_logp": [], "rest_logp": []}  # fmt: skip
+    targets = np.asarray(window[1:], dtype=np.int64)
+    ids = np.asarray(topk_ids, dtype=np.int64)
+    for lo in range(0, len(targets), EVAL_ROW_CHUNK):
+        hi = min(lo + EVAL_ROW_CHUNK, len(targets))
+        x = logits[lo:hi].astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(f"window {index}: the runtime returned NaN or infinite logits")
+        topk, rest, log_total = split_mass(x, ids[lo:hi])
+        row["target_logp"] += (x[np.arange(hi - lo), targets[lo:hi]] - log_total).tolist()
+        row["top1"] += x.argmax(axis=-1).tolist()
+        row["topk_logp"] += topk.tolist()
+        row["rest_logp"] += rest.tolist()
+    return row
+
+
 def read_wav(path: str | os.PathLike) -> tuple[Any, int]:
     """Read a 16-bit PCM WAV file with the stdlib ``wave`` module.
 

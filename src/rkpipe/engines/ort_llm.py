@@ -261,8 +261,19 @@ def run_benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def run_eval(args: argparse.Namespace) -> int:
+    """Device accuracy: one :data:`engine_shared.EVAL_ROW_KIND` row per window of the request."""
+    request = shared.read_eval_request(args.eval_request)
+    model = OrtCausalLM(args.model, threads=args.threads)
+    for index, (window, topk) in enumerate(zip(request["windows"], request["ref_topk"])):  # noqa: B905
+        row = shared.window_scores(model.logits(window), window, topk, index)
+        print(json.dumps(row), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: benchmark greedy generation; prints one JSON object per run on stdout."""
+    """CLI: benchmark greedy generation; prints one JSON object per run on stdout. With
+    ``--eval-request``, score the request's windows instead (device accuracy)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", required=True, help="directory holding model.onnx")
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -270,7 +281,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-request", help="score these windows instead of benchmarking")
     args = parser.parse_args(argv)
+    if args.eval_request:
+        try:
+            return run_eval(args)
+        except ValueError as exc:  # one line the host can record as the reason
+            print(f"ort_llm: error: {exc}", file=sys.stderr, flush=True)
+            return 2
     if args.prompt_tokens < 1 or args.new_tokens < 1 or args.repetitions < 1 or args.warmup < 0:
         parser.error("--prompt-tokens, --new-tokens, --repetitions must be >= 1, --warmup >= 0")
     run_benchmark(args)

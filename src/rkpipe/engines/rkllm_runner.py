@@ -74,8 +74,9 @@ except ImportError:
 
 RUN_NORMAL, RUN_WAITING, RUN_FINISH, RUN_ERROR = 0, 1, 2, 3
 INPUT_PROMPT, INPUT_TOKEN = 0, 1
-INFER_GENERATE = 0
+INFER_GENERATE, INFER_GET_LOGITS = 0, 2  # RKLLMInferMode (the same in every ABI)
 PROBE_MODEL = "/nonexistent/rkpipe-version-probe.rkllm"
+LORA_NAME = b"rkpipe"  # the name --lora's adapter is loaded and selected under
 PROMPT_WORD = "hello"
 # Benchmark token ids come from [100, 1000): present in every vocabulary, above the special ids.
 TOKEN_ID_LOW, TOKEN_ID_SPAN = 100, 900
@@ -189,6 +190,23 @@ class InferParam13(Structure):
         ("keep_history", c_int),
         ("max_new_tokens", c_int32),
     ]
+
+
+class LoraAdapter(Structure):
+    """``RKLLMLoraAdapter`` (every ABI): what ``rkllm_load_lora`` loads."""
+
+    _fields_ = [
+        ("lora_adapter_path", c_char_p),
+        ("lora_adapter_name", c_char_p),
+        ("scale", c_float),
+    ]
+
+
+class LoraParam(Structure):
+    """``RKLLMLoraParam`` (every ABI): ``RKLLMInferParam.lora_params`` points at one to run with
+    the adapter of that name."""
+
+    _fields_ = [("lora_adapter_name", c_char_p)]
 
 
 class LastHiddenLayer(Structure):
@@ -488,6 +506,7 @@ class Collector:
 
     def __init__(self, abi: Abi) -> None:
         self.abi = abi
+        self.want_logits = False
         self.reset()
 
     def reset(self) -> None:
@@ -499,6 +518,17 @@ class Collector:
         self.perf: dict[str, float] = {}
         self.finished = False
         self.error = False
+        self.logits: Any = None  # [num_tokens, vocab] float32 copy, in logits mode
+
+    def _keep_logits(self, result: Any) -> None:
+        """Copy the logits out of the runtime's buffer, which is only valid in the callback."""
+        import numpy as np
+
+        logits = result.contents.logits
+        if logits.logits and logits.num_tokens > 0 and logits.vocab_size > 0:
+            shape = (logits.num_tokens, logits.vocab_size)
+            view = np.ctypeslib.as_array(ctypes.cast(logits.logits, POINTER(c_float)), shape)
+            self.logits = view.copy()
 
     def on_result(self, result: Any, userdata: Any, state: int) -> int:
         """The callback body (returns 0: continue)."""
@@ -509,6 +539,8 @@ class Collector:
             self.first_token = self.first_token or now
             if self.first_text is None and result and result.contents.text:
                 self.first_text = now
+            if self.want_logits and result:
+                self._keep_logits(result)
         elif state == RUN_FINISH:
             self.finished = True
             if self.abi.has_perf and result:
@@ -545,6 +577,28 @@ class RkllmModel:
             ret = self.lib.rkllm_init(byref(self.handle), byref(param), self._callback)
         if ret != 0:
             raise RuntimeError(f"rkllm_init returned {ret} for {args.model}")
+        self._lora: Any = None
+        if args.lora:
+            self._load_lora(args.lora)
+
+    def _load_lora(self, path: str) -> None:
+        """``rkllm_load_lora`` the adapter (scale 1.0, as Rockchip's demos) under
+        :data:`LORA_NAME`; every run then selects it through ``RKLLMInferParam.lora_params``."""
+        self._lora_path = path.encode()
+        adapter = LoraAdapter(self._lora_path, LORA_NAME, 1.0)
+        ret = self.lib.rkllm_load_lora(self.handle, byref(adapter))
+        if ret != 0:
+            self.destroy()
+            raise RuntimeError(
+                f"rkllm_load_lora returned {ret} for {path}: the LoRA adapter is missing on the "
+                "board or does not match the model"
+            )
+        self._lora = LoraParam(LORA_NAME)
+
+    def _with_lora(self, infer: Any) -> Any:
+        if self._lora is not None:
+            infer.lora_params = ctypes.addressof(self._lora)
+        return infer
 
     def _on_result(self, result: Any, userdata: Any, state: int) -> Any:
         ret = self.collector.on_result(result, userdata, state)
@@ -561,6 +615,8 @@ class RkllmModel:
         lib.rkllm_run.restype = c_int
         lib.rkllm_destroy.argtypes = [c_void_p]
         lib.rkllm_destroy.restype = c_int
+        lib.rkllm_load_lora.argtypes = [c_void_p, POINTER(LoraAdapter)]
+        lib.rkllm_load_lora.restype = c_int
 
     def _param(self, args: argparse.Namespace) -> Any:
         param = self.lib.rkllm_createDefaultParam()
@@ -605,7 +661,38 @@ class RkllmModel:
         infer = self.abi.infer(mode=INFER_GENERATE, keep_history=0)
         if self.abi.name == "1.3":
             infer.max_new_tokens = new_tokens
-        return infer
+        return self._with_lora(infer)
+
+    def window_logits(self, window: Sequence[int]) -> Any:
+        """The logits ``[len(window), vocab]`` of one ``RKLLM_INFER_GET_LOGITS`` run over the
+        token ids of ``window``, no history kept.
+
+        Raises:
+            RuntimeError: the runtime refused logits mode, or returned logits for fewer tokens.
+        """
+        inp = self.abi.input()
+        if self.abi.has_role:
+            inp.role = b"user"
+        self._ids = (c_int32 * len(window))(*window)
+        inp.input_type = INPUT_TOKEN
+        inp.u.token_input = TokenInput(self._ids, len(window))
+        infer = self._with_lora(self.abi.infer(mode=INFER_GET_LOGITS, keep_history=0))
+        self.collector.want_logits = True
+        try:
+            ret = self.lib.rkllm_run(self.handle, byref(inp), byref(infer), None)
+        finally:
+            self.collector.want_logits = False
+        logits, error = self.collector.logits, self.collector.error
+        self.collector.reset()
+        if ret != 0 or error:
+            raise RuntimeError(
+                f"rkllm_run in logits mode (RKLLM_INFER_GET_LOGITS) returned {ret}: this runtime "
+                "or model does not give logits"
+            )
+        if logits is None or len(logits) != len(window):
+            got = 0 if logits is None else len(logits)
+            raise RuntimeError(f"the runtime returned logits for {got} of {len(window)} tokens")
+        return logits
 
     def run(self, inp: Any, infer: Any) -> dict[str, Any]:
         """One ``rkllm_run``; returns the harness timings (s) and the callback's perf stats."""
@@ -812,6 +899,21 @@ def run_benchmark(
         model.destroy()
 
 
+def run_eval(args: argparse.Namespace, capture: OutputCapture, known: dict[str, str]) -> int:
+    """Device accuracy: one ``engine_shared.EVAL_ROW_KIND`` row per window of
+    ``--eval-request`` (logits mode), written as soon as the window is scored."""
+    request = shared.read_eval_request(args.eval_request)
+    model = RkllmModel(args.lib, ABIS[known["abi"]], args)
+    try:
+        for index, (window, topk) in enumerate(zip(request["windows"], request["ref_topk"])):  # noqa: B905
+            row = shared.window_scores(model.window_logits(window), window, topk, index)
+            capture.rows.write(json.dumps(row) + "\n")
+            capture.rows.flush()
+    finally:
+        model.destroy()
+    return 0
+
+
 def _row(
     args: argparse.Namespace,
     timing: dict[str, Any],
@@ -830,6 +932,7 @@ def _row(
     for key in ("runtime_version", "driver_version", "platform", "toolkit_version", "model_dtype"):
         row[key] = info.get(key)
     row["abi"] = info["abi"]
+    row["lora"] = os.path.basename(args.lora) if args.lora else None
     return row
 
 
@@ -868,13 +971,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--runtime-version", default=None)
     p.add_argument("--perf-source", choices=("auto", "perf_stat", "log_table"), default="auto")
     p.add_argument("--probe-version", action="store_true", help="print the runtime's version line")
+    p.add_argument("--eval-request", help="score these windows in logits mode (no benchmark)")
+    p.add_argument("--lora", help="a LoRA adapter (model_lora.rkllm) to load and run with")
     args = p.parse_args(argv)
     if not args.probe_version and not args.model:
         p.error("--model is required")
     if args.warmup < 0:
         p.error("--warmup must be >= 0")
     if not args.max_context_len:
-        args.max_context_len = -(-(args.prompt_tokens + args.new_tokens) // 256) * 256
+        longest = args.prompt_tokens + args.new_tokens
+        if args.eval_request:  # the context must hold the longest window
+            longest = max(map(len, shared.read_eval_request(args.eval_request)["windows"])) + 1
+        args.max_context_len = -(-longest // 256) * 256
     return args
 
 
@@ -891,8 +999,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rkllm_runner: error: {exc}", file=sys.stderr, flush=True)
         return 2
     with OutputCapture() as capture:
-        run_benchmark(args, capture, known)
-    return 0
+        try:
+            if args.eval_request:
+                return run_eval(args, capture, known)
+            run_benchmark(args, capture, known)
+            return 0
+        except (ValueError, RuntimeError) as exc:  # one line the host records as the reason
+            print(f"rkllm_runner: error: {exc}", file=sys.stderr, flush=True)
+            return 2
 
 
 if __name__ == "__main__":

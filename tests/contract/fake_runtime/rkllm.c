@@ -13,6 +13,15 @@
  *   FAKE_DRIVER_VERSION, FAKE_PLATFORM   what the version line says (0.9.8, RK3588)
  *   RKLLM_LOG_LEVEL>=1         print the performance table after each run
  *   FAKE_INIT_CRASH            _exit(3) in rkllm_init right after the version line, unflushed
+ *   FAKE_BIGRAM                logits mode (RKLLM_INFER_GET_LOGITS): a file of int32 rows R,
+ *                              int32 vocab V, then R*V float32; the logits of input position t
+ *                              are row (token[t] % R), so a test computes them independently
+ *   FAKE_NO_LOGITS             refuse logits mode (-1), as a runtime without it would
+ *   FAKE_LOGITS_NAN            put a NaN in the first row of logits
+ * LoRA: rkllm_load_lora fails (-1) when the adapter file cannot be opened and otherwise prints
+ * "fake lora loaded: name=N path=P scale=S"; a run whose RKLLMInferParam.lora_params names an
+ * adapter that was not loaded fails, one that names a loaded one prints "fake lora used: N" and,
+ * in logits mode, reads bigram row (token[t] + 1) % R, so an adapter visibly changes the figures.
  * Like the real runtime it prints "rkllm-runtime version: ..." at the start of rkllm_init,
  * fails (-1) when the model file cannot be opened, emits exactly max_new_tokens tokens (the
  * first at the end of prefill), reports RKLLMPerfStat in the FINISH callback (ABI >= 1.2.1) and
@@ -48,6 +57,7 @@ typedef struct {
     double init_ms;
     int runs;
     volatile int running;
+    char lora_name[256]; /* the adapter rkllm_load_lora loaded, "" if none */
 } FakeLLM;
 
 static double now_ms(void) {
@@ -209,9 +219,76 @@ static int max_new_tokens(const FakeLLM *llm, const RKLLMInferParam *infer) {
     return llm->param.max_new_tokens;
 }
 
+/* RKLLM_INFER_GET_LOGITS over token input: one RUN_NORMAL callback carrying
+ * RKLLMResultLogits {logits, vocab_size, num_tokens = every input token}, then RUN_FINISH. */
+int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *adapter) {
+    FakeLLM *llm = handle;
+    if (!llm || !adapter || !adapter->lora_adapter_path || !adapter->lora_adapter_name ||
+        access(adapter->lora_adapter_path, R_OK) != 0) {
+        printf("E rkllm: failed to load lora %s\n",
+               adapter && adapter->lora_adapter_path ? adapter->lora_adapter_path : "(null)");
+        fflush(stdout);
+        return -1;
+    }
+    snprintf(llm->lora_name, sizeof llm->lora_name, "%s", adapter->lora_adapter_name);
+    printf("I rkllm: fake lora loaded: name=%s path=%s scale=%.3f\n", adapter->lora_adapter_name,
+           adapter->lora_adapter_path, adapter->scale);
+    fflush(stdout);
+    return 0;
+}
+
+/* 0: no adapter; 1: the loaded one; -1: an adapter name that was never loaded. */
+static int lora_in_use(const FakeLLM *llm, const RKLLMInferParam *infer) {
+    if (!infer->lora_params) return 0;
+    const char *name = infer->lora_params->lora_adapter_name;
+    if (!name || !llm->lora_name[0] || strcmp(name, llm->lora_name) != 0) return -1;
+    printf("I rkllm: fake lora used: %s\n", name);
+    return 1;
+}
+
+static int run_logits(FakeLLM *llm, RKLLMInput *input, void *userdata, int lora) {
+    const char *path = getenv("FAKE_BIGRAM");
+    int32_t head[2] = {0, 0};
+    FILE *f = path && !getenv("FAKE_NO_LOGITS") ? fopen(path, "rb") : NULL;
+    if (!f || input->input_type != RKLLM_INPUT_TOKEN || fread(head, sizeof head, 1, f) != 1 ||
+        head[0] <= 0 || head[1] <= 0) {
+        if (f) fclose(f);
+        printf("E rkllm: logits mode is not supported\n");
+        fflush(stdout);
+        return -1;
+    }
+    size_t rows = (size_t)head[0], vocab = (size_t)head[1], n = input->token_input.n_tokens;
+    float *table = malloc(rows * vocab * sizeof(float)), *logits = malloc(n * vocab * sizeof(float));
+    int ok = fread(table, sizeof(float), rows * vocab, f) == rows * vocab;
+    fclose(f);
+    for (size_t t = 0; ok && t < n; ++t) {
+        size_t row = ((size_t)input->token_input.input_ids[t] + (size_t)lora) % rows;
+        memcpy(logits + t * vocab, table + row * vocab, vocab * sizeof(float));
+    }
+    if (ok && getenv("FAKE_LOGITS_NAN")) logits[0] = 0.0f / 0.0f;
+    RKLLMResult result;
+    memset(&result, 0, sizeof result);
+    result.logits.logits = logits;
+    result.logits.vocab_size = (int)vocab;
+    result.logits.num_tokens = (int)n;
+    if (ok) emit(llm, &result, userdata, RKLLM_RUN_NORMAL);
+    memset(&result, 0, sizeof result);
+    emit(llm, &result, userdata, ok ? RKLLM_RUN_FINISH : RKLLM_RUN_ERROR);
+    free(table);
+    free(logits);
+    return ok ? 0 : -1;
+}
+
 int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void *userdata) {
     FakeLLM *llm = handle;
     int n_prompt = llm && input && infer ? count_prompt_tokens(input) : -1;
+    int lora = n_prompt > 0 ? lora_in_use(llm, infer) : 0;
+    if (lora < 0) {
+        printf("E rkllm: lora adapter %s was not loaded\n", infer->lora_params->lora_adapter_name);
+        fflush(stdout);
+        return -1;
+    }
+    if (n_prompt > 0 && infer->mode == RKLLM_INFER_GET_LOGITS) return run_logits(llm, input, userdata, lora);
     if (n_prompt <= 0 || infer->mode != RKLLM_INFER_GENERATE) {
         printf("E rkllm: invalid input\n");
         fflush(stdout);

@@ -79,6 +79,16 @@ typedef struct {
 } RKLLMParam;
 
 typedef struct {
+    const char *lora_adapter_path;
+    const char *lora_adapter_name;
+    float scale;
+} RKLLMLoraAdapter;
+
+typedef struct {
+    const char *lora_adapter_name;
+} RKLLMLoraParam;
+
+typedef struct {
     float *embed;
     size_t n_tokens;
 } RKLLMEmbedInput;
@@ -103,7 +113,7 @@ typedef struct {
 
 typedef struct {
     RKLLMInferMode mode;
-    void *lora_params;
+    RKLLMLoraParam *lora_params;
     void *prompt_cache_params;
 #ifdef RKLLM_ABI_1_3
     void *sampling_params;
@@ -167,6 +177,7 @@ typedef LLMResultCallback RKLLMInitCallback;
 RKLLMParam rkllm_createDefaultParam(void);
 int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMInitCallback callback);
 int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer_params, void *userdata);
+int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *lora_adapter);
 int rkllm_destroy(LLMHandle handle);
 int rkllm_abort(LLMHandle handle);
 int rkllm_is_running(LLMHandle handle);
