@@ -21,6 +21,8 @@ def body(cfg, run):
     for _, path in samples:
         run.log_artifact(path, "bench")
     run.set_tags({f"board.{key}": value for key, value in result.facts.items()})
+    if result.notes:  # why a figure is missing (device_eval.missing)
+        run.set_tags(result.notes)
     run.set_tags(provenance_tags("deploy_bench", result.provenance))
 
 

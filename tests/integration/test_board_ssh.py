@@ -332,3 +332,91 @@ def test_ort_llm_runner_runs_over_ssh(ssh_board, tiny_onnx_llm):
     assert all(r["kind"] == "llm" and r["decode_tokens"] == 3 for r in result.samples)
     assert result.metrics["decode_tok_per_s"] > 0 and result.metrics["peak_rss_mb"] > 0
     json.dumps(result.samples)  # rows survive the round trip as plain JSON
+
+
+# ------------------------------------------------------------------ accuracy on the board
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny_onnx_llm, tmp_path_factory) -> Path:
+    """A float reference from a differently seeded twin of tiny_onnx_llm (same vocab), so the
+    candidate has a real PPL delta, KLD and top-1 disagreement to reproduce on the board."""
+    import numpy as np
+    import transformers
+
+    from rkpipe.evaluate.llm import build_reference, load_onnx_llm, save_reference
+    from rkpipe.llm.export import export_fp32_onnx
+
+    torch = pytest.importorskip("torch")
+    root = tmp_path_factory.mktemp("tiny_reference")
+    config = transformers.LlamaConfig.from_pretrained(tiny_onnx_llm)
+    torch.manual_seed(1)
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(root / "float")
+    export_fp32_onnx(root / "float", root / "onnx")
+    ids = np.random.RandomState(0).randint(0, 256, size=3 * 96).tolist()
+    windows = [ids[i : i + 96] for i in range(0, len(ids), 96)]
+    reference = build_reference(load_onnx_llm(root / "onnx", threads=1).logits, windows)
+    save_reference(reference, root / "reference.npz")
+    return root / "reference.npz"
+
+
+def device_rows(transport, model_dir: Path, threads: int):
+    from rkpipe.board.deploy import run_runner
+
+    def run_rows(request: str) -> list[dict]:
+        argv = transport.runner_command("ort_llm") + [
+            "--model", transport.model_path(model_dir), "--threads", str(threads),
+            "--eval-request", request,
+        ]  # fmt: skip
+        return run_runner(transport, argv, 120)
+
+    return run_rows
+
+
+def test_device_accuracy_over_ssh_equals_the_host_evaluation(ssh_board, tiny_onnx_llm,
+                                                              tiny_reference):  # fmt: skip
+    """Same model, same runner, same CPU: the device path adds no error of its own (PPL within
+    0.1 %, top-1 within 0.005), and its top-k KLD is a lower bound of the host's full KLD."""
+    from rkpipe.evaluate.device import MISSING, evaluate_on_board
+    from rkpipe.evaluate.llm import evaluate_against_reference
+
+    host = evaluate_against_reference(tiny_reference, tiny_onnx_llm, threads=1)
+    with SshTransport(ssh_board, python=sys.executable) as transport:
+        device, reason = evaluate_on_board(
+            device_rows(transport, tiny_onnx_llm, 1), transport.model_path, tiny_reference, 32
+        )
+    assert reason is None and device[MISSING] == 0.0
+    assert abs(host["ppl_delta_pct"]) > 1.0 and host["top1_agreement"] < 0.9  # a real difference
+    assert device["device_ppl"] == pytest.approx(host["ppl"], rel=1e-3)
+    assert abs(device["device_top1_agreement"] - host["top1_agreement"]) <= 0.005
+    assert device["device_eval_tokens"] == host["eval_tokens"]
+    assert 0 < device["device_kld_mean"] <= host["kld_mean"] * (1 + 1e-6)
+
+
+def test_an_ssh_drop_during_the_device_evaluation_leaves_it_missing(
+    ssh_board, loopback_sshd, tiny_onnx_llm, tiny_reference
+):
+    import threading
+
+    from rkpipe.evaluate.device import MISSING, evaluate_on_board
+
+    with SshTransport(ssh_board, python=sys.executable) as transport:
+        run_rows = device_rows(transport, tiny_onnx_llm, 1)
+
+        def slow_then_dropped(request: str) -> list[dict]:
+            # Hold the session open (sleep before the runner), then SIGKILL the server side.
+            def drop() -> None:
+                time.sleep(1.5)
+                for pid in loopback_sshd.session_pids():
+                    os.kill(pid, signal.SIGKILL)
+
+            threading.Thread(target=drop, daemon=True).start()
+            from rkpipe.board.deploy import run_runner
+
+            return run_runner(transport, ["sh", "-c", "sleep 20; echo {}"], 60) or run_rows(request)
+
+        figures, reason = evaluate_on_board(
+            slow_then_dropped, transport.model_path, tiny_reference, 32
+        )
+    assert figures == {MISSING: 1.0}
+    assert reason and "\n" not in reason and ("connection" in reason or "exited" in reason)

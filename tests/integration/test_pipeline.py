@@ -49,6 +49,9 @@ def test_repro_produces_models_metrics_report_and_one_run(repo):
         assert measured["provenance"]["host_id"] == host["id"]
         assert measured["provenance"]["cpu"] == host["cpu"]["model"]
     assert "| passed |" in report  # the default variant passes its own gates
+    # accuracy on the board (board=local: this host), beside the host's, in the report
+    assert bench["device_eval_missing"] == 0.0 and 0 < bench["device_top1_agreement"] <= 1
+    assert "| host |" in report and "| device |" in report and "missing" not in report
 
     from mlflow.tracking import MlflowClient
 
@@ -124,6 +127,16 @@ def test_board_over_loopback_ssh_reruns_only_deploy_and_report(repo, loopback_ss
     board_facts = json.loads((repo / "data/host/board.json").read_text())
     assert board_facts["soc"] == "rk3588" and board_facts["transport"] == "ssh"
     assert bench["provenance"]["board"] == "loopback"
+    # The device path adds no error of its own: same model, same runner, same CPU as the host's
+    # evaluation, over SSH (issue target: PPL within 0.1 %, top-1 agreement within 0.005).
+    device = json.loads((repo / "metrics/details/bench.json").read_text())
+    host = json.loads((repo / "metrics/details/evaluate.json").read_text())
+    assert device["device_ppl"] == pytest.approx(host["ppl"], rel=1e-3)
+    assert abs(device["device_top1_agreement"] - host["top1_agreement"]) <= 0.005
+    assert device["device_eval_tokens"] == host["eval_tokens"]
+    assert device["device_asr_wer"] == pytest.approx(host["asr_wer.clean"], abs=0.02)
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    assert "| host |" in report and "| device |" in report
     assert bench["provenance"]["board_id"] == board_facts["id"]
 
     from mlflow.tracking import MlflowClient

@@ -16,6 +16,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from board_fixture import load_fake_runtime_builder
 from test_sweep_pipeline import copy_repo, run
@@ -44,6 +45,20 @@ def fake_toolkit_python(directory: Path, record: Path) -> Path:
     return python
 
 
+BIGRAM_ROWS, VOCAB = 8, 49152  # SmolLM2's vocabulary: the reference's logits have its width
+
+
+def write_bigram(path: Path) -> Path:
+    """The fake runtime's logits table (int32 rows, int32 vocab, float32 rows x vocab)."""
+    table = np.random.default_rng(7).normal(0, 3, (BIGRAM_ROWS, VOCAB)).astype(np.float32)
+    path.write_bytes(np.array([BIGRAM_ROWS, VOCAB], np.int32).tobytes() + table.tobytes())
+    return path
+
+
+def read_bigram(path: Path) -> np.ndarray:
+    return np.frombuffer(path.read_bytes()[8:], np.float32).reshape(BIGRAM_ROWS, VOCAB)
+
+
 def read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -63,6 +78,7 @@ def pipeline(tmp_path_factory):
     repo, calls = root / "repo", root / "toolkit_calls.jsonl"
     repo.mkdir()
     lib = load_fake_runtime_builder().build_fake_runtime(root / "runtime", "1.3")
+    bigram = write_bigram(root / "bigram.bin")
     python = fake_toolkit_python(root / "rkllm-venv", calls)
     env = {
         k: v
@@ -75,13 +91,14 @@ def pipeline(tmp_path_factory):
         "PYTHONHASHSEED": "0",
         "FAKE_PREFILL_MS": str(PREFILL_MS),
         "FAKE_DECODE_MS_PER_TOKEN": str(DECODE_MS_PER_TOKEN),
+        "FAKE_BIGRAM": str(bigram),  # the fake's logits mode: device accuracy
     }
     copy_repo(repo, env)
     params(repo, env, f"quant.rkllm.python={python}", f"board.rkllm_lib={lib}")
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "rkllm"], repo, env)
     out = run(["dvc", "repro"], repo, env, timeout=2400)
     return {"repo": repo, "env": env, "lib": lib, "python": python, "calls": calls,
-            "repro": out.stdout}  # fmt: skip
+            "repro": out.stdout, "bigram": bigram}  # fmt: skip
 
 
 def store(repo: Path):
@@ -198,3 +215,29 @@ def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, t
     skipped = s.search([s.experiment_id("rkpipe")], f"params.`board.rkllm_lib` = '{missing}'")
     assert len(skipped) == 1 and skipped[0].status == "FINISHED"
     assert skipped[0].metrics["llm_bench_skipped"] == 1 and "ttft_ms" not in skipped[0].metrics
+
+
+def test_device_accuracy_comes_from_the_runtimes_logits(pipeline):
+    """deploy_bench scored the .rkllm on the "board" in logits mode: its PPL and top-1 equal
+    what this test computes from the fake's bigram table and the stored reference (1e-6)."""
+    repo = pipeline["repo"]
+    table = read_bigram(pipeline["bigram"]).astype(np.float64)
+    with np.load(repo / "data/eval/reference_logits.npz") as ref:
+        ids, lengths, top1 = ref["ids"], ref["window_lengths"], ref["top1"]
+    nll, agree = [], []
+    for window in np.split(ids, np.cumsum(lengths)[:-1]):
+        logits = table[window[:-1] % BIGRAM_ROWS]
+        logq = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        nll.append(-logq[np.arange(len(window) - 1), window[1:]])
+        agree.append(logits.argmax(axis=-1))
+    details = read_json(repo / "metrics/details/bench.json")
+    assert details["device_eval_missing"] == 0.0
+    assert details["device_ppl"] == pytest.approx(np.exp(np.concatenate(nll).mean()), rel=1e-6)
+    expected_top1 = float((np.concatenate(agree) == top1).mean())
+    assert details["device_top1_agreement"] == pytest.approx(expected_top1, rel=1e-6)
+    assert details["device_kld_mean"] > 0
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    host_row = next(line for line in report.splitlines() if "| host |" in line)
+    device_row = next(line for line in report.splitlines() if "| device |" in line)
+    assert "| – | – | – | – |" in host_row  # an .rkllm has no host runtime: no host figures
+    assert f"{details['device_ppl']:.2f}" in device_row

@@ -161,6 +161,40 @@ def evaluate_asr(
     return metrics
 
 
+def board_wer(
+    testset_dir: Path, quant_dir: Path, tokenizer_dir: Path, rows: list[dict[str, Any]]
+) -> dict[str, float]:
+    """WER and CER of the transcripts the board produced while deploy_bench measured its RTF
+    (the first measured repetition of each clip, the clean clips only), normalised and aligned
+    as :func:`evaluate_asr` does: ``device_asr_wer``, ``device_asr_cer``, ``device_asr_clips``.
+    The host's figure on the same clips is ``asr_wer.clean``.
+
+    Raises:
+        AsrError: no measured clip, or a clip the test set does not list.
+    """
+    import jiwer
+
+    from rkpipe.asr.engine import load_engine
+
+    texts = dict(_read_transcripts(Path(testset_dir) / TRANSCRIPTS))
+    ids: dict[str, list[int]] = {}
+    for row in rows:
+        if row.get("kind") == "asr" and not row.get("warmup"):
+            ids.setdefault(str(row["clip"]), list(row["ids"]))
+    unknown = sorted(set(ids) - set(texts))
+    if not ids or unknown:
+        raise AsrError(f"the board transcribed no clip of the test set ({unknown or 'none'})")
+    decode = text_decoder(load_engine(quant_dir, threads=1), Path(tokenizer_dir))
+    names = sorted(ids)
+    refs = [normalize_text(texts[name]) for name in names]
+    hyps = [normalize_text(decode(ids[name])) for name in names]
+    return {
+        "device_asr_wer": jiwer.wer(refs, hyps),
+        "device_asr_cer": jiwer.cer(refs, hyps),
+        "device_asr_clips": float(len(names)),
+    }
+
+
 def _load_engines(fp32_dir: Path, quant_dir: Path, threads: int) -> dict:
     """Both variants' engines; :class:`AsrError` if one cannot load or their engines differ."""
     from rkpipe.asr.engine import engine_name, load_engine

@@ -115,6 +115,8 @@ class BenchResult:
     facts: dict[str, Any] = field(default_factory=dict)
     # Where and when it was measured (rkpipe.hostinfo.provenance).
     provenance: dict[str, str] = field(default_factory=dict)
+    # Run tags: why a figure is missing (device_eval.missing), and the like.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def llm_runner_argv(
@@ -139,13 +141,27 @@ def llm_runner_argv(
     return _runner_argv(transport, Path(model_dir), run_with(model_dir), bench, rkllm_lib)
 
 
+def lora_adapter(model_dir: Path, facts: RunWith) -> Path | None:
+    """The LoRA adapter rkllm-toolkit exports beside the model for the ``_rN`` algorithms
+    (``model_lora.rkllm`` next to ``model.rkllm``), or None. The 1.3.0 guide has the runtime
+    load both (section 3.2.8): without it the variant is not the one that was converted."""
+    if not facts.needs_runtime_lib:
+        return None
+    model = Path(facts.model)
+    path = Path(model_dir) / f"{model.stem}_lora{model.suffix}"
+    return path if path.is_file() else None
+
+
 def _runner_argv(
     transport: Transport, model_dir: Path, facts: RunWith, bench: BenchConfig, rkllm_lib: str,
-    rkllm_abi: str = "auto",
+    rkllm_abi: str = "auto", *, with_lora: bool = True,
 ) -> list[str]:  # fmt: skip
     target = ["--model", transport.model_path(runner_model(model_dir, facts))]
     if facts.needs_runtime_lib:
         target = ["--lib", rkllm_lib, "--abi", rkllm_abi, *target]
+    adapter = lora_adapter(model_dir, facts) if with_lora else None
+    if adapter:  # pushed with the model, loaded with rkllm_load_lora, selected on every run
+        target += ["--lora", transport.model_path(adapter)]
     return transport.runner_command(facts.runner) + target + [
         "--prompt-tokens", str(bench.prompt_tokens),
         "--new-tokens", str(bench.new_tokens),
@@ -277,6 +293,11 @@ def deploy_and_bench(cfg: PipelineConfig) -> BenchResult:
         if cfg.board.pin_frequency:
             facts["pinned_clocks"] = _pin_clocks(cfg, transport, facts)
         llm, asr = _bench_models(cfg, transport)
+        if cfg.eval.device and not llm.metrics.get(LLM_SKIPPED):
+            figures, llm.notes = device_accuracy(cfg, transport)
+            llm.metrics |= figures
+        if cfg.eval.device:
+            asr.metrics |= device_asr_accuracy(cfg, asr.samples, llm.notes)
     context = {"board": cfg.board.name, "platform": cfg.platform.name} | {
         f"board_{k}": v for k, v in facts.items() if isinstance(v, (str, int, float))
     }
@@ -284,7 +305,61 @@ def deploy_and_bench(cfg: PipelineConfig) -> BenchResult:
     context |= {"host_id": prov["host_id"], "board_id": prov["board_id"]}
     samples = [row | context | {"model": cfg.model.name} for row in llm.samples]
     samples += [row | context | {"model": cfg.asr.name} for row in asr.samples]
-    return BenchResult(samples, llm.metrics | asr.metrics, facts, prov)
+    return BenchResult(samples, llm.metrics | asr.metrics, facts, prov, llm.notes)
+
+
+def device_accuracy(
+    cfg: PipelineConfig, transport: Transport
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The LLM's ``device_*`` accuracy on the board (:mod:`rkpipe.evaluate.device`), through the
+    runner the manifest names, and the run tags that say why when it is missing."""
+    from rkpipe.evaluate.device import TWINNED, evaluate_on_board
+    from rkpipe.evaluate.host import reference_path
+
+    model_dir = cfg.layout.llm.quantized
+    facts = run_with(model_dir)
+    lib, abi = _board_lib_path(cfg.board), cfg.board.rkllm_abi
+
+    def score(with_lora: bool) -> tuple[dict[str, float], str | None]:
+        def run_rows(request: str) -> list[dict[str, Any]]:
+            argv = _runner_argv(transport, model_dir, facts, cfg.bench, lib, abi,
+                                with_lora=with_lora)  # fmt: skip
+            with step(
+                f"scoring the LLM's accuracy on the board{'' if with_lora else ' (no LoRA)'}"
+            ):
+                return run_runner(transport, [*argv, "--eval-request", request],
+                                  cfg.board.timeout_s)  # fmt: skip
+
+        return evaluate_on_board(
+            run_rows, transport.model_path, reference_path(cfg), cfg.eval.device_topk
+        )
+
+    figures, reason = score(with_lora=True)
+    notes = {"device_eval.missing": reason} if reason else {}
+    if lora_adapter(model_dir, facts) and not reason:  # what the adapter buys, on the device
+        plain, plain_reason = score(with_lora=False)
+        figures |= {f"device_no_lora_{key}": plain[f"device_{key}"] for key in TWINNED
+                    if f"device_{key}" in plain}  # fmt: skip
+        if plain_reason:
+            notes["device_eval.no_lora_missing"] = plain_reason
+    return figures, notes
+
+
+def device_asr_accuracy(
+    cfg: PipelineConfig, samples: list[dict[str, Any]], notes: dict[str, str]
+) -> dict[str, float]:
+    """WER/CER of the transcripts the board produced during the ASR benchmark (no extra run):
+    ``device_asr_*``, or ``{}`` with the reason in ``notes`` (``device_asr.missing``)."""
+    from rkpipe.asr.evaluate import board_wer
+    from rkpipe.errors import AsrError
+
+    layout = cfg.layout
+    try:
+        return board_wer(layout.asr_testset, layout.asr.quantized, layout.asr.float, samples)
+    except (AsrError, KeyError, OSError, ValueError) as exc:
+        notes["device_asr.missing"] = " ".join(str(exc).split())
+        log.warning("device ASR accuracy missing: %s", notes["device_asr.missing"])
+        return {}
 
 
 def measuring_fingerprints(cfg: PipelineConfig) -> tuple[dict[str, Any], dict[str, Any]]:

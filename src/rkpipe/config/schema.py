@@ -380,6 +380,10 @@ class EvalConfig:
     # A numerically broken LLM (NaN, PPL > 10x float, top-1 < 0.2) fails evaluate; true keeps
     # its figures, flagged llm_broken=1 and tagged gate=broken (rkpipe.evaluate.sanity).
     keep_broken: bool = typed(False, Flag())
+    # deploy_bench also scores the variant on the board (rkpipe.evaluate.device): the same
+    # windows, and per position the float model's device_topk most likely tokens, for the KLD.
+    device: bool = typed(True, Flag())
+    device_topk: int = typed(32, Int(1, 1024))
 
 
 # The tracking URIs MLflow's client opens: a server, or a store it opens itself.

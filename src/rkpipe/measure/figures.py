@@ -54,12 +54,19 @@ HEADLINE: Mapping[str, tuple[str, ...]] = {
         "llm_bench_skipped",
         "asr_rtf",
         "asr_peak_rss_mb",
+        # the LLM's accuracy measured on the board (rkpipe.evaluate.device), beside evaluate's
+        "device_ppl_delta_pct",  # device_ppl itself: the details file (40 columns at most)
+        "device_kld_mean",
+        "device_top1_agreement",
+        "device_eval_missing",
+        "device_asr_wer",
     ),
     "report": ("gate",),
 }
 # The figures people compare across variants: the MLflow runs list's shared view shows them.
 COMPARED = (
-    "ppl_delta_pct", "kld_mean", "top1_agreement", "asr_wer", "asr_wer_delta", "ttft_ms",
+    "ppl_delta_pct", "kld_mean", "top1_agreement", "device_ppl_delta_pct",
+    "device_top1_agreement", "asr_wer", "asr_wer_delta", "ttft_ms",
     "decode_tok_per_s", "peak_rss_mb", "asr_rtf", "size_mb", "asr_size_mb",
 )  # fmt: skip
 # The columns a variant may add to ``dvc metrics show`` (the path column not counted).

@@ -16,11 +16,20 @@ LLM_SPEED_COLUMNS = (
     "prefill tok/s", "decode tok/s", "memory (MB)", "size (MB)", "measured on", "date",
 )  # fmt: skip
 LLM_ACCURACY_COLUMNS = (
-    "quant type", "PPL float", "PPL", "ΔPPL", "KLD", "top-1 agree", "gates", "measured on",
+    "quant type", "run on", "PPL float", "PPL", "ΔPPL", "KLD", "top-1 agree", "gates",
+    "measured on",
 )  # fmt: skip
+# The accuracy table's rows: the host's evaluation (evaluate) and the board's (deploy_bench,
+# rkpipe.evaluate.device), with the metric prefix and the stage that measured each.
+ACCURACY_ROWS = (
+    ("host", "", "evaluate"),
+    ("device", "device_", "deploy_bench"),
+    ("device, no LoRA", "device_no_lora_", "deploy_bench"),  # an _rN variant without its adapter
+)
 ASR_COLUMNS = (
     "ASR model", "quant type", "size (MB)", "size ratio", "host RTF", "host RTF fp32",
-    "speed-up", "board RTF", "WER", "WER fp32", "ΔWER (pt)", "CER", "memory (MB)",
+    "speed-up", "board RTF", "WER", "WER fp32", "ΔWER (pt)", "CER", "clean WER host / board",
+    "memory (MB)",
 )  # fmt: skip
 ASR_CLIP_VARIANT_COLUMNS = (
     "clip variant", "clips", "WER", "WER fp32", "ΔWER (pt)", "CER", "CER fp32",
@@ -118,17 +127,28 @@ def llm_speed_row(cfg: PipelineConfig, m: Mapping[str, Any], ctx: ReportContext)
     ]  # fmt: skip
 
 
-def llm_accuracy_row(cfg: PipelineConfig, m: Mapping[str, Any], ctx: ReportContext) -> list[str]:
-    """One row of the LLM accuracy table, with the gate verdict."""
-    delta = m.get("ppl_delta_pct")
+def llm_accuracy_rows(
+    cfg: PipelineConfig, m: Mapping[str, Any], ctx: ReportContext
+) -> list[list[str]]:
+    """The LLM accuracy table: the host's figures and the board's, with the gate verdict."""
     verdict = ctx.verdict.upper() if ctx.verdict in ("failed", "broken") else ctx.verdict
     verdict += f": {ctx.gate_notes}" if ctx.gate_notes else ""
-    return [
-        quant_label(cfg), _fmt(m.get("ppl_float")), _fmt(m.get("ppl")),
-        "–" if delta is None else f"{delta:+.2f} %", _fmt(m.get("kld_mean"), 4),
-        _fmt(m.get("top1_agreement"), 3), verdict,
-        measured_on(ctx.provenance.get("evaluate")),
-    ]  # fmt: skip
+    rows = []
+    for where, prefix, stage in ACCURACY_ROWS:
+        delta = m.get(f"{prefix}ppl_delta_pct")
+        figures = [
+            _fmt(m.get(f"{prefix}ppl")),
+            "–" if delta is None else f"{delta:+.2f} %",
+            _fmt(m.get(f"{prefix}kld_mean"), 4),
+            _fmt(m.get(f"{prefix}top1_agreement"), 3),
+        ]
+        if prefix == "device_" and m.get("device_eval_missing"):  # reason: run tag device_eval
+            figures = ["missing"] * len(figures)
+        elif prefix and f"{prefix}ppl" not in m:
+            continue  # not measured on a board (eval.device=false, no LoRA adapter)
+        rows.append([quant_label(cfg), where, _fmt(m.get("ppl_float")), *figures, verdict,
+                     measured_on(ctx.provenance.get(stage))])  # fmt: skip
+    return rows
 
 
 def asr_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:
@@ -140,8 +160,15 @@ def asr_row(cfg: PipelineConfig, m: Mapping[str, Any]) -> list[str]:
         _fmt(m.get("asr_host_rtf"), 4), _fmt(m.get("asr_host_rtf_fp32"), 4),
         _fmt(m.get("asr_host_rtf_speedup")), _fmt(m.get("asr_rtf"), 4),
         _fmt(m.get("asr_wer"), 3), _fmt(m.get("asr_wer_fp32"), 3), _fmt(m.get("asr_wer_delta"), 2),
-        _fmt(m.get("asr_cer"), 3), _fmt(m.get("asr_peak_rss_mb"), 0),
+        _fmt(m.get("asr_cer"), 3), _clean_wer(m), _fmt(m.get("asr_peak_rss_mb"), 0),
     ]  # fmt: skip
+
+
+def _clean_wer(m: Mapping[str, Any]) -> str:
+    """The WER on the clean clips, on the host (evaluate) and on the board (deploy_bench): the
+    board transcribes only the clean clips while it measures the RTF."""
+    host = m.get("asr_wer.clean", m.get("asr_wer"))
+    return f"{_fmt(host, 3)} / {_fmt(m.get('device_asr_wer'), 3)}"
 
 
 def asr_clip_variants(m: Mapping[str, Any]) -> list[str]:
@@ -221,11 +248,14 @@ def render_report(
             "a runtime to measure it.",
         ]
     lines += ["", "## LLM accuracy", "",
-              *_table(LLM_ACCURACY_COLUMNS, [llm_accuracy_row(cfg, metrics, ctx)]), ""]  # fmt: skip
+              *_table(LLM_ACCURACY_COLUMNS, llm_accuracy_rows(cfg, metrics, ctx)), ""]  # fmt: skip
     lines += [
         f"PPL on non-overlapping {cfg.eval.seqlen}-token windows of `{cfg.eval.text_file}`; KLD "
-        "and top-1 agreement against the float model, both run on the host named. Gates: "
-        "`conf/gates` (params `gates.*`).",
+        "and top-1 agreement against the float model. `host`: the variant run on the host "
+        "named (evaluate); `device`: run on the board by its own runtime (deploy_bench), KLD "
+        f"over the float model's {cfg.eval.device_topk} most likely tokens plus one bucket for "
+        "the rest (a lower bound of the full KLD). Gates judge the device figures when they "
+        "exist. Gates: `conf/gates` (params `gates.*`).",
     ]
     if cfg.model.float_note:
         lines += ["", f"Note: {cfg.model.float_note}."]

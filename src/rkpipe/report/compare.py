@@ -62,6 +62,9 @@ COLUMNS = (
     Column("ΔPPL vs float (%)", "ppl_delta_pct", _metric("ppl_delta_pct"), 1, "abs"),
     Column("KLD", "kld_mean", _metric("kld_mean"), 4, "abs"),
     Column("top-1 agree", "top1_agreement", _metric("top1_agreement"), 3, "abs"),
+    # The same, measured on the board (deploy_bench, rkpipe.evaluate.device); gates prefer them.
+    Column("device ΔPPL (%)", "device_ppl_delta_pct", _metric("device_ppl_delta_pct"), 1, "abs"),
+    Column("device top-1", "device_top1_agreement", _metric("device_top1_agreement"), 3, "abs"),
     Column("WER", "asr_wer", _metric("asr_wer"), 3, "abs"),
     Column("ΔWER vs fp32 (pt)", "asr_wer_delta", _metric("asr_wer_delta"), 2, "abs"),
 )
@@ -103,6 +106,14 @@ def _field(rule: Any, key: str) -> Any:
     return rule.get(key) if isinstance(rule, Mapping) else getattr(rule, key, None)
 
 
+def judged_metric(metrics: Mapping[str, float], metric: str) -> str:
+    """``device_<metric>`` when the board measured it (rkpipe.evaluate.device), else ``metric``:
+    a variant is judged by what it does on the device, the host figure being a proxy."""
+    device = f"device_{metric}"
+    value = metrics.get(device)
+    return device if value is not None and not math.isnan(value) else metric
+
+
 def evaluate_gates(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> list[GateResult]:
     """Apply every rule (``metric``, ``min``, ``max``; a GateRule or a dict) to ``metrics``,
     plus the built-in ``broken`` gate: a variant evaluate kept although it is numerically broken
@@ -113,6 +124,7 @@ def evaluate_gates(metrics: Mapping[str, float], rules: Mapping[str, Any]) -> li
         results.append(GateResult(BROKEN_GATE, BROKEN_METRIC, value, None, 0.0, False))
     for name, rule in rules.items():
         metric, low, high = _field(rule, "metric"), _field(rule, "min"), _field(rule, "max")
+        metric = judged_metric(metrics, metric)
         value = metrics.get(metric)
         passed = None
         if value is not None and not math.isnan(value):
