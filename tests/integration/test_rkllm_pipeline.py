@@ -190,6 +190,32 @@ def test_mlflow_run_has_the_structure_of_an_ort_run(pipeline):
     assert s.read_artifact(run_.run_id, "outputs/sha256.json")
 
 
+def test_device_accuracy_comes_from_the_runtimes_logits(pipeline):
+    """deploy_bench scored the .rkllm on the "board" in logits mode: its PPL and top-1 equal
+    what this test computes from the fake's bigram table and the stored reference (1e-6)."""
+    repo = pipeline["repo"]
+    table = read_bigram(pipeline["bigram"]).astype(np.float64)
+    with np.load(repo / "data/eval/reference_logits.npz") as ref:
+        ids, lengths, top1 = ref["ids"], ref["window_lengths"], ref["top1"]
+    nll, agree = [], []
+    for window in np.split(ids, np.cumsum(lengths)[:-1]):
+        logits = table[window[:-1] % BIGRAM_ROWS]
+        logq = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        nll.append(-logq[np.arange(len(window) - 1), window[1:]])
+        agree.append(logits.argmax(axis=-1))
+    details = read_json(repo / "metrics/details/bench.json")
+    assert details["device_eval_missing"] == 0.0
+    assert details["device_ppl"] == pytest.approx(np.exp(np.concatenate(nll).mean()), rel=1e-6)
+    expected_top1 = float((np.concatenate(agree) == top1).mean())
+    assert details["device_top1_agreement"] == pytest.approx(expected_top1, rel=1e-6)
+    assert details["device_kld_mean"] > 0
+    report = (repo / "reports/report.md").read_text(encoding="utf-8")
+    host_row = next(line for line in report.splitlines() if "| host |" in line)
+    device_row = next(line for line in report.splitlines() if "| device |" in line)
+    assert "| – | – | – | – |" in host_row  # an .rkllm has no host runtime: no host figures
+    assert f"{details['device_ppl']:.2f}" in device_row
+
+
 def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, tmp_path):
     """Last: it changes the workspace. board.rkllm_lib is a board param, so only
     deploy_bench and what follows rerun; the conversion is not redone."""
@@ -215,29 +241,3 @@ def test_without_a_runtime_on_the_host_only_the_llm_bench_is_skipped(pipeline, t
     skipped = s.search([s.experiment_id("rkpipe")], f"params.`board.rkllm_lib` = '{missing}'")
     assert len(skipped) == 1 and skipped[0].status == "FINISHED"
     assert skipped[0].metrics["llm_bench_skipped"] == 1 and "ttft_ms" not in skipped[0].metrics
-
-
-def test_device_accuracy_comes_from_the_runtimes_logits(pipeline):
-    """deploy_bench scored the .rkllm on the "board" in logits mode: its PPL and top-1 equal
-    what this test computes from the fake's bigram table and the stored reference (1e-6)."""
-    repo = pipeline["repo"]
-    table = read_bigram(pipeline["bigram"]).astype(np.float64)
-    with np.load(repo / "data/eval/reference_logits.npz") as ref:
-        ids, lengths, top1 = ref["ids"], ref["window_lengths"], ref["top1"]
-    nll, agree = [], []
-    for window in np.split(ids, np.cumsum(lengths)[:-1]):
-        logits = table[window[:-1] % BIGRAM_ROWS]
-        logq = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-        nll.append(-logq[np.arange(len(window) - 1), window[1:]])
-        agree.append(logits.argmax(axis=-1))
-    details = read_json(repo / "metrics/details/bench.json")
-    assert details["device_eval_missing"] == 0.0
-    assert details["device_ppl"] == pytest.approx(np.exp(np.concatenate(nll).mean()), rel=1e-6)
-    expected_top1 = float((np.concatenate(agree) == top1).mean())
-    assert details["device_top1_agreement"] == pytest.approx(expected_top1, rel=1e-6)
-    assert details["device_kld_mean"] > 0
-    report = (repo / "reports/report.md").read_text(encoding="utf-8")
-    host_row = next(line for line in report.splitlines() if "| host |" in line)
-    device_row = next(line for line in report.splitlines() if "| device |" in line)
-    assert "| – | – | – | – |" in host_row  # an .rkllm has no host runtime: no host figures
-    assert f"{details['device_ppl']:.2f}" in device_row

@@ -180,6 +180,8 @@ def local_cfg(default_cfg, root: Path, rkllm_lib: Path):
         platform=dataclasses.replace(default_cfg.platform, name="rk3588"),
         board=dataclasses.replace(default_cfg.board, rkllm_lib=str(rkllm_lib)),
         bench=BENCH,
+        # the benchmark's dispatch only: device accuracy is tests/contract/test_device_accuracy.py
+        eval=dataclasses.replace(default_cfg.eval, device=False),
     )
 
 

@@ -78,6 +78,9 @@ def test_an_incomplete_answer_from_the_board_is_an_error():
              "topk_logp": [[0.0] * 8], "rest_logp": [0.0]}  # fmt: skip
     with pytest.raises(BoardError, match="window 0: 1 positions, expected 19"):
         score_rows(reference, side, [short, short | {"window": 1}])
+    bare = {"kind": "llm_eval", "window": 0, "target_logp": [0.0] * 19}
+    with pytest.raises(BoardError, match=r"window 0: the board's row lacks \['rest_logp', 'top1'"):
+        score_rows(reference, side, [bare, bare | {"window": 1}])
 
 
 def test_a_device_equal_to_the_reference_scores_perfectly():

@@ -180,6 +180,8 @@ def board_wer(
     ids: dict[str, list[int]] = {}
     for row in rows:
         if row.get("kind") == "asr" and not row.get("warmup"):
+            if "clip" not in row or "ids" not in row:
+                raise AsrError("the board's ASR rows carry no clip name or transcript ids")
             ids.setdefault(str(row["clip"]), list(row["ids"]))
     unknown = sorted(set(ids) - set(texts))
     if not ids or unknown:

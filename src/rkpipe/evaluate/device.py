@@ -42,10 +42,10 @@ from rkpipe.evaluate.llm import ROW_CHUNK, Reference, load_reference
 
 log = logging.getLogger(__name__)
 
-PREFIX = "device_"
 MISSING = "device_eval_missing"  # 1.0 when the board gave no figures; the reason is a run tag
 # The figures that have a host twin, and so go side by side in the report and the gates.
 TWINNED = ("ppl", "ppl_delta_pct", "kld_mean", "top1_agreement")
+ROW_KEYS = ("target_logp", "top1", "topk_logp", "rest_logp")  # engine_shared.window_scores
 
 
 @dataclass
@@ -96,7 +96,7 @@ def score_rows(
     Raises:
         BoardError: the rows do not answer every window, position for position.
     """
-    by_window = {int(r["window"]): r for r in rows if r.get("kind") == EVAL_ROW_KIND}
+    by_window = {int(r.get("window", -1)): r for r in rows if r.get("kind") == EVAL_ROW_KIND}
     if sorted(by_window) != list(range(len(reference.windows))):
         raise BoardError(
             f"the board answered {len(by_window)} of {len(reference.windows)} evaluation windows"
@@ -104,6 +104,10 @@ def score_rows(
     target, top1, kld = [], [], []
     for index, (p_topk, p_rest) in enumerate(zip(side.topk_logp, side.rest_logp, strict=True)):
         row = by_window[index]
+        if set(ROW_KEYS) - set(row):
+            raise BoardError(
+                f"window {index}: the board's row lacks {sorted(set(ROW_KEYS) - set(row))}"
+            )
         if len(row["target_logp"]) != len(p_rest):
             raise BoardError(f"window {index}: {len(row['target_logp'])} positions, "
                              f"expected {len(p_rest)}")  # fmt: skip
