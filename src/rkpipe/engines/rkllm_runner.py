@@ -643,17 +643,26 @@ class RkllmModel:
 
     def make_input(self, mode: str, n_tokens: int) -> Any:
         """An ``RKLLMInput`` of exactly ``n_tokens`` ids, or a prompt of ``n_tokens`` words."""
+        if mode == "tokens":
+            return self.token_input(benchmark_token_ids(n_tokens))
+        inp = self._user_input()
+        self._prompt = " ".join([PROMPT_WORD] * n_tokens).encode()
+        inp.input_type = INPUT_PROMPT
+        inp.u.prompt_input = self._prompt
+        return inp
+
+    def token_input(self, ids: Sequence[int]) -> Any:
+        """An ``RKLLMInput`` of these token ids (kept alive on the model until the next one)."""
+        inp = self._user_input()
+        self._ids = (c_int32 * len(ids))(*ids)
+        inp.input_type = INPUT_TOKEN
+        inp.u.token_input = TokenInput(self._ids, len(ids))
+        return inp
+
+    def _user_input(self) -> Any:
         inp = self.abi.input()
         if self.abi.has_role:
             inp.role = b"user"
-        if mode == "tokens":
-            self._ids = (c_int32 * n_tokens)(*benchmark_token_ids(n_tokens))
-            inp.input_type = INPUT_TOKEN
-            inp.u.token_input = TokenInput(self._ids, n_tokens)
-        else:
-            self._prompt = " ".join([PROMPT_WORD] * n_tokens).encode()
-            inp.input_type = INPUT_PROMPT
-            inp.u.prompt_input = self._prompt
         return inp
 
     def make_infer(self, new_tokens: int) -> Any:
@@ -670,12 +679,7 @@ class RkllmModel:
         Raises:
             RuntimeError: the runtime refused logits mode, or returned logits for fewer tokens.
         """
-        inp = self.abi.input()
-        if self.abi.has_role:
-            inp.role = b"user"
-        self._ids = (c_int32 * len(window))(*window)
-        inp.input_type = INPUT_TOKEN
-        inp.u.token_input = TokenInput(self._ids, len(window))
+        inp = self.token_input(window)
         infer = self._with_lora(self.abi.infer(mode=INFER_GET_LOGITS, keep_history=0))
         self.collector.want_logits = True
         try:
